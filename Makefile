@@ -1,0 +1,53 @@
+# sluice — build, test, demo, bench. Everything this needs is installed by
+# the targets themselves (pinned `go install` into ./bin).
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/sluice-dev/sluice/internal/version.Version=$(VERSION)
+VERSITYGW_VERSION := v1.8.0
+RCLONE_VERSION := v1.76.0
+TEST_TIMEOUT ?= 30m
+OUT := $(CURDIR)/_output
+
+export SLUICE_VERSITYGW := $(BIN)/versitygw
+export SLUICE_BIN := $(BIN)/sluice
+
+.PHONY: all build tools test lint demo bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/sluice ./cmd/sluice
+
+# Pinned test tools; a stamp file per version so a version bump reinstalls.
+tools: $(BIN)/.versitygw-$(VERSITYGW_VERSION)
+
+$(BIN)/.versitygw-$(VERSITYGW_VERSION):
+	mkdir -p $(BIN)
+	GOBIN=$(BIN) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+	touch $@
+
+$(BIN)/.rclone-$(RCLONE_VERSION):
+	mkdir -p $(BIN)
+	GOBIN=$(BIN) $(GO) install github.com/rclone/rclone@$(RCLONE_VERSION)
+	touch $@
+
+# Tests that need root and /dev/fuse run here; CI runs as root.
+test: tools build
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+demo: tools build
+	$(BIN)/sluice demo --versitygw $(BIN)/versitygw $(DEMO_FLAGS)
+
+bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION)
+	mkdir -p $(OUT)/bench
+	$(BIN)/sluice bench datapath --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone \
+		--json $(OUT)/bench/datapath.json $(BENCH_FLAGS)
+
+clean:
+	rm -rf $(BIN)/sluice $(OUT)

@@ -1,0 +1,142 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/fusefs"
+	"github.com/sluice-dev/sluice/internal/metrics"
+	"github.com/sluice-dev/sluice/internal/namespace"
+	"github.com/sluice-dev/sluice/internal/source"
+)
+
+// MountOptions are the options of `sluice mount SOURCE MOUNTPOINT`.
+type MountOptions struct {
+	Source      string
+	MountPoint  string
+	SourceFlags SourceFlags
+	CacheFlags  CacheFlags
+	MetricsAddr string
+	Passthrough bool
+	AllowOther  bool
+	FuseDebug   bool
+	ProbeTime   time.Duration
+}
+
+// AddFlags registers the mount flags.
+func (o *MountOptions) AddFlags(fs *pflag.FlagSet) {
+	o.SourceFlags.AddFlags(fs)
+	o.CacheFlags.AddFlags(fs)
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at this address (e.g. :9090)")
+	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
+	fs.BoolVar(&o.AllowOther, "allow-other", os.Geteuid() == 0, "let other users read the mount")
+	fs.BoolVar(&o.FuseDebug, "fuse-debug", false, "log every FUSE request")
+	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin before giving up")
+}
+
+// Validate checks the options without touching the origin.
+func (o *MountOptions) Validate() error {
+	u, err := url.Parse(o.Source)
+	if err != nil {
+		return fmt.Errorf("SOURCE %q is not a URL: %w", o.Source, err)
+	}
+	switch u.Scheme {
+	case "s3", "file", "http", "https":
+	default:
+		return fmt.Errorf("SOURCE %q: unknown scheme %q; want s3://, file://, http:// or https://", o.Source, u.Scheme)
+	}
+	if !filepath.IsAbs(o.MountPoint) {
+		return fmt.Errorf("MOUNTPOINT %q is not an absolute path", o.MountPoint)
+	}
+	if _, err := o.CacheFlags.Config(); err != nil {
+		return err
+	}
+	if o.ProbeTime <= 0 {
+		return fmt.Errorf("--probe-timeout %s: must be positive", o.ProbeTime)
+	}
+	return nil
+}
+
+// Runtime is an open source, its caches and the metrics registry: what a
+// mount, a cache worker or a sidecar builds before serving.
+type Runtime struct {
+	Source    source.Source
+	Namespace *namespace.Cache
+	Cache     *blockcache.Cache
+	Metrics   *metrics.Cache
+}
+
+// OpenRuntime opens the source, checks that it answers (bounded by probe),
+// and builds the caches. The caller closes Runtime.Cache.
+func OpenRuntime(ctx context.Context, rawURL string, sf *SourceFlags, cf *CacheFlags, m *metrics.Cache, probe time.Duration) (*Runtime, error) {
+	cfg, err := cf.Config()
+	if err != nil {
+		return nil, err
+	}
+	src, err := sf.Open(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, probe)
+	defer cancel()
+	if _, err := src.Stat(pctx, ""); err != nil {
+		return nil, fmt.Errorf("cannot read %s: %w", src.ID(), err)
+	}
+	cfg.Getter = blockcache.OriginGetter{Source: src}
+	cfg.Metrics = m
+	cache, err := blockcache.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Runtime{Source: src, Namespace: namespace.New(src, cf.MetadataTTL), Cache: cache, Metrics: m}, nil
+}
+
+// RunMount mounts and serves until ctx is done or the mount is unmounted
+// from outside; it prints one line to out once the mount serves.
+func (o *MountOptions) RunMount(ctx context.Context, out io.Writer) error {
+	reg := metrics.NewRegistry()
+	m := metrics.NewCache(reg)
+	if o.MetricsAddr != "" {
+		srv, err := metrics.Serve(o.MetricsAddr, reg)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr %q: %w", o.MetricsAddr, err)
+		}
+		defer srv.Close()
+	}
+	rt, err := OpenRuntime(ctx, o.Source, &o.SourceFlags, &o.CacheFlags, m, o.ProbeTime)
+	if err != nil {
+		return err
+	}
+	defer rt.Cache.Close()
+	fsys := fusefs.New(rt.Namespace, rt.Cache, fusefs.Options{
+		Passthrough: o.Passthrough, FsName: rt.Source.ID(), AllowOther: o.AllowOther, Debug: o.FuseDebug,
+	})
+	mnt, err := fsys.Mount(o.MountPoint)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "sluice: serving %s at %s\n", rt.Source.ID(), o.MountPoint)
+	klog.InfoS("Mount serving", "source", rt.Source.ID(), "mountPoint", o.MountPoint)
+	done := make(chan struct{})
+	go func() { mnt.Wait(); close(done) }()
+	select {
+	case <-done:
+		klog.InfoS("Unmounted from outside", "mountPoint", o.MountPoint)
+		return nil
+	case <-ctx.Done():
+	}
+	if err := mnt.Unmount(); err != nil {
+		return fmt.Errorf("unmounting %s: %w", o.MountPoint, err)
+	}
+	<-done
+	return nil
+}

@@ -1,0 +1,288 @@
+// Package blockcache is sluice's block cache: the one copy of the caching
+// code that every component (sluice mount, the CSI node, the FUSE sidecar,
+// cache workers) reads through.
+//
+// Objects are split into fixed-size blocks keyed by (source, object path,
+// object version, block index); a changed object has a new version and so
+// new keys, and is never served stale. A block is looked up in three tiers:
+//
+//	memory LRU (bounded bytes) → local disk (sparse file per object version,
+//	present-block index with CRC-32C per block) → Getter (origin or workers)
+//
+// Exactly one fetch per block is in flight per process (singleflight); other
+// readers of that block wait for it. Sequential readers (see Reader) trigger
+// parallel readahead of the next blocks; random readers do not.
+//
+// Lock order: Cache has no lock of its own; memoryTier.mu and diskTier.mu
+// are leaves and are never held together or across a Getter call.
+package blockcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/metrics"
+)
+
+// Config configures a Cache. Zero values take the defaults.
+type Config struct {
+	BlockSize    int64 // default 4 MiB
+	MemoryBytes  int64 // default 256 MiB
+	DiskDir      string
+	DiskBytes    int64 // 0 with DiskDir set: default 10 GiB
+	Readahead    int   // blocks; default 8; negative disables
+	MaxPrefetch  int   // parallel readahead fetches; default 16
+	FetchTimeout time.Duration
+	Getter       Getter
+	Metrics      *metrics.Cache
+}
+
+// Defaults.
+const (
+	DefaultBlockSize    = 4 << 20
+	DefaultMemoryBytes  = 256 << 20
+	DefaultDiskBytes    = 10 << 30
+	DefaultReadahead    = 8
+	DefaultMaxPrefetch  = 16
+	DefaultFetchTimeout = 2 * time.Minute
+)
+
+// Cache is a block cache over a Getter. It is safe for concurrent use.
+type Cache struct {
+	cfg      Config
+	mem      *memoryTier
+	disk     *diskTier
+	flights  singleflight.Group
+	prefetch chan struct{}
+	bg       context.Context
+	stop     context.CancelFunc
+}
+
+// New builds a Cache, loading the disk tier's index when DiskDir is set.
+func New(cfg Config) (*Cache, error) {
+	if cfg.Getter == nil {
+		return nil, errors.New("blockcache: no Getter")
+	}
+	if cfg.BlockSize == 0 {
+		cfg.BlockSize = DefaultBlockSize
+	}
+	if cfg.BlockSize < 4096 || cfg.BlockSize > 1<<30 {
+		return nil, fmt.Errorf("blockcache: block size %d out of range [4Ki, 1Gi]", cfg.BlockSize)
+	}
+	if cfg.MemoryBytes == 0 {
+		cfg.MemoryBytes = DefaultMemoryBytes
+	}
+	if cfg.DiskBytes == 0 {
+		cfg.DiskBytes = DefaultDiskBytes
+	}
+	if cfg.Readahead == 0 {
+		cfg.Readahead = DefaultReadahead
+	}
+	if cfg.MaxPrefetch <= 0 {
+		cfg.MaxPrefetch = DefaultMaxPrefetch
+	}
+	if cfg.FetchTimeout <= 0 {
+		cfg.FetchTimeout = DefaultFetchTimeout
+	}
+	c := &Cache{cfg: cfg, mem: newMemoryTier(cfg.MemoryBytes), prefetch: make(chan struct{}, cfg.MaxPrefetch)}
+	if cfg.DiskDir != "" {
+		d, err := openDiskTier(cfg.DiskDir, cfg.DiskBytes, cfg.BlockSize)
+		if err != nil {
+			return nil, err
+		}
+		c.disk = d
+	}
+	c.bg, c.stop = context.WithCancel(context.Background())
+	c.publishSizes()
+	return c, nil
+}
+
+// BlockSize is the configured block size.
+func (c *Cache) BlockSize() int64 { return c.cfg.BlockSize }
+
+// Close stops readahead and releases the disk tier.
+func (c *Cache) Close() {
+	c.stop()
+	if c.disk != nil {
+		c.disk.close()
+	}
+}
+
+// Stats reports the bytes held by each tier.
+func (c *Cache) Stats() (memory, disk int64) {
+	memory = c.mem.size()
+	if c.disk != nil {
+		disk = c.disk.size()
+	}
+	return memory, disk
+}
+
+func (c *Cache) block(obj ObjectRef, index int64) BlockRef {
+	return BlockRef{Object: obj, Index: index, BlockSize: c.cfg.BlockSize}
+}
+
+// ReadAt reads up to len(p) bytes of obj at off. It returns io.EOF when off
+// is at or past the end, and fewer bytes only at the end of the object.
+func (c *Cache) ReadAt(ctx context.Context, obj ObjectRef, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("negative offset %d", off)
+	}
+	if off >= obj.Size {
+		return 0, io.EOF
+	}
+	end := min(off+int64(len(p)), obj.Size)
+	for pos := off; pos < end; {
+		b := c.block(obj, pos/c.cfg.BlockSize)
+		inOff := pos - b.Offset()
+		n := min(end-pos, b.Len()-inOff)
+		if err := c.readBlock(ctx, b, p[pos-off:pos-off+n], inOff); err != nil {
+			return int(pos - off), err
+		}
+		pos += n
+	}
+	n := int(end - off)
+	c.cfg.Metrics.Served(n)
+	return n, nil
+}
+
+func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int64) error {
+	key := b.Key()
+	if data, ok := c.mem.get(key); ok {
+		c.cfg.Metrics.Hit(metrics.TierMemory)
+		copy(dst, data[inOff:])
+		return nil
+	}
+	c.cfg.Metrics.Miss(metrics.TierMemory)
+	if hit, err := c.readDisk(b, key, dst, inOff); err != nil || hit {
+		return err
+	}
+	data, err := c.fetch(ctx, b, key)
+	if err != nil {
+		return err
+	}
+	copy(dst, data[inOff:])
+	return nil
+}
+
+// readDisk serves a block from the disk tier, promoting it to memory when it
+// was read whole for verification.
+func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (bool, error) {
+	if c.disk == nil {
+		return false, nil
+	}
+	full, hit, corrupt, err := c.disk.read(b, dst, inOff)
+	if corrupt {
+		c.cfg.Metrics.Corrupt()
+		klog.InfoS("Cached block failed its checksum; fetching it again", "path", b.Object.Path, "block", b.Index)
+	}
+	if err != nil || !hit {
+		c.cfg.Metrics.Miss(metrics.TierDisk)
+		return false, nil
+	}
+	c.cfg.Metrics.Hit(metrics.TierDisk)
+	if full != nil {
+		c.putMemory(key, full)
+	}
+	return true, nil
+}
+
+// fetch gets a block from the tier below, once per block however many
+// readers ask. The fetch runs on the cache's own context so that one reader
+// giving up does not fail the others; each waiter honours its own ctx.
+func (c *Cache) fetch(ctx context.Context, b BlockRef, key string) ([]byte, error) {
+	ch := c.flights.DoChan(key, func() (any, error) {
+		if data, ok := c.mem.get(key); ok {
+			return data, nil
+		}
+		if c.disk != nil && c.disk.has(b) {
+			buf := make([]byte, b.Len())
+			if hit, _ := c.readDisk(b, key, buf, 0); hit {
+				return buf, nil
+			}
+		}
+		fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
+		defer cancel()
+		buf := make([]byte, b.Len())
+		start := time.Now()
+		err := c.cfg.Getter.GetBlock(fctx, b, buf)
+		c.cfg.Metrics.Fetched(len(buf), time.Since(start), err)
+		if err != nil {
+			return nil, fmt.Errorf("fetching block %d of %s: %w", b.Index, b.Object.Path, err)
+		}
+		c.putMemory(key, buf)
+		if c.disk != nil {
+			if err := c.disk.write(b, buf); err != nil {
+				klog.V(2).InfoS("Disk tier write failed", "path", b.Object.Path, "block", b.Index, "err", err)
+			}
+		}
+		c.publishSizes()
+		return buf, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.([]byte), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *Cache) putMemory(key string, data []byte) {
+	for range c.mem.put(key, data) {
+		c.cfg.Metrics.Evicted(metrics.TierMemory)
+	}
+}
+
+func (c *Cache) publishSizes() {
+	if c.cfg.Metrics != nil {
+		m, d := c.Stats()
+		c.cfg.Metrics.SetSizes(m, d)
+	}
+}
+
+// present reports whether a block is in memory or on disk.
+func (c *Cache) present(b BlockRef) bool {
+	return c.mem.contains(b.Key()) || (c.disk != nil && c.disk.has(b))
+}
+
+// Prefetch fetches blocks [from, to] of obj in the background, at most
+// MaxPrefetch at a time across the cache. Blocks already present are skipped.
+func (c *Cache) Prefetch(obj ObjectRef, from, to int64) {
+	last := nblocks(obj.Size, c.cfg.BlockSize) - 1
+	for i := max(from, 0); i <= min(to, last); i++ {
+		b := c.block(obj, i)
+		if c.present(b) {
+			continue
+		}
+		go func() {
+			select {
+			case c.prefetch <- struct{}{}:
+			case <-c.bg.Done():
+				return
+			}
+			defer func() { <-c.prefetch }()
+			if _, err := c.fetch(c.bg, b, b.Key()); err != nil {
+				klog.V(4).InfoS("Readahead failed", "path", b.Object.Path, "block", b.Index, "err", err)
+			}
+		}()
+	}
+}
+
+// OpenLocal returns a read-only file holding obj's bytes when every block is
+// on the local disk (for kernel FUSE passthrough). The object stays pinned
+// on disk until release is called.
+func (c *Cache) OpenLocal(obj ObjectRef) (f *os.File, release func(), ok bool) {
+	if c.disk == nil || obj.Size == 0 {
+		return nil, nil, false
+	}
+	return c.disk.openComplete(obj)
+}

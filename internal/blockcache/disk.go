@@ -1,0 +1,473 @@
+package blockcache
+
+import (
+	"bufio"
+	"bytes"
+	"container/list"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// Disk layout, under Config.DiskDir:
+//
+//	lock                     flock: one process per cache dir
+//	objects/ab/<id>.data     sparse file, the object's size; present blocks at their offsets
+//	objects/ab/<id>.idx      header line, then 16-byte records (index, length, crc32c)
+//
+// A record is appended after its block's bytes were written; a tombstone
+// record (length 0xffffffff) marks an evicted block. A crash can leave a
+// record whose bytes never reached the disk or a torn trailing record: the
+// first is caught by the checksum when the block is read (and re-fetched),
+// the second is ignored when the index is loaded.
+
+const (
+	idxMagic     = "SLUICEIDX1 "
+	recordSize   = 16
+	tombstoneLen = 0xffffffff
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func checksum(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
+
+type idxHeader struct {
+	Source    string `json:"source"`
+	Path      string `json:"path"`
+	Version   string `json:"version"`
+	Size      int64  `json:"size"`
+	BlockSize int64  `json:"blockSize"`
+}
+
+type diskObject struct {
+	id      string
+	ref     ObjectRef
+	data    *os.File
+	idx     *os.File
+	blocks  map[int64]*list.Element // values are *diskBlock
+	pins    int                     // readers, writers and passthrough opens; pinned objects are not evicted
+	nblocks int64
+}
+
+type diskBlock struct {
+	obj      *diskObject
+	index    int64
+	length   uint32
+	crc      uint32
+	verified bool // checksum checked (or written) by this process
+	pending  bool // being written; invisible to readers
+}
+
+// diskTier is the local disk tier. Lock order: diskTier.mu is a leaf; it is
+// never held while calling into the memory tier or a Getter. File I/O under
+// mu is limited to opening/creating object files, hole punching and index
+// appends; block reads and writes happen outside it, protected by pins.
+type diskTier struct {
+	dir       string
+	limit     int64
+	blockSize int64
+	lockFile  *os.File
+
+	mu      sync.Mutex
+	used    int64
+	objects map[string]*diskObject
+	lru     *list.List // front = most recently used *diskBlock
+}
+
+func openDiskTier(dir string, limit, blockSize int64) (*diskTier, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "objects"), 0o700); err != nil {
+		return nil, fmt.Errorf("cache dir: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("cache dir: %w", err)
+	}
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("cache dir %s is in use by another process: %w", dir, err)
+	}
+	d := &diskTier{dir: dir, limit: limit, blockSize: blockSize, lockFile: lf,
+		objects: map[string]*diskObject{}, lru: list.New()}
+	if err := d.load(); err != nil {
+		d.close()
+		return nil, err
+	}
+	d.mu.Lock()
+	d.evictLocked(0)
+	d.mu.Unlock()
+	return d, nil
+}
+
+func (d *diskTier) objectPath(id, ext string) string {
+	return filepath.Join(d.dir, "objects", id[:2], id+ext)
+}
+
+// load reads every index file, dropping objects whose index is unusable.
+func (d *diskTier) load() error {
+	idxFiles, err := filepath.Glob(filepath.Join(d.dir, "objects", "*", "*.idx"))
+	if err != nil {
+		return err
+	}
+	for _, p := range idxFiles {
+		id := strings.TrimSuffix(filepath.Base(p), ".idx")
+		if err := d.loadObject(id); err != nil {
+			klog.InfoS("Dropping unusable cache entry", "id", id, "reason", err.Error())
+			os.Remove(d.objectPath(id, ".idx"))
+			os.Remove(d.objectPath(id, ".data"))
+		}
+	}
+	return nil
+}
+
+func (d *diskTier) loadObject(id string) error {
+	raw, err := os.ReadFile(d.objectPath(id, ".idx"))
+	if err != nil {
+		return err
+	}
+	hdr, recs, ok := bytes.Cut(raw, []byte("\n"))
+	if !ok || !bytes.HasPrefix(hdr, []byte(idxMagic)) {
+		return errors.New("bad index header")
+	}
+	var h idxHeader
+	if err := json.Unmarshal(hdr[len(idxMagic):], &h); err != nil {
+		return fmt.Errorf("bad index header: %w", err)
+	}
+	ref := ObjectRef{Source: h.Source, Path: h.Path, Version: h.Version, Size: h.Size}
+	if h.BlockSize != d.blockSize || ref.id() != id {
+		return errors.New("block size or identity changed")
+	}
+	live := map[int64][2]uint32{}
+	tombstones := 0
+	for len(recs) >= recordSize {
+		idx := int64(binary.LittleEndian.Uint64(recs[0:8]))
+		length := binary.LittleEndian.Uint32(recs[8:12])
+		crc := binary.LittleEndian.Uint32(recs[12:16])
+		recs = recs[recordSize:]
+		if length == tombstoneLen {
+			delete(live, idx)
+			tombstones++
+			continue
+		}
+		b := BlockRef{Object: ref, Index: idx, BlockSize: d.blockSize}
+		if idx < 0 || idx >= nblocks(ref.Size, d.blockSize) || int64(length) != b.Len() {
+			continue
+		}
+		live[idx] = [2]uint32{length, crc}
+	}
+	if len(live) == 0 {
+		return errors.New("no blocks")
+	}
+	o, err := d.openObjectFiles(ref, id, len(recs) > 0 || tombstones > 0, live)
+	if err != nil {
+		return err
+	}
+	for idx, lc := range live {
+		blk := &diskBlock{obj: o, index: idx, length: lc[0], crc: lc[1]}
+		o.blocks[idx] = d.lru.PushBack(blk)
+		d.used += int64(lc[0])
+	}
+	d.objects[id] = o
+	return nil
+}
+
+// openObjectFiles opens (or creates) the object's data and index files. When
+// rewrite is set, the index is rewritten with just the live records.
+func (d *diskTier) openObjectFiles(ref ObjectRef, id string, rewrite bool, live map[int64][2]uint32) (*diskObject, error) {
+	if err := os.MkdirAll(filepath.Dir(d.objectPath(id, "")), 0o700); err != nil {
+		return nil, err
+	}
+	data, err := os.OpenFile(d.objectPath(id, ".data"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := data.Truncate(ref.Size); err != nil {
+		data.Close()
+		return nil, err
+	}
+	idxPath := d.objectPath(id, ".idx")
+	if live == nil || rewrite {
+		if err := writeIndex(idxPath, ref, d.blockSize, live); err != nil {
+			data.Close()
+			return nil, err
+		}
+	}
+	idx, err := os.OpenFile(idxPath, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		data.Close()
+		return nil, err
+	}
+	return &diskObject{id: id, ref: ref, data: data, idx: idx, blocks: map[int64]*list.Element{},
+		nblocks: nblocks(ref.Size, d.blockSize)}, nil
+}
+
+// writeIndex atomically replaces the index with a header and live records.
+func writeIndex(path string, ref ObjectRef, blockSize int64, live map[int64][2]uint32) error {
+	hdr, err := json.Marshal(idxHeader{Source: ref.Source, Path: ref.Path, Version: ref.Version, Size: ref.Size, BlockSize: blockSize})
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	w.WriteString(idxMagic)
+	w.Write(hdr)
+	w.WriteByte('\n')
+	for idx, lc := range live {
+		w.Write(record(idx, lc[0], lc[1]))
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func record(idx int64, length, crc uint32) []byte {
+	var r [recordSize]byte
+	binary.LittleEndian.PutUint64(r[0:8], uint64(idx))
+	binary.LittleEndian.PutUint32(r[8:12], length)
+	binary.LittleEndian.PutUint32(r[12:16], crc)
+	return r[:]
+}
+
+func nblocks(size, blockSize int64) int64 { return (size + blockSize - 1) / blockSize }
+
+// has reports whether a block is present (not necessarily verified).
+func (d *diskTier) has(b BlockRef) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o := d.objects[b.Object.id()]
+	if o == nil {
+		return false
+	}
+	el := o.blocks[b.Index]
+	return el != nil && !el.Value.(*diskBlock).pending
+}
+
+// read copies block bytes [inOff, inOff+len(p)) into p. A verified block is
+// read straight into p and full is nil; an unverified one is read whole,
+// checked, and returned as full (p is filled too) so the caller can keep it
+// in memory. hit is false when the block is absent or failed its checksum.
+func (d *diskTier) read(b BlockRef, p []byte, inOff int64) (full []byte, hit, corrupt bool, err error) {
+	d.mu.Lock()
+	o := d.objects[b.Object.id()]
+	var blk *diskBlock
+	if o != nil {
+		if el := o.blocks[b.Index]; el != nil && !el.Value.(*diskBlock).pending {
+			blk = el.Value.(*diskBlock)
+			d.lru.MoveToFront(el)
+			o.pins++
+		}
+	}
+	d.mu.Unlock()
+	if blk == nil {
+		return nil, false, false, nil
+	}
+	defer d.unpin(o)
+	if blk.isVerified(d) {
+		if _, err := o.data.ReadAt(p, b.Offset()+inOff); err != nil {
+			return nil, false, false, err
+		}
+		return nil, true, false, nil
+	}
+	buf := make([]byte, blk.length)
+	if _, err := o.data.ReadAt(buf, b.Offset()); err != nil && !errors.Is(err, io.EOF) {
+		return nil, false, false, err
+	}
+	if checksum(buf) != blk.crc {
+		d.drop(o, b.Index)
+		return nil, false, true, nil
+	}
+	d.mu.Lock()
+	blk.verified = true
+	d.mu.Unlock()
+	copy(p, buf[inOff:])
+	return buf, true, false, nil
+}
+
+func (blk *diskBlock) isVerified(d *diskTier) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return blk.verified
+}
+
+// drop removes one block (after a checksum failure).
+func (d *diskTier) drop(o *diskObject, index int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if el := o.blocks[index]; el != nil {
+		d.removeBlockLocked(el)
+	}
+}
+
+func (d *diskTier) unpin(o *diskObject) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o.pins--
+	d.maybeCloseLocked(o)
+}
+
+// write stores a block. It is skipped (not an error) when the tier cannot
+// make room because everything else is pinned.
+func (d *diskTier) write(b BlockRef, data []byte) error {
+	id := b.Object.id()
+	d.mu.Lock()
+	o := d.objects[id]
+	if o != nil && o.blocks[b.Index] != nil {
+		d.mu.Unlock()
+		return nil
+	}
+	if !d.evictLocked(int64(len(data))) {
+		d.mu.Unlock()
+		return nil
+	}
+	if o == nil {
+		var err error
+		if o, err = d.openObjectFiles(b.Object, id, false, nil); err != nil {
+			d.mu.Unlock()
+			return err
+		}
+		d.objects[id] = o
+	}
+	blk := &diskBlock{obj: o, index: b.Index, length: uint32(len(data)), crc: checksum(data), pending: true}
+	o.blocks[b.Index] = d.lru.PushFront(blk)
+	o.pins++
+	d.used += int64(len(data))
+	d.mu.Unlock()
+
+	_, err := o.data.WriteAt(data, b.Offset())
+	if err == nil {
+		_, err = o.idx.Write(record(b.Index, blk.length, blk.crc))
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o.pins--
+	if err != nil {
+		d.removeBlockLocked(o.blocks[b.Index])
+		return err
+	}
+	blk.pending, blk.verified = false, true
+	return nil
+}
+
+// evictLocked frees space for need more bytes, least recently used first,
+// skipping pinned objects. It reports whether the space is available.
+func (d *diskTier) evictLocked(need int64) bool {
+	if need > d.limit {
+		return false
+	}
+	for el := d.lru.Back(); el != nil && d.used+need > d.limit; {
+		prev := el.Prev()
+		blk := el.Value.(*diskBlock)
+		if blk.obj.pins == 0 && !blk.pending {
+			d.removeBlockLocked(el)
+		}
+		el = prev
+	}
+	return d.used+need <= d.limit
+}
+
+func (d *diskTier) removeBlockLocked(el *list.Element) {
+	blk := el.Value.(*diskBlock)
+	o := blk.obj
+	d.lru.Remove(el)
+	delete(o.blocks, blk.index)
+	d.used -= int64(blk.length)
+	off := blk.index * d.blockSize
+	if err := unix.Fallocate(int(o.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, int64(blk.length)); err != nil {
+		klog.V(2).InfoS("Punching a hole failed", "object", o.ref.Path, "err", err)
+	}
+	if _, err := o.idx.Write(record(blk.index, tombstoneLen, 0)); err != nil {
+		klog.V(2).InfoS("Writing a tombstone failed", "object", o.ref.Path, "err", err)
+	}
+	d.maybeCloseLocked(o)
+}
+
+// maybeCloseLocked deletes an object that has no blocks and no pins.
+func (d *diskTier) maybeCloseLocked(o *diskObject) {
+	if len(o.blocks) > 0 || o.pins > 0 || d.objects[o.id] != o {
+		return
+	}
+	delete(d.objects, o.id)
+	o.data.Close()
+	o.idx.Close()
+	os.Remove(d.objectPath(o.id, ".idx"))
+	os.Remove(d.objectPath(o.id, ".data"))
+}
+
+// openComplete returns a read-only file of an object whose every block is
+// present and verified, pinned until release is called. ok is false when the
+// object is incomplete.
+func (d *diskTier) openComplete(ref ObjectRef) (f *os.File, release func(), ok bool) {
+	d.mu.Lock()
+	o := d.objects[ref.id()]
+	if o == nil || int64(len(o.blocks)) != o.nblocks {
+		d.mu.Unlock()
+		return nil, nil, false
+	}
+	var unverified []*diskBlock
+	for _, el := range o.blocks {
+		blk := el.Value.(*diskBlock)
+		if blk.pending {
+			d.mu.Unlock()
+			return nil, nil, false
+		}
+		if !blk.verified {
+			unverified = append(unverified, blk)
+		}
+	}
+	o.pins++
+	d.mu.Unlock()
+	for _, blk := range unverified {
+		buf := make([]byte, blk.length)
+		if _, err := o.data.ReadAt(buf, blk.index*d.blockSize); err != nil || checksum(buf) != blk.crc {
+			d.drop(o, blk.index)
+			d.unpin(o)
+			return nil, nil, false
+		}
+		d.mu.Lock()
+		blk.verified = true
+		d.mu.Unlock()
+	}
+	f, err := os.Open(d.objectPath(o.id, ".data"))
+	if err != nil {
+		d.unpin(o)
+		return nil, nil, false
+	}
+	var once sync.Once
+	return f, func() { once.Do(func() { f.Close(); d.unpin(o) }) }, true
+}
+
+func (d *diskTier) size() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.used
+}
+
+func (d *diskTier) close() {
+	d.mu.Lock()
+	for _, o := range d.objects {
+		o.data.Close()
+		o.idx.Close()
+	}
+	d.objects = map[string]*diskObject{}
+	d.lru.Init()
+	d.mu.Unlock()
+	d.lockFile.Close()
+}

@@ -1,0 +1,55 @@
+package blockcache
+
+import (
+	"context"
+	"sync"
+)
+
+// Reader reads one object for one open file handle and detects sequential
+// access: a read that starts in the block of the previous read or next to it
+// continues a sequential run, which keeps Readahead blocks ahead of the
+// reader fetching in parallel. Any other read resets the run, so random
+// readers pay for no readahead.
+type Reader struct {
+	c   *Cache
+	obj ObjectRef
+
+	mu        sync.Mutex
+	lastBlock int64 // block of the last byte of the previous read
+	aheadTo   int64 // last block already handed to Prefetch
+}
+
+// NewReader returns a Reader for obj.
+func (c *Cache) NewReader(obj ObjectRef) *Reader {
+	return &Reader{c: c, obj: obj, lastBlock: -1, aheadTo: -1}
+}
+
+// Object is the object this Reader reads.
+func (r *Reader) Object() ObjectRef { return r.obj }
+
+// ReadAt reads like Cache.ReadAt and schedules readahead for sequential runs.
+func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if ra := int64(r.c.cfg.Readahead); ra > 0 && len(p) > 0 && off < r.obj.Size {
+		bs := r.c.cfg.BlockSize
+		first := off / bs
+		last := (min(off+int64(len(p)), r.obj.Size) - 1) / bs
+		var from, to int64 = 0, -1
+		r.mu.Lock()
+		// Kernel readahead may deliver a request slightly out of order:
+		// tolerate one block backwards.
+		if first >= r.lastBlock-1 && first <= r.lastBlock+1 {
+			if want := last + ra; want > r.aheadTo {
+				from, to = max(r.aheadTo+1, last+1), want
+				r.aheadTo = want
+			}
+			r.lastBlock = max(r.lastBlock, last)
+		} else {
+			r.aheadTo, r.lastBlock = last, last
+		}
+		r.mu.Unlock()
+		if to >= from {
+			r.c.Prefetch(r.obj, from, to)
+		}
+	}
+	return r.c.ReadAt(ctx, r.obj, p, off)
+}

@@ -1,0 +1,177 @@
+// Package fusefs is sluice's read-only FUSE file system: a thin front over
+// a namespace.Cache (listings, TTL-cached) and a blockcache.Cache (bytes).
+// It holds no data of its own, like rclone's VFS over its vfscache.
+//
+// Caching:
+//   - Entry and attribute timeouts equal the metadata TTL, so the kernel
+//     asks again once the listing it came from may be stale.
+//   - A file's inode number is derived from its path and object version.
+//     A changed object therefore surfaces as a new inode after the TTL, with
+//     an empty page cache, while an unchanged one keeps its inode, so every
+//     open returns FOPEN_KEEP_CACHE and second reads come from the kernel's
+//     page cache.
+//   - An object whose every block is on the local disk tier is opened with
+//     kernel FUSE passthrough (kernel >= 6.9, CAP_SYS_ADMIN): reads go to the
+//     cache file without entering this process. Without passthrough, reads
+//     are 1 MiB requests (MaxWrite), splice is off, and the mount's
+//     read_ahead_kb is raised so sequential readers keep requests in flight.
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/contract"
+	"github.com/sluice-dev/sluice/internal/mountutil"
+	"github.com/sluice-dev/sluice/internal/namespace"
+	"github.com/sluice-dev/sluice/internal/source"
+)
+
+// Options configure a mount.
+type Options struct {
+	// Passthrough enables kernel FUSE passthrough for fully cached files.
+	Passthrough bool
+	// ReadAheadKB is written to the mount's bdi read_ahead_kb (0: 1024).
+	ReadAheadKB int
+	// FsName is the "source" column of /proc/mounts.
+	FsName string
+	// AllowOther lets users other than the mounting one read the mount.
+	AllowOther bool
+	// Debug logs every FUSE request.
+	Debug bool
+}
+
+// FS is the file system: namespace for names, cache for bytes.
+type FS struct {
+	ns    *namespace.Cache
+	cache *blockcache.Cache
+	opts  Options
+}
+
+// New returns a file system over ns and cache.
+func New(ns *namespace.Cache, cache *blockcache.Cache, opts Options) *FS {
+	if opts.ReadAheadKB == 0 {
+		opts.ReadAheadKB = 1024
+	}
+	return &FS{ns: ns, cache: cache, opts: opts}
+}
+
+// Mount is a serving mount.
+type Mount struct {
+	Dir    string
+	server *fuse.Server
+}
+
+// Mount mounts the file system at dir and serves it in the background.
+// A stale mount at dir is replaced; a live one is an error.
+func (f *FS) Mount(dir string) (*Mount, error) {
+	if err := mountutil.PrepareTarget(dir); err != nil {
+		return nil, err
+	}
+	ttl := f.ns.TTL()
+	mo := fuse.MountOptions{
+		FsName:        f.opts.FsName,
+		Name:          contract.FSName,
+		MaxWrite:      1 << 20,
+		DisableSplice: true,
+		AllowOther:    f.opts.AllowOther,
+		Debug:         f.opts.Debug,
+		MaxBackground: 64,
+	}
+	if os.Geteuid() == 0 {
+		mo.DirectMountStrict = true
+		mo.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
+	} else {
+		mo.Options = append(mo.Options, "ro")
+	}
+	if !f.opts.Passthrough {
+		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
+	}
+	root := &dirNode{fsys: f}
+	server, err := fs.Mount(dir, root, &fs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &ttl,
+		AttrTimeout:     &ttl,
+		NegativeTimeout: &ttl,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mounting %s: %w", dir, err)
+	}
+	if err := mountutil.SetReadAheadKB(dir, f.opts.ReadAheadKB); err != nil {
+		klog.V(2).InfoS("Could not raise read_ahead_kb", "path", dir, "err", err)
+	}
+	return &Mount{Dir: dir, server: server}, nil
+}
+
+// Unmount unmounts (waiting for the kernel to let go) and stops serving.
+func (m *Mount) Unmount() error {
+	var err error
+	for i := 0; i < 20; i++ {
+		if err = m.server.Unmount(); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	klog.InfoS("Unmount is busy; detaching lazily", "path", m.Dir, "err", err)
+	return mountutil.Unmount(m.Dir)
+}
+
+// Wait blocks until the mount is unmounted (by Unmount or from outside).
+func (m *Mount) Wait() { m.server.Wait() }
+
+// ino derives a stable inode number from a path and version.
+func ino(path, version string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(path))
+	h.Write([]byte{0})
+	h.Write([]byte(version))
+	n := h.Sum64() &^ (1 << 63) // below go-fuse's automatic numbers
+	if n < 2 {
+		n += 2 // 1 is the root
+	}
+	return n
+}
+
+// errno maps data-path errors to FUSE errnos.
+func errno(err error) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, source.ErrNotFound):
+		return syscall.ENOENT
+	case errors.Is(err, source.ErrPermission):
+		return syscall.EACCES
+	case errors.Is(err, source.ErrVersionChanged):
+		return syscall.ESTALE
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	default:
+		return syscall.EIO
+	}
+}
+
+func setAttr(a *fuse.Attr, e source.Entry) {
+	if e.IsDir {
+		a.Mode = syscall.S_IFDIR | 0o555
+		a.Nlink = 2
+	} else {
+		a.Mode = syscall.S_IFREG | 0o444
+		a.Nlink = 1
+		a.Size = uint64(e.Size)
+		a.Blocks = (uint64(e.Size) + 511) / 512
+	}
+	a.Blksize = 1 << 20
+	if !e.ModTime.IsZero() {
+		a.SetTimes(nil, &e.ModTime, &e.ModTime)
+	}
+}

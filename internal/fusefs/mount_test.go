@@ -1,0 +1,84 @@
+package fusefs
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/mountutil"
+	"github.com/sluice-dev/sluice/internal/namespace"
+	"github.com/sluice-dev/sluice/internal/testutil"
+)
+
+func TestPassthroughServesCachedFiles(t *testing.T) {
+	files := map[string][]byte{"f": randBytes(4*testBlock+3, 8)}
+	for _, passthrough := range []bool{true, false} {
+		name := map[bool]string{true: "passthrough", false: "no passthrough"}[passthrough]
+		t.Run(name, func(t *testing.T) {
+			m := mountSource(t, fileBackend(t, files), mountConfig{blockSize: testBlock, passthrough: passthrough})
+			p := filepath.Join(m.dir, "f")
+			for pass := 0; pass < 3; pass++ {
+				// Drop the kernel's page cache of the file so reads reach FUSE.
+				if f, err := os.Open(p); err == nil {
+					fadviseDontNeed(f)
+					f.Close()
+				}
+				got, err := os.ReadFile(p)
+				if err != nil || !bytes.Equal(got, files["f"]) {
+					t.Fatalf("pass %d: err %v, equal %v", pass, err, bytes.Equal(got, files["f"]))
+				}
+			}
+			if got := m.getter.fetches.Load(); got != 5 {
+				t.Errorf("origin fetches %d, want 5 (once per block)", got)
+			}
+			// Pass 0 reads through FUSE; with passthrough, passes 1 and 2
+			// open a fully cached file and never reach this process.
+			served := testutil.CounterValue(t, m.metrics.BytesServed)
+			if passthrough && served != float64(len(files["f"])) {
+				t.Errorf("bytes served through FUSE %v, want %d (only the cold pass)", served, len(files["f"]))
+			}
+		})
+	}
+}
+
+func TestStaleMountIsReplacedNotStacked(t *testing.T) {
+	testutil.RequireRootFUSE(t)
+	src := fileBackend(t, map[string][]byte{"f": []byte("hello")})
+	dir := filepath.Join(t.TempDir(), "mnt")
+	cache, err := blockcache.New(blockcache.Config{Getter: blockcache.OriginGetter{Source: src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	first, err := New(namespace.New(src, time.Minute), cache, Options{}).Mount(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mountutil.Unmount(dir) }) // in case the test fails half-way
+	// Simulate a crashed server: abort its FUSE connection, which leaves the
+	// mount point answering ENOTCONN.
+	abortConnection(t, dir)
+	first.Wait()
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); !errors.Is(err, syscall.ENOTCONN) {
+		t.Fatalf("after abort: statfs = %v, want ENOTCONN (mounts: %d)", err, countMounts(dir))
+	}
+	m := mountSource(t, src, mountConfig{dir: dir})
+	if n := countMounts(dir); n != 1 {
+		t.Fatalf("%d mounts stacked at %s, want 1", n, dir)
+	}
+	if got, err := os.ReadFile(filepath.Join(m.dir, "f")); err != nil || string(got) != "hello" {
+		t.Fatalf("read after replacing the stale mount: %q, %v", got, err)
+	}
+	// A live mount is not replaced.
+	if _, err := New(namespace.New(src, time.Minute), cache, Options{}).Mount(dir); err == nil {
+		t.Fatal("mounting over a live mount succeeded, want an error")
+	}
+}

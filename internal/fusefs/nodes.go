@@ -1,0 +1,132 @@
+package fusefs
+
+import (
+	"context"
+	"io"
+	"os"
+	"path"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/source"
+)
+
+// dirNode is a directory of the dataset.
+type dirNode struct {
+	fs.Inode
+	fsys *FS
+	path string // "" for the root
+}
+
+var (
+	_ = (fs.NodeLookuper)((*dirNode)(nil))
+	_ = (fs.NodeReaddirer)((*dirNode)(nil))
+	_ = (fs.NodeGetattrer)((*dirNode)(nil))
+)
+
+func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	e, err := d.fsys.ns.Lookup(ctx, d.path, name)
+	if err != nil {
+		return nil, errno(err)
+	}
+	p := path.Join(d.path, name)
+	setAttr(&out.Attr, e)
+	if e.IsDir {
+		return d.NewInode(ctx, &dirNode{fsys: d.fsys, path: p},
+			fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino(p, "")}), 0
+	}
+	return d.NewInode(ctx, &fileNode{fsys: d.fsys, path: p, entry: e},
+		fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino(p, e.Version)}), 0
+}
+
+func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	entries, err := d.fsys.ns.List(ctx, d.path)
+	if err != nil {
+		return nil, errno(err)
+	}
+	out := make([]fuse.DirEntry, 0, len(entries))
+	for _, e := range entries {
+		de := fuse.DirEntry{Name: e.Name, Mode: syscall.S_IFREG, Ino: ino(path.Join(d.path, e.Name), e.Version)}
+		if e.IsDir {
+			de.Mode, de.Ino = syscall.S_IFDIR, ino(path.Join(d.path, e.Name), "")
+		}
+		out = append(out, de)
+	}
+	return fs.NewListDirStream(out), 0
+}
+
+func (d *dirNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	setAttr(&out.Attr, source.Entry{IsDir: true})
+	return 0
+}
+
+// fileNode is one version of one object; a new version is a new node.
+type fileNode struct {
+	fs.Inode
+	fsys  *FS
+	path  string
+	entry source.Entry
+}
+
+var (
+	_ = (fs.NodeOpener)((*fileNode)(nil))
+	_ = (fs.NodeGetattrer)((*fileNode)(nil))
+)
+
+func (f *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	setAttr(&out.Attr, f.entry)
+	return 0
+}
+
+func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	obj := blockcache.ObjectRef{Source: f.fsys.ns.Source().ID(), Path: f.path, Version: f.entry.Version, Size: f.entry.Size}
+	h := &handle{r: f.fsys.cache.NewReader(obj)}
+	if f.fsys.opts.Passthrough {
+		h.file, h.release, _ = f.fsys.cache.OpenLocal(obj)
+	}
+	return h, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// handle is an open file. When file is set, the kernel reads it directly
+// (passthrough) and Read is not called.
+type handle struct {
+	r       *blockcache.Reader
+	file    *os.File
+	release func()
+}
+
+var (
+	_ = (fs.FileReader)((*handle)(nil))
+	_ = (fs.FileReleaser)((*handle)(nil))
+	_ = (fs.FilePassthroughFder)((*handle)(nil))
+)
+
+func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := h.r.ReadAt(ctx, dest, off)
+	if err != nil && err != io.EOF {
+		klog.V(2).InfoS("Read failed", "path", h.r.Object().Path, "offset", off, "err", err)
+		return nil, errno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *handle) PassthroughFd() (int, bool) {
+	if h.file == nil {
+		return 0, false
+	}
+	return int(h.file.Fd()), true
+}
+
+func (h *handle) Release(ctx context.Context) syscall.Errno {
+	if h.release != nil {
+		h.release()
+	}
+	return 0
+}
