@@ -104,4 +104,3 @@ func TestOverwrittenObjectIsSeenAfterTTL(t *testing.T) {
 		t.Fatalf("after the TTL: err %v, got %d bytes starting %q, want v2 (%d bytes)", err, len(got), got[:min(len(got), 4)], len(v2))
 	}
 }
-
