@@ -26,7 +26,8 @@ const defaultS3Endpoint = "https://s3.amazonaws.com"
 
 // mtimeVersion prefixes the Version of S3 objects that have no ETag (some
 // gateways serve files placed on their file system without one):
-// "mtime:<unix nanoseconds>:<size>".
+// "mtime:<Last-Modified as Unix seconds>:<size>". Seconds, because HEAD
+// reports Last-Modified in seconds while listings may carry milliseconds.
 const mtimeVersion = "mtime:"
 
 // s3Config is what Parse collected for an S3 source.
@@ -305,11 +306,12 @@ func (s *s3Source) ReadAt(ctx context.Context, p, version string, buf []byte, of
 	if err := opts.SetRange(off, end); err != nil {
 		return fmt.Errorf("%w: s3 read s3://%s/%s: %v", ErrInvalid, s.bucket, key, err)
 	}
+	// An ETag version is checked by the server (If-Match). An mtime
+	// version is checked here against the response's Last-Modified and
+	// size: If-Unmodified-Since is unreliable with gateways that compare
+	// it with sub-second file times.
 	wantMtime, wantSize, byMtime := parseMtimeVersion(version)
-	switch {
-	case byMtime:
-		_ = opts.SetUnmodified(wantMtime)
-	case version != "":
+	if version != "" && !byMtime {
 		_ = opts.SetMatchETag(version)
 	}
 	body, info, hdr, err := s.core.GetObject(ctx, s.bucket, key, opts)
@@ -323,8 +325,9 @@ func (s *s3Source) ReadAt(ctx context.Context, p, version string, buf []byte, of
 	switch {
 	case !ok:
 		return fmt.Errorf("%s: response has no valid Content-Range (%q)", where, hdr.Get("Content-Range"))
-	case byMtime && total >= 0 && total != wantSize:
-		return fmt.Errorf("%s: size is now %d, was %d: %w", where, total, wantSize, ErrVersionChanged)
+	case byMtime && (total != wantSize || info.LastModified.Unix() != wantMtime):
+		return fmt.Errorf("%s: object now has %d bytes, mtime %d; was %d, %d: %w",
+			where, total, info.LastModified.Unix(), wantSize, wantMtime, ErrVersionChanged)
 	case total >= 0 && end >= total:
 		return fmt.Errorf("%s: object has %d bytes: %w", where, total, ErrOutOfRange)
 	case first != off || last != end:
@@ -351,12 +354,15 @@ func (s *s3Source) wrap(op, key string, err error) error {
 	}
 	var sentinel error
 	switch {
+	case er.Code == minio.AccessDenied || er.Code == "InvalidAccessKeyId" || er.Code == "SignatureDoesNotMatch" ||
+		er.Code == "ExpiredToken" || er.Code == "InvalidToken" || er.Code == "AllAccessDisabled" ||
+		er.Code == "XAdminUserNotFound": // versitygw's (404) answer to an unknown access key
+		sentinel = ErrPermission
 	case er.Code == minio.NoSuchBucket:
 		return fmt.Errorf("%s: bucket %q does not exist: %w", where, s.bucket, ErrNotFound)
 	case er.Code == minio.NoSuchKey || er.Code == "NotFound" || er.StatusCode == http.StatusNotFound:
 		sentinel = ErrNotFound
-	case er.Code == minio.AccessDenied || er.StatusCode == http.StatusForbidden ||
-		er.StatusCode == http.StatusUnauthorized:
+	case er.StatusCode == http.StatusForbidden || er.StatusCode == http.StatusUnauthorized:
 		sentinel = ErrPermission
 	case er.Code == minio.PreconditionFailed || er.StatusCode == http.StatusPreconditionFailed:
 		sentinel = ErrVersionChanged
@@ -379,24 +385,23 @@ func objectVersion(etag string, mtime time.Time, size int64) string {
 	if etag != "" {
 		return etag
 	}
-	return mtimeVersion + strconv.FormatInt(mtime.UnixNano(), 10) + ":" + strconv.FormatInt(size, 10)
+	return mtimeVersion + strconv.FormatInt(mtime.Unix(), 10) + ":" + strconv.FormatInt(size, 10)
 }
 
-func parseMtimeVersion(v string) (time.Time, int64, bool) {
+// parseMtimeVersion returns the Unix seconds and size of an mtime version.
+func parseMtimeVersion(v string) (mtime, size int64, ok bool) {
 	rest, ok := strings.CutPrefix(v, mtimeVersion)
 	if !ok {
-		return time.Time{}, 0, false
+		return 0, 0, false
 	}
-	ns, size, ok := strings.Cut(rest, ":")
+	secs, sz, ok := strings.Cut(rest, ":")
 	if !ok {
-		return time.Time{}, 0, false
+		return 0, 0, false
 	}
-	n, err1 := strconv.ParseInt(ns, 10, 64)
-	sz, err2 := strconv.ParseInt(size, 10, 64)
-	if err1 != nil || err2 != nil {
-		return time.Time{}, 0, false
-	}
-	return time.Unix(0, n), sz, true
+	var err1, err2 error
+	mtime, err1 = strconv.ParseInt(secs, 10, 64)
+	size, err2 = strconv.ParseInt(sz, 10, 64)
+	return mtime, size, err1 == nil && err2 == nil
 }
 
 // parseContentRange parses "bytes FIRST-LAST/TOTAL" (TOTAL may be "*",

@@ -67,11 +67,18 @@ type Server struct {
 // is logged when the test fails.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return start(t, false)
+}
+
+// start starts the gateway, with metadata in a sidecar directory when
+// forced or when the temporary directory lacks user xattrs.
+func start(t testing.TB, forceSidecar bool) *Server {
+	t.Helper()
 	bin := findBinary(t)
 
 	root := t.TempDir()
 	var sidecar string
-	if !xattrSupported(root) {
+	if forceSidecar || !xattrSupported(root) {
 		sidecar = t.TempDir()
 	}
 
@@ -85,7 +92,7 @@ func Start(t testing.TB) *Server {
 			t.Fatalf("s3server: find a free port: %v", err)
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		if lastErr = s.start(bin, addr, sidecar); lastErr == nil {
+		if lastErr = s.launch(bin, addr, sidecar); lastErr == nil {
 			break
 		}
 	}
@@ -110,8 +117,8 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
-// start launches the process on addr and waits until it answers HTTP.
-func (s *Server) start(bin, addr, sidecar string) error {
+// launch starts the process on addr and waits until it answers HTTP.
+func (s *Server) launch(bin, addr, sidecar string) error {
 	args := []string{
 		"--access", s.AccessKey, "--secret", s.SecretKey,
 		"--port", addr, "--quiet",
