@@ -25,6 +25,7 @@ type MountOptions struct {
 	MountPoint  string
 	SourceFlags SourceFlags
 	CacheFlags  CacheFlags
+	WorkerFlags WorkerFlags
 	MetricsAddr string
 	Passthrough bool
 	AllowOther  bool
@@ -36,6 +37,7 @@ type MountOptions struct {
 func (o *MountOptions) AddFlags(fs *pflag.FlagSet) {
 	o.SourceFlags.AddFlags(fs)
 	o.CacheFlags.AddFlags(fs)
+	o.WorkerFlags.AddFlags(fs)
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at this address (e.g. :9090)")
 	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
 	fs.BoolVar(&o.AllowOther, "allow-other", os.Geteuid() == 0, "let other users read the mount")
@@ -45,14 +47,8 @@ func (o *MountOptions) AddFlags(fs *pflag.FlagSet) {
 
 // Validate checks the options without touching the origin.
 func (o *MountOptions) Validate() error {
-	u, err := url.Parse(o.Source)
-	if err != nil {
-		return fmt.Errorf("SOURCE %q is not a URL: %w", o.Source, err)
-	}
-	switch u.Scheme {
-	case "s3", "file", "http", "https":
-	default:
-		return fmt.Errorf("SOURCE %q: unknown scheme %q; want s3://, file://, http:// or https://", o.Source, u.Scheme)
+	if err := validateSourceURL(o.Source); err != nil {
+		return err
 	}
 	if !filepath.IsAbs(o.MountPoint) {
 		return fmt.Errorf("MOUNTPOINT %q is not an absolute path", o.MountPoint)
@@ -60,10 +56,26 @@ func (o *MountOptions) Validate() error {
 	if _, err := o.CacheFlags.Config(); err != nil {
 		return err
 	}
+	if err := o.WorkerFlags.Validate(); err != nil {
+		return err
+	}
 	if o.ProbeTime <= 0 {
 		return fmt.Errorf("--probe-timeout %s: must be positive", o.ProbeTime)
 	}
 	return nil
+}
+
+func validateSourceURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("SOURCE %q is not a URL: %w", raw, err)
+	}
+	switch u.Scheme {
+	case "s3", "file", "http", "https":
+		return nil
+	default:
+		return fmt.Errorf("SOURCE %q: unknown scheme %q; want s3://, file://, http:// or https://", raw, u.Scheme)
+	}
 }
 
 // Runtime is an open source, its caches and the metrics registry: what a
@@ -75,14 +87,21 @@ type Runtime struct {
 	Metrics   *metrics.Cache
 }
 
-// OpenRuntime opens the source, checks that it answers (bounded by probe),
-// and builds the caches. The caller closes Runtime.Cache.
-func OpenRuntime(ctx context.Context, rawURL string, sf *SourceFlags, cf *CacheFlags, m *metrics.Cache, probe time.Duration) (*Runtime, error) {
+// OpenRuntime opens the source — the origin, or the cache workers when
+// wf names some — checks that it answers (bounded by probe), and builds the
+// caches. The caller closes Runtime.Cache; ctx bounds the workers' DNS
+// refresh.
+func OpenRuntime(ctx context.Context, rawURL string, sf *SourceFlags, cf *CacheFlags, wf *WorkerFlags, m *metrics.Cache, probe time.Duration) (*Runtime, error) {
 	cfg, err := cf.Config()
 	if err != nil {
 		return nil, err
 	}
-	src, err := sf.Open(rawURL)
+	var src source.Source
+	if wf != nil && wf.enabled() {
+		src, err = wf.open(ctx, rawURL, sf, probe)
+	} else {
+		src, err = sf.Open(rawURL)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +131,7 @@ func (o *MountOptions) RunMount(ctx context.Context, out io.Writer) error {
 		}
 		defer srv.Close()
 	}
-	rt, err := OpenRuntime(ctx, o.Source, &o.SourceFlags, &o.CacheFlags, m, o.ProbeTime)
+	rt, err := OpenRuntime(ctx, o.Source, &o.SourceFlags, &o.CacheFlags, &o.WorkerFlags, m, o.ProbeTime)
 	if err != nil {
 		return err
 	}

@@ -108,6 +108,13 @@ func (c *Cache) Stat(ctx context.Context, p string) (source.Entry, error) {
 	return c.Lookup(ctx, path.Clean("/" + dir)[1:], name)
 }
 
+// Invalidate forgets the listing of one directory.
+func (c *Cache) Invalidate(dir string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.dirs, dir)
+}
+
 // Refresh forgets every cached listing, so the next call lists the origin.
 func (c *Cache) Refresh() {
 	c.mu.Lock()

@@ -1,0 +1,114 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/cacheserver"
+	"github.com/sluice-dev/sluice/internal/metrics"
+)
+
+// WorkerOptions are the options of `sluice cache-worker SOURCE`.
+type WorkerOptions struct {
+	Source       string
+	Listen       string
+	Dataset      string
+	TokenFile    string
+	MetricsAddr  string
+	MaxInFlight  int
+	DrainTimeout time.Duration
+	ProbeTime    time.Duration
+	SourceFlags  SourceFlags
+	CacheFlags   CacheFlags
+}
+
+// AddFlags registers the worker flags.
+func (o *WorkerOptions) AddFlags(fs *pflag.FlagSet) {
+	o.SourceFlags.AddFlags(fs)
+	o.CacheFlags.AddFlags(fs)
+	fs.StringVar(&o.Listen, "listen", ":8080", "address of the worker API")
+	fs.StringVar(&o.Dataset, "dataset", cacheserver.DefaultDataset, "dataset name clients ask for")
+	fs.StringVar(&o.TokenFile, "token-file", "", "file holding the bearer token clients must present (required)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at this address")
+	fs.IntVar(&o.MaxInFlight, "max-inflight", 1024, "concurrent data requests before answering 503")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
+	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin at start")
+}
+
+// Validate checks the options without touching the origin.
+func (o *WorkerOptions) Validate() error {
+	if err := validateSourceURL(o.Source); err != nil {
+		return err
+	}
+	if o.TokenFile == "" {
+		return errors.New("--token-file is required: clients authenticate with its token")
+	}
+	if _, _, err := net.SplitHostPort(o.Listen); err != nil {
+		return fmt.Errorf("--listen %q: %w", o.Listen, err)
+	}
+	if o.MaxInFlight <= 0 {
+		return fmt.Errorf("--max-inflight %d: must be positive", o.MaxInFlight)
+	}
+	_, err := o.CacheFlags.Config()
+	return err
+}
+
+// RunWorker serves until ctx is done, then drains.
+func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
+	auth, err := cacheserver.NewTokenFile(o.TokenFile)
+	if err != nil {
+		return fmt.Errorf("--token-file: %w", err)
+	}
+	reg := metrics.NewRegistry()
+	m := metrics.NewCache(reg)
+	if o.MetricsAddr != "" {
+		srv, err := metrics.Serve(o.MetricsAddr, reg)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr %q: %w", o.MetricsAddr, err)
+		}
+		defer srv.Close()
+	}
+	rt, err := OpenRuntime(ctx, o.Source, &o.SourceFlags, &o.CacheFlags, nil, m, o.ProbeTime)
+	if err != nil {
+		return err
+	}
+	defer rt.Cache.Close()
+	api, err := cacheserver.NewServer(cacheserver.ServerConfig{Dataset: o.Dataset, Namespace: rt.Namespace,
+		Cache: rt.Cache, Auth: auth, MaxInFlight: o.MaxInFlight})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", o.Listen, err)
+	}
+	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	fmt.Fprintf(out, "sluice: cache worker for %s listening on %s\n", rt.Source.ID(), ln.Addr())
+	klog.InfoS("Cache worker serving", "source", rt.Source.ID(), "addr", ln.Addr().String(), "dataset", o.Dataset)
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	api.Drain()
+	klog.InfoS("Draining", "timeout", o.DrainTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), o.DrainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,130 @@
+package cacheserver
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/namespace"
+	"github.com/sluice-dev/sluice/internal/source"
+	"github.com/sluice-dev/sluice/internal/testutil/faultproxy"
+	"github.com/sluice-dev/sluice/internal/testutil/s3server"
+)
+
+const (
+	testBlock = 256 << 10
+	testToken = "s3cr3t-token"
+)
+
+func randBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, 7))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// origin is a real versitygw with a dataset, behind a counting proxy.
+type origin struct {
+	srv   *s3server.Server
+	proxy *faultproxy.Proxy
+	files map[string][]byte
+	total int64
+}
+
+func startOrigin(t *testing.T, nfiles, size int) *origin {
+	srv := s3server.Start(t)
+	srv.CreateBucket(t, "data")
+	o := &origin{srv: srv, files: map[string][]byte{}}
+	for i := 0; i < nfiles; i++ {
+		p := fmt.Sprintf("shard-%02d.bin", i)
+		o.files[p] = randBytes(size+i*1000, uint64(i))
+		o.total += int64(len(o.files[p]))
+		srv.Put(t, "data", p, o.files[p])
+	}
+	proxy, err := faultproxy.New(srv.Endpoint, faultproxy.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	o.proxy = proxy
+	return o
+}
+
+func (o *origin) source(t *testing.T) source.Source {
+	src, err := source.Parse("s3://data?pathStyle=true&endpoint="+o.proxy.URL(),
+		source.Options{AccessKey: o.srv.AccessKey, SecretKey: o.srv.SecretKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return source.WithRetry(src, source.DefaultRetryPolicy())
+}
+
+// testWorker is a worker API on a real loopback listener.
+type testWorker struct {
+	url   string
+	http  *http.Server
+	api   *Server
+	cache *blockcache.Cache
+}
+
+func startWorker(t *testing.T, src source.Source) *testWorker {
+	t.Helper()
+	cache, err := blockcache.New(blockcache.Config{BlockSize: testBlock, MemoryBytes: 64 << 20,
+		DiskDir: t.TempDir(), Getter: blockcache.OriginGetter{Source: src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := NewServer(ServerConfig{Namespace: namespace.New(src, time.Minute), Cache: cache, Auth: &StaticToken{token: []byte(testToken)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: api.Handler()}
+	hs.Protocols = new(http.Protocols)
+	hs.Protocols.SetHTTP1(true)
+	hs.Protocols.SetUnencryptedHTTP2(true)
+	go hs.Serve(ln)
+	w := &testWorker{url: "http://" + ln.Addr().String(), http: hs, api: api, cache: cache}
+	t.Cleanup(func() { hs.Close(); cache.Close() })
+	return w
+}
+
+// kill closes the listener and every connection at once, as a crash would.
+func (w *testWorker) kill() { w.http.Close() }
+
+func tokenFile(t *testing.T, tok string) string {
+	p := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(p, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// client is a reader's block cache over the workers, as a mount has.
+func newClient(t *testing.T, urls []string, fallback source.Source) (*blockcache.Cache, *Source, *Pool) {
+	t.Helper()
+	pool, err := NewPool(context.Background(), PoolConfig{URLs: urls, TokenFile: tokenFile(t, testToken), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := NewSource(pool, "test", fallback)
+	cache, err := blockcache.New(blockcache.Config{BlockSize: testBlock, MemoryBytes: 8 << 20, Readahead: 4,
+		Getter: blockcache.OriginGetter{Source: source.WithRetry(src, source.DefaultRetryPolicy())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Close)
+	return cache, src, pool
+}

@@ -1,0 +1,241 @@
+package cacheserver
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net/http"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/namespace"
+	"github.com/sluice-dev/sluice/internal/source"
+)
+
+// Authenticator checks a request's credentials. The token file is the one
+// implementation now; a Kubernetes TokenReview check can take its place.
+type Authenticator interface {
+	Authenticate(r *http.Request) error
+}
+
+// StaticToken accepts requests bearing one token.
+type StaticToken struct{ token []byte }
+
+// NewTokenFile reads the token from path (surrounding space trimmed).
+func NewTokenFile(path string) (*StaticToken, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return nil, fmt.Errorf("token file %s is empty", path)
+	}
+	return &StaticToken{token: []byte(tok)}, nil
+}
+
+// Authenticate implements Authenticator.
+func (s *StaticToken) Authenticate(r *http.Request) error {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return errors.New("missing bearer token")
+	}
+	if subtle.ConstantTimeCompare([]byte(got), s.token) != 1 {
+		return errors.New("wrong token")
+	}
+	return nil
+}
+
+// ServerConfig configures a worker.
+type ServerConfig struct {
+	Dataset     string
+	Namespace   *namespace.Cache
+	Cache       *blockcache.Cache
+	Auth        Authenticator
+	MaxInFlight int // concurrent data requests; more get 503 (default 1024)
+}
+
+// Server is the cache worker's HTTP API.
+type Server struct {
+	cfg      ServerConfig
+	srcID    string
+	slots    chan struct{}
+	draining atomic.Bool
+	mux      *http.ServeMux
+}
+
+// NewServer returns a worker API over cfg.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Namespace == nil || cfg.Cache == nil || cfg.Auth == nil {
+		return nil, errors.New("cacheserver: Namespace, Cache and Auth are required")
+	}
+	if cfg.Dataset == "" {
+		cfg.Dataset = DefaultDataset
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 1024
+	}
+	s := &Server{cfg: cfg, srcID: cfg.Namespace.Source().ID(), slots: make(chan struct{}, cfg.MaxInFlight), mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.HandleFunc("GET /v1/datasets/{dataset}/{op}", s.data)
+	return s, nil
+}
+
+// Handler is the HTTP handler of the API.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Drain makes the worker refuse new data requests (503) and report not
+// ready; requests in flight finish.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if s.draining.Load() {
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ok\n"))
+}
+
+func (s *Server) data(w http.ResponseWriter, r *http.Request) {
+	if err := s.cfg.Auth.Authenticate(r); err != nil {
+		http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+		return
+	}
+	if s.draining.Load() {
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+		return
+	}
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	default:
+		http.Error(w, "busy: too many requests in flight", http.StatusServiceUnavailable)
+		return
+	}
+	if ds := r.PathValue("dataset"); ds != s.cfg.Dataset {
+		http.Error(w, fmt.Sprintf("unknown dataset %q", ds), http.StatusNotFound)
+		return
+	}
+	q := r.URL.Query()
+	p := q.Get("path")
+	if err := source.CheckPath(p); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	var err error
+	switch r.PathValue("op") {
+	case "list":
+		err = s.list(w, r.Context(), p)
+	case "stat":
+		err = s.stat(w, r.Context(), p)
+	case "read":
+		err = s.read(w, r, p)
+	default:
+		http.Error(w, fmt.Sprintf("unknown operation %q", r.PathValue("op")), http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		code := statusError(err)
+		if code == http.StatusBadGateway {
+			klog.ErrorS(err, "Worker request failed", "op", r.PathValue("op"), "path", p)
+		}
+		http.Error(w, err.Error(), code)
+	}
+}
+
+func toJSON(e source.Entry) entryJSON {
+	j := entryJSON{Name: e.Name, IsDir: e.IsDir, Size: e.Size, Version: e.Version}
+	if !e.ModTime.IsZero() {
+		j.ModTime = e.ModTime.UnixNano()
+	}
+	return j
+}
+
+func (s *Server) list(w http.ResponseWriter, ctx context.Context, p string) error {
+	entries, err := s.cfg.Namespace.List(ctx, p)
+	if err != nil {
+		return err
+	}
+	out := make([]entryJSON, len(entries))
+	for i, e := range entries {
+		out[i] = toJSON(e)
+	}
+	writeJSON(w, out)
+	return nil
+}
+
+func (s *Server) stat(w http.ResponseWriter, ctx context.Context, p string) error {
+	e, err := s.cfg.Namespace.Stat(ctx, p)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, toJSON(e))
+	return nil
+}
+
+func (s *Server) read(w http.ResponseWriter, r *http.Request, p string) error {
+	q := r.URL.Query()
+	off, err1 := strconv.ParseInt(q.Get("off"), 10, 64)
+	n, err2 := strconv.ParseInt(q.Get("len"), 10, 64)
+	version := q.Get("version")
+	switch {
+	case err1 != nil || err2 != nil:
+		return fmt.Errorf("%w: off and len must be integers", source.ErrInvalid)
+	case off < 0 || n <= 0 || n > MaxReadLen:
+		return fmt.Errorf("%w: want off >= 0 and 0 < len <= %d", source.ErrInvalid, MaxReadLen)
+	case version == "":
+		return fmt.Errorf("%w: version is required", source.ErrInvalid)
+	}
+	e, err := s.entry(r.Context(), p, version)
+	if err != nil {
+		return err
+	}
+	if off > e.Size-n {
+		return fmt.Errorf("%w: [%d, %d) past the end of %s (%d bytes)", source.ErrOutOfRange, off, off+n, p, e.Size)
+	}
+	buf := make([]byte, n)
+	obj := blockcache.ObjectRef{Source: s.srcID, Path: p, Version: version, Size: e.Size}
+	if _, err := s.cfg.Cache.ReadAt(r.Context(), obj, buf, off); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	w.Header().Set(ChecksumHeader, strconv.FormatUint(uint64(crc32.Checksum(buf, castagnoli)), 16))
+	_, err = w.Write(buf)
+	if err != nil {
+		klog.V(4).InfoS("Client went away mid-response", "path", p, "err", err)
+	}
+	return nil
+}
+
+// entry returns the file entry at p with the requested version, looking
+// at the origin again once when the cached listing disagrees.
+func (s *Server) entry(ctx context.Context, p, version string) (source.Entry, error) {
+	for attempt := 0; ; attempt++ {
+		e, err := s.cfg.Namespace.Stat(ctx, p)
+		if err != nil {
+			return e, err
+		}
+		if e.IsDir {
+			return e, fmt.Errorf("%w: %s is a directory", source.ErrInvalid, p)
+		}
+		if e.Version == version {
+			return e, nil
+		}
+		if attempt > 0 {
+			return e, fmt.Errorf("%w: %s has version %q, not %q", source.ErrVersionChanged, p, e.Version, version)
+		}
+		s.cfg.Namespace.Invalidate(path.Dir("/" + p)[1:])
+	}
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
