@@ -55,6 +55,7 @@ type CacheFlags struct {
 	Disk        string
 	BlockSize   string
 	Readahead   int
+	MaxFetches  int
 	MetadataTTL time.Duration
 }
 
@@ -65,6 +66,7 @@ func (c *CacheFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Disk, "cache-disk", "10Gi", "disk tier size (a Kubernetes quantity)")
 	fs.StringVar(&c.BlockSize, "block-size", "4Mi", "cache block size")
 	fs.IntVar(&c.Readahead, "readahead", blockcache.DefaultReadahead, "blocks fetched ahead of a sequential reader (0 disables)")
+	fs.IntVar(&c.MaxFetches, "max-fetches", blockcache.DefaultMaxFetches, "blocks fetched in parallel from the tier below (origin or workers)")
 	fs.DurationVar(&c.MetadataTTL, "metadata-ttl", 60*time.Second, "how long listings and attributes are cached")
 }
 
@@ -99,6 +101,10 @@ func (c *CacheFlags) Config() (blockcache.Config, error) {
 		return cfg, fmt.Errorf("--readahead %d: want 0..256 blocks", c.Readahead)
 	}
 	cfg.Readahead = c.Readahead
+	if c.MaxFetches < 1 || c.MaxFetches > 1024 {
+		return cfg, fmt.Errorf("--max-fetches %d: want 1..1024", c.MaxFetches)
+	}
+	cfg.MaxFetches = c.MaxFetches
 	if c.Readahead == 0 {
 		cfg.Readahead = -1
 	}

@@ -39,6 +39,7 @@ type Config struct {
 	DiskBytes    int64 // 0 with DiskDir set: default 10 GiB
 	Readahead    int   // blocks; default 8; negative disables
 	MaxPrefetch  int   // parallel readahead fetches; default 16
+	MaxFetches   int   // parallel fetches from the tier below; default 32
 	FetchTimeout time.Duration
 	Getter       Getter
 	Metrics      *metrics.Cache
@@ -51,6 +52,7 @@ const (
 	DefaultDiskBytes    = 10 << 30
 	DefaultReadahead    = 8
 	DefaultMaxPrefetch  = 16
+	DefaultMaxFetches   = 32
 	DefaultFetchTimeout = 2 * time.Minute
 )
 
@@ -61,6 +63,7 @@ type Cache struct {
 	disk     *diskTier
 	flights  singleflight.Group
 	prefetch chan struct{}
+	fetches  chan struct{}
 	bg       context.Context
 	stop     context.CancelFunc
 }
@@ -88,10 +91,14 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.MaxPrefetch <= 0 {
 		cfg.MaxPrefetch = DefaultMaxPrefetch
 	}
+	if cfg.MaxFetches <= 0 {
+		cfg.MaxFetches = DefaultMaxFetches
+	}
 	if cfg.FetchTimeout <= 0 {
 		cfg.FetchTimeout = DefaultFetchTimeout
 	}
-	c := &Cache{cfg: cfg, mem: newMemoryTier(cfg.MemoryBytes), prefetch: make(chan struct{}, cfg.MaxPrefetch)}
+	c := &Cache{cfg: cfg, mem: newMemoryTier(cfg.MemoryBytes), prefetch: make(chan struct{}, cfg.MaxPrefetch),
+		fetches: make(chan struct{}, cfg.MaxFetches)}
 	if cfg.DiskDir != "" {
 		d, err := openDiskTier(cfg.DiskDir, cfg.DiskBytes, cfg.BlockSize)
 		if err != nil {
@@ -209,6 +216,12 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string) ([]byte, erro
 		}
 		fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
 		defer cancel()
+		select {
+		case c.fetches <- struct{}{}:
+			defer func() { <-c.fetches }()
+		case <-fctx.Done():
+			return nil, fctx.Err()
+		}
 		buf := make([]byte, b.Len())
 		start := time.Now()
 		err := c.cfg.Getter.GetBlock(fctx, b, buf)
