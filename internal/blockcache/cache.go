@@ -161,7 +161,7 @@ func (c *Cache) ReadAt(ctx context.Context, obj ObjectRef, p []byte, off int64) 
 
 func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int64) error {
 	key := b.Key()
-	if data, ok := c.mem.get(key); ok {
+	if data, _, ok := c.mem.get(key); ok {
 		c.cfg.Metrics.Hit(metrics.TierMemory)
 		copy(dst, data[inOff:])
 		return nil
@@ -170,12 +170,29 @@ func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int
 	if hit, err := c.readDisk(b, key, dst, inOff); err != nil || hit {
 		return err
 	}
-	data, err := c.fetch(ctx, b, key)
+	data, _, err := c.fetch(ctx, b, key)
 	if err != nil {
 		return err
 	}
 	copy(dst, data[inOff:])
 	return nil
+}
+
+// Block returns the whole block b and its CRC-32C, for servers that send
+// blocks on (the cache workers). The slice is shared: never modify it.
+func (c *Cache) Block(ctx context.Context, b BlockRef) ([]byte, uint32, error) {
+	key := b.Key()
+	if data, crc, ok := c.mem.get(key); ok {
+		c.cfg.Metrics.Hit(metrics.TierMemory)
+		c.cfg.Metrics.Served(len(data))
+		return data, crc, nil
+	}
+	c.cfg.Metrics.Miss(metrics.TierMemory)
+	data, crc, err := c.fetch(ctx, b, key)
+	if err == nil {
+		c.cfg.Metrics.Served(len(data))
+	}
+	return data, crc, err
 }
 
 // readDisk serves a block from the disk tier, promoting it to memory when it
@@ -184,7 +201,7 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (bool,
 	if c.disk == nil {
 		return false, nil
 	}
-	full, hit, corrupt, err := c.disk.read(b, dst, inOff)
+	full, crc, hit, corrupt, err := c.disk.read(b, dst, inOff)
 	if corrupt {
 		c.cfg.Metrics.Corrupt()
 		klog.InfoS("Cached block failed its checksum; fetching it again", "path", b.Object.Path, "block", b.Index)
@@ -195,7 +212,7 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (bool,
 	}
 	c.cfg.Metrics.Hit(metrics.TierDisk)
 	if full != nil {
-		c.putMemory(key, full)
+		c.putMemory(key, full, crc)
 	}
 	return true, nil
 }
@@ -203,15 +220,15 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (bool,
 // fetch gets a block from the tier below, once per block however many
 // readers ask. The fetch runs on the cache's own context so that one reader
 // giving up does not fail the others; each waiter honours its own ctx.
-func (c *Cache) fetch(ctx context.Context, b BlockRef, key string) ([]byte, error) {
+func (c *Cache) fetch(ctx context.Context, b BlockRef, key string) ([]byte, uint32, error) {
 	ch := c.flights.DoChan(key, func() (any, error) {
-		if data, ok := c.mem.get(key); ok {
-			return data, nil
+		if data, crc, ok := c.mem.get(key); ok {
+			return memEntry{data: data, crc: crc}, nil
 		}
 		if c.disk != nil && c.disk.has(b) {
 			buf := make([]byte, b.Len())
 			if hit, _ := c.readDisk(b, key, buf, 0); hit {
-				return buf, nil
+				return memEntry{data: buf, crc: checksum(buf)}, nil
 			}
 		}
 		fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
@@ -229,28 +246,30 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string) ([]byte, erro
 		if err != nil {
 			return nil, fmt.Errorf("fetching block %d of %s: %w", b.Index, b.Object.Path, err)
 		}
-		c.putMemory(key, buf)
+		crc := checksum(buf)
+		c.putMemory(key, buf, crc)
 		if c.disk != nil {
-			if err := c.disk.write(b, buf); err != nil {
+			if err := c.disk.write(b, buf, crc); err != nil {
 				klog.V(2).InfoS("Disk tier write failed", "path", b.Object.Path, "block", b.Index, "err", err)
 			}
 		}
 		c.publishSizes()
-		return buf, nil
+		return memEntry{data: buf, crc: crc}, nil
 	})
 	select {
 	case r := <-ch:
 		if r.Err != nil {
-			return nil, r.Err
+			return nil, 0, r.Err
 		}
-		return r.Val.([]byte), nil
+		e := r.Val.(memEntry)
+		return e.data, e.crc, nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, 0, ctx.Err()
 	}
 }
 
-func (c *Cache) putMemory(key string, data []byte) {
-	for range c.mem.put(key, data) {
+func (c *Cache) putMemory(key string, data []byte, crc uint32) {
+	for range c.mem.put(key, data, crc) {
 		c.cfg.Metrics.Evicted(metrics.TierMemory)
 	}
 }
@@ -283,7 +302,7 @@ func (c *Cache) Prefetch(obj ObjectRef, from, to int64) {
 				return
 			}
 			defer func() { <-c.prefetch }()
-			if _, err := c.fetch(c.bg, b, b.Key()); err != nil {
+			if _, _, err := c.fetch(c.bg, b, b.Key()); err != nil {
 				klog.V(4).InfoS("Readahead failed", "path", b.Object.Path, "block", b.Index, "err", err)
 			}
 		}()

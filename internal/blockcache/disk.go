@@ -262,9 +262,10 @@ func (d *diskTier) has(b BlockRef) bool {
 
 // read copies block bytes [inOff, inOff+len(p)) into p. A verified block is
 // read straight into p and full is nil; an unverified one is read whole,
-// checked, and returned as full (p is filled too) so the caller can keep it
-// in memory. hit is false when the block is absent or failed its checksum.
-func (d *diskTier) read(b BlockRef, p []byte, inOff int64) (full []byte, hit, corrupt bool, err error) {
+// checked, and returned as full with its checksum (p is filled too) so the
+// caller can keep it in memory. hit is false when the block is absent or
+// failed its checksum.
+func (d *diskTier) read(b BlockRef, p []byte, inOff int64) (full []byte, crc uint32, hit, corrupt bool, err error) {
 	d.mu.Lock()
 	o := d.objects[b.Object.id()]
 	var blk *diskBlock
@@ -277,28 +278,28 @@ func (d *diskTier) read(b BlockRef, p []byte, inOff int64) (full []byte, hit, co
 	}
 	d.mu.Unlock()
 	if blk == nil {
-		return nil, false, false, nil
+		return nil, 0, false, false, nil
 	}
 	defer d.unpin(o)
 	if blk.isVerified(d) {
 		if _, err := o.data.ReadAt(p, b.Offset()+inOff); err != nil {
-			return nil, false, false, err
+			return nil, 0, false, false, err
 		}
-		return nil, true, false, nil
+		return nil, blk.crc, true, false, nil
 	}
 	buf := make([]byte, blk.length)
 	if _, err := o.data.ReadAt(buf, b.Offset()); err != nil && !errors.Is(err, io.EOF) {
-		return nil, false, false, err
+		return nil, 0, false, false, err
 	}
 	if checksum(buf) != blk.crc {
 		d.drop(o, b.Index)
-		return nil, false, true, nil
+		return nil, 0, false, true, nil
 	}
 	d.mu.Lock()
 	blk.verified = true
 	d.mu.Unlock()
 	copy(p, buf[inOff:])
-	return buf, true, false, nil
+	return buf, blk.crc, true, false, nil
 }
 
 func (blk *diskBlock) isVerified(d *diskTier) bool {
@@ -323,9 +324,9 @@ func (d *diskTier) unpin(o *diskObject) {
 	d.maybeCloseLocked(o)
 }
 
-// write stores a block. It is skipped (not an error) when the tier cannot
-// make room because everything else is pinned.
-func (d *diskTier) write(b BlockRef, data []byte) error {
+// write stores a block whose CRC-32C is crc. It is skipped (not an error)
+// when the tier cannot make room because everything else is pinned.
+func (d *diskTier) write(b BlockRef, data []byte, crc uint32) error {
 	id := b.Object.id()
 	d.mu.Lock()
 	o := d.objects[id]
@@ -345,7 +346,7 @@ func (d *diskTier) write(b BlockRef, data []byte) error {
 		}
 		d.objects[id] = o
 	}
-	blk := &diskBlock{obj: o, index: b.Index, length: uint32(len(data)), crc: checksum(data), pending: true}
+	blk := &diskBlock{obj: o, index: b.Index, length: uint32(len(data)), crc: crc, pending: true}
 	o.blocks[b.Index] = d.lru.PushFront(blk)
 	o.pins++
 	d.used += int64(len(data))

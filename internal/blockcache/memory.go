@@ -18,22 +18,24 @@ type memoryTier struct {
 type memEntry struct {
 	key  string
 	data []byte
+	crc  uint32 // CRC-32C of data
 }
 
 func newMemoryTier(limit int64) *memoryTier {
 	return &memoryTier{limit: limit, order: list.New(), items: map[string]*list.Element{}}
 }
 
-// get returns the block and marks it recently used.
-func (m *memoryTier) get(key string) ([]byte, bool) {
+// get returns the block and its checksum and marks it recently used.
+func (m *memoryTier) get(key string) ([]byte, uint32, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	el, ok := m.items[key]
 	if !ok {
-		return nil, false
+		return nil, 0, false
 	}
 	m.order.MoveToFront(el)
-	return el.Value.(*memEntry).data, true
+	e := el.Value.(*memEntry)
+	return e.data, e.crc, true
 }
 
 // contains reports presence without touching the LRU order.
@@ -47,7 +49,7 @@ func (m *memoryTier) contains(key string) bool {
 // put inserts a block, evicting least recently used ones to stay within the
 // limit. A block larger than the whole limit is not kept. It returns the
 // number of evicted blocks.
-func (m *memoryTier) put(key string, data []byte) int {
+func (m *memoryTier) put(key string, data []byte, crc uint32) int {
 	size := int64(len(data))
 	if size > m.limit {
 		return 0
@@ -67,7 +69,7 @@ func (m *memoryTier) put(key string, data []byte) int {
 		m.used -= int64(len(e.data))
 		evicted++
 	}
-	m.items[key] = m.order.PushFront(&memEntry{key: key, data: data})
+	m.items[key] = m.order.PushFront(&memEntry{key: key, data: data, crc: crc})
 	m.used += size
 	return evicted
 }

@@ -88,10 +88,12 @@ func NewPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConnsPerHost = 64
-	// HTTP/2 without TLS (prior knowledge): one connection per worker
-	// carries every stream.
+	// HTTP/1.1 with a pool of connections per worker. Workers also speak
+	// HTTP/2 without TLS, but one multiplexed connection moved blocks more
+	// slowly here: `sluice demo --bandwidth 10G` took 13.8 s with h2c
+	// against 8.4 s with HTTP/1.1 (same build otherwise).
 	t.Protocols = new(http.Protocols)
-	t.Protocols.SetUnencryptedHTTP2(true)
+	t.Protocols.SetHTTP1(true)
 	p := &Pool{cfg: cfg, client: &http.Client{Transport: t}}
 	if _, err := p.readToken(); err != nil {
 		return nil, err
