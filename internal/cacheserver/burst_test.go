@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -144,4 +145,32 @@ func TestFallbackToOriginWhenAllWorkersFail(t *testing.T) {
 		t.Fatalf("with the only worker dead and origin credentials: %v", err)
 	}
 	t.Logf("read through the origin fallback in %s", time.Since(start))
+}
+
+func TestWorkersFoundByDNS(t *testing.T) {
+	o := startOrigin(t, 1, 1<<20)
+	w := startWorker(t, o.source(t))
+	_, port, _ := strings.Cut(strings.TrimPrefix(w.url, "http://"), ":")
+	pool, err := NewPool(context.Background(), PoolConfig{DNS: "localhost:" + port, Refresh: 50 * time.Millisecond,
+		TokenFile: tokenFile(t, testToken)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go pool.Run(ctx)
+	found := false
+	for _, u := range pool.Workers() {
+		found = found || u == w.url
+	}
+	if !found {
+		t.Fatalf("DNS gave workers %v, want %s among them", pool.Workers(), w.url)
+	}
+	entries, err := NewSource(pool, "test", nil).List(context.Background(), "")
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("list through DNS-found workers: %v, %v", entries, err)
+	}
+	if _, err := NewPool(context.Background(), PoolConfig{DNS: "no-port"}); err != nil {
+		t.Fatalf("a bad name is retried later, not fatal: %v", err)
+	}
 }
