@@ -7,6 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/sluice-dev/sluice/internal/version.Version=$(VERSION)
 VERSITYGW_VERSION := v1.8.0
 RCLONE_VERSION := v1.76.0
+CSI_SANITY_VERSION := v5.6.0
 TEST_TIMEOUT ?= 30m
 OUT := $(CURDIR)/_output
 
@@ -21,11 +22,16 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/sluice ./cmd/sluice
 
 # Pinned test tools; a stamp file per version so a version bump reinstalls.
-tools: $(BIN)/.versitygw-$(VERSITYGW_VERSION)
+tools: $(BIN)/.versitygw-$(VERSITYGW_VERSION) $(BIN)/.csi-sanity-$(CSI_SANITY_VERSION)
 
 $(BIN)/.versitygw-$(VERSITYGW_VERSION):
 	mkdir -p $(BIN)
 	GOBIN=$(BIN) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+	touch $@
+
+$(BIN)/.csi-sanity-$(CSI_SANITY_VERSION):
+	mkdir -p $(BIN)
+	GOBIN=$(BIN) $(GO) install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$(CSI_SANITY_VERSION)
 	touch $@
 
 $(BIN)/.rclone-$(RCLONE_VERSION):
@@ -44,7 +50,12 @@ lint:
 demo: tools build
 	$(BIN)/sluice demo --versitygw $(BIN)/versitygw $(DEMO_FLAGS)
 
-bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION)
+# rclone mount (bazil.org/fuse) mounts through fusermount3, even as root.
+.PHONY: bench-fusermount3
+bench-fusermount3:
+	@command -v fusermount3 >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fuse3; }
+
+bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3
 	mkdir -p $(OUT)/bench
 	$(BIN)/sluice bench datapath --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone \
 		--json $(OUT)/bench/datapath.json $(BENCH_FLAGS)

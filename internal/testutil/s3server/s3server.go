@@ -1,6 +1,7 @@
 // Package s3server starts a real S3 server (versitygw with its posix backend)
 // for tests. Nothing is faked: requests go over HTTP to a separate process that
-// stores objects in a temporary directory.
+// stores objects in a temporary directory. Launch does the same for programs
+// that are not tests (the benchmarks), with a root directory of their choice.
 //
 // The versitygw binary is looked up in this order: the environment variable
 // SLUICE_VERSITYGW, <repo root>/bin/versitygw (installed by `make tools`), and
@@ -70,6 +71,13 @@ func Start(t testing.TB) *Server {
 	return start(t, false)
 }
 
+// Binary returns the versitygw executable (see the package doc for where it
+// is looked up) or ends the test: skipped normally, failed when CI is set.
+func Binary(t testing.TB) string {
+	t.Helper()
+	return findBinary(t)
+}
+
 // start starts the gateway, with metadata in a sidecar directory when
 // forced or when the temporary directory lacks user xattrs.
 func start(t testing.TB, forceSidecar bool) *Server {
@@ -81,23 +89,9 @@ func start(t testing.TB, forceSidecar bool) *Server {
 	if forceSidecar || !xattrSupported(root) {
 		sidecar = t.TempDir()
 	}
-
-	s := &Server{AccessKey: "sluiceaccess", SecretKey: "sluicesecret0123456789", Root: root}
-	var lastErr error
-	// The free port is found by listening on :0 and closing the listener;
-	// another process may grab it in between, so try a few times.
-	for attempt := 0; attempt < 3; attempt++ {
-		port, err := freePort()
-		if err != nil {
-			t.Fatalf("s3server: find a free port: %v", err)
-		}
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		if lastErr = s.launch(bin, addr, sidecar); lastErr == nil {
-			break
-		}
-	}
-	if lastErr != nil {
-		t.Fatalf("s3server: %v\noutput of versitygw:\n%s", lastErr, s.outputString())
+	s, err := launchOnFreePort(bin, root, sidecar)
+	if err != nil {
+		t.Fatalf("s3server: %v", err)
 	}
 	t.Cleanup(func() {
 		s.Stop()
@@ -105,16 +99,71 @@ func start(t testing.TB, forceSidecar bool) *Server {
 			t.Logf("versitygw output:\n%s", s.outputString())
 		}
 	})
+	return s
+}
 
+// Launch starts versitygw bin on a free loopback port, storing buckets under
+// root (created if missing), for programs other than tests (the benchmarks).
+// Object metadata goes to user xattrs, or to root/../<base of root>.sidecar
+// when root's file system lacks them. The caller must call Close.
+func Launch(bin, root string) (*Server, error) {
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("s3server: %w", err)
+	}
+	var sidecar string
+	if !xattrSupported(root) {
+		sidecar = filepath.Clean(root) + ".sidecar"
+		if err := os.MkdirAll(sidecar, 0o755); err != nil {
+			return nil, fmt.Errorf("s3server: %w", err)
+		}
+	}
+	s, err := launchOnFreePort(bin, root, sidecar)
+	if err != nil {
+		return nil, fmt.Errorf("s3server: %w", err)
+	}
+	return s, nil
+}
+
+// Close kills the gateway and waits for it to exit (the same as Stop). It
+// leaves Root in place.
+func (s *Server) Close() error {
+	s.Stop()
+	return nil
+}
+
+// Output returns what the gateway printed so far.
+func (s *Server) Output() string { return s.outputString() }
+
+// launchOnFreePort starts the gateway on a free loopback port and builds its
+// client. On failure the error carries the gateway's output.
+func launchOnFreePort(bin, root, sidecar string) (*Server, error) {
+	s := &Server{AccessKey: "sluiceaccess", SecretKey: "sluicesecret0123456789", Root: root}
+	var lastErr error
+	// The free port is found by listening on :0 and closing the listener;
+	// another process may grab it in between, so try a few times.
+	for attempt := 0; attempt < 3; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		if lastErr = s.launch(bin, addr, sidecar); lastErr == nil {
+			break
+		}
+	}
+	if lastErr != nil {
+		return nil, fmt.Errorf("%v\noutput of versitygw:\n%s", lastErr, s.outputString())
+	}
 	client, err := minio.New(s.hostPort(), &minio.Options{
 		Creds:  credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
 		Region: "us-east-1",
 	})
 	if err != nil {
-		t.Fatalf("s3server: minio client: %v", err)
+		s.Stop()
+		return nil, fmt.Errorf("minio client: %w", err)
 	}
 	s.client = client
-	return s
+	return s, nil
 }
 
 // launch starts the process on addr and waits until it answers HTTP.
@@ -133,6 +182,7 @@ func (s *Server) launch(bin, addr, sidecar string) error {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = s.output
 	cmd.Stderr = s.output
+	cmd.SysProcAttr = procAttr()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", bin, err)
 	}

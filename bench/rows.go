@@ -1,0 +1,362 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sluice-dev/sluice/internal/mountutil"
+)
+
+// mountTimeout bounds how long a mount may take to serve.
+const mountTimeout = 60 * time.Second
+
+// rcloneFlags are the rclone mount flags besides the remote, the mount
+// point, --config and --cache-dir (everything else is rclone's default).
+var rcloneFlags = []string{"--vfs-cache-mode", "full", "--read-only"}
+
+// measureRows measures every row in table order; a row that fails records
+// its error and the run goes on (rows that depend on it are skipped).
+func (r *runner) measureRows(ctx context.Context) []*Row {
+	sluiceCache := filepath.Join(r.work, "sluice-cache")
+	rcloneCache := filepath.Join(r.work, "rclone-cache")
+	steps := []struct {
+		row     *Row
+		after   string // Key of a row that must have succeeded first
+		measure func(context.Context, *Row) error
+	}{
+		{&Row{Key: "direct", Name: "direct (page cache)",
+			Meaning: "read(2) of versitygw's own files on local disk, page cache warmed by one read first: the ceiling of any local read."},
+			"", r.direct},
+		{&Row{Key: "get", Name: "parallel GET (best)", Reference: "direct",
+			Meaning: "the best parallel ranged GET with minio-go against versitygw: what the origin can deliver over HTTP."},
+			"", r.parallelGET},
+		{&Row{Key: "sluice-cold", Name: "sluice cold", Reference: "get", Target: &Target{">=", 0.9},
+			Meaning: "a fresh `sluice mount` with an empty cache: every byte comes from the origin through readahead."},
+			"", func(ctx context.Context, row *Row) error { return r.sluice(ctx, row, sluiceCache, true) }},
+		{&Row{Key: "sluice-warm", Name: "sluice warm (passthrough)", Reference: "direct", Target: &Target{">=", 0.9},
+			Meaning: "a new `sluice mount` on the same cache dir (disk tier full, FUSE page cache empty): kernel passthrough reads the cache files."},
+			"sluice-cold", func(ctx context.Context, row *Row) error { return r.sluice(ctx, row, sluiceCache, true) }},
+		{&Row{Key: "sluice-warm-nopt", Name: "sluice warm (no passthrough)", Reference: "loopback", Target: &Target{">=", 0.9},
+			Meaning: "the same with --passthrough=false: every read is a FUSE request that sluice answers from its disk tier."},
+			"sluice-cold", func(ctx context.Context, row *Row) error { return r.sluice(ctx, row, sluiceCache, false) }},
+		{&Row{Key: "loopback", Name: "go-fuse loopback", Reference: "direct",
+			Meaning: "an in-process go-fuse loopback mount of versitygw's files with sluice's FUSE settings, passthrough off: the FUSE ceiling for the row above."},
+			"", r.loopback},
+		{&Row{Key: "rclone-cold", Name: "rclone cold", Reference: "sluice-cold", Target: &Target{"<", 1},
+			Meaning: "`rclone mount --vfs-cache-mode full` with an empty cache; below 1.00 means sluice cold is ahead."},
+			"", func(ctx context.Context, row *Row) error { return r.rclone(ctx, row, rcloneCache) }},
+		{&Row{Key: "rclone-warm", Name: "rclone warm", Reference: "sluice-warm", Target: &Target{"<", 1},
+			Meaning: "a new rclone mount on the same cache dir; below 1.00 means sluice warm (passthrough) is ahead."},
+			"rclone-cold", func(ctx context.Context, row *Row) error { return r.rclone(ctx, row, rcloneCache) }},
+	}
+	ok := map[string]bool{}
+	var rows []*Row
+	for _, s := range steps {
+		rows = append(rows, s.row)
+		if ctx.Err() != nil {
+			s.row.Skipped = "interrupted"
+			continue
+		}
+		if strings.HasPrefix(s.row.Key, "rclone") && r.o.rcloneSkip != "" {
+			s.row.Skipped = r.o.rcloneSkip
+			continue
+		}
+		if s.after != "" && !ok[s.after] {
+			s.row.Skipped = s.after + " row did not succeed"
+			continue
+		}
+		fmt.Fprintf(r.out, "measuring %s ...\n", s.row.Name)
+		if err := s.measure(ctx, s.row); err != nil {
+			s.row.Error = err.Error()
+			fmt.Fprintf(r.out, "  %s: error: %v\n", s.row.Name, err)
+			continue
+		}
+		ok[s.row.Key] = true
+		fmt.Fprintf(r.out, "  W1 %s MB/s, W2 %s MB/s\n", formatMBps(s.row.W1.MBps), formatMBps(s.row.W2.MBps))
+	}
+	return rows
+}
+
+// setBoth stores W1's and W2's results in row.
+func setBoth(row *Row, w [2]Measurement) {
+	row.W1, row.W2 = &w[0], &w[1]
+}
+
+func (r *runner) direct(ctx context.Context, row *Row) error {
+	var paths []string
+	for _, files := range r.data.workloads() {
+		for _, f := range files {
+			paths = append(paths, filepath.Join(r.gwDir(), f.Key))
+		}
+	}
+	if err := warmFiles(ctx, paths); err != nil {
+		return err
+	}
+	w, err := r.readBoth(ctx, r.gwDir())
+	if err != nil {
+		return err
+	}
+	setBoth(row, w)
+	row.Settings = "files under " + r.gwDir()
+	return nil
+}
+
+// getTrial is one parallel-GET setting on one workload.
+type getTrial struct {
+	Workload    string  `json:"workload"`
+	Concurrency int     `json:"concurrency"`
+	RangeBytes  int64   `json:"rangeBytes"`
+	MBps        float64 `json:"mbPerSec"`
+}
+
+func (r *runner) parallelGET(ctx context.Context, row *Row) error {
+	client, err := newS3Client(S3Target{
+		Endpoint:  strings.TrimPrefix(r.gw.Endpoint, "http://"),
+		AccessKey: r.gw.AccessKey, SecretKey: r.gw.SecretKey,
+	})
+	if err != nil {
+		return err
+	}
+	var best [2]*Measurement
+	var trials []getTrial
+	for _, c := range r.o.GetConcurrency {
+		for i, files := range r.data.workloads() {
+			m, err := parallelGet(ctx, client, Bucket, files, c, r.o.getRange)
+			if err != nil {
+				return fmt.Errorf("W%d, concurrency %d: %w", i+1, c, err)
+			}
+			trials = append(trials, getTrial{fmt.Sprintf("W%d", i+1), c, r.o.getRange, m.MBps})
+			if best[i] == nil || m.MBps > best[i].MBps {
+				best[i] = &m
+			}
+		}
+	}
+	row.W1, row.W2 = best[0], best[1]
+	row.Settings = fmt.Sprintf("W1 %s, W2 %s", best[0].Settings, best[1].Settings)
+	row.Extra = map[string]any{"trials": trials}
+	row.Notes = append(row.Notes, "best settings: "+row.Settings)
+	return nil
+}
+
+// sluiceFlags are the `sluice mount` flags every sluice row passes besides
+// source, mount point, cache dir, metrics address and passthrough.
+func sluiceFlags(o *Options) []string {
+	total := o.bigSize + int64(o.SmallCount)*o.smallSize
+	disk := max(int64(8)<<30, (2*total+(1<<30)-1)/(1<<30)*(1<<30))
+	return []string{"--s3-path-style", "--s3-region", "us-east-1", "--cache-disk", formatSize(disk)}
+}
+
+// sluice measures a fresh `sluice mount` on cacheDir.
+func (r *runner) sluice(ctx context.Context, row *Row, cacheDir string, passthrough bool) error {
+	mnt := filepath.Join(r.work, "mnt-"+row.Key)
+	metricsAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	args := append([]string{"mount", "s3://" + Bucket, mnt, "--s3-endpoint", r.gw.Endpoint,
+		"--cache-dir", cacheDir, "--metrics-addr", metricsAddr,
+		"--passthrough=" + strconv.FormatBool(passthrough)}, sluiceFlags(r.o)...)
+	env := []string{"AWS_ACCESS_KEY_ID=" + r.gw.AccessKey, "AWS_SECRET_ACCESS_KEY=" + r.gw.SecretKey}
+	c, err := startChild("sluice mount", mnt, r.o.Sluice, args, env, "serving")
+	if err != nil {
+		return err
+	}
+	r.cl.add(c.stop)
+	defer c.stop()
+	if err := c.waitServing(ctx, mountTimeout); err != nil {
+		return err
+	}
+	before, err := scrapeCounters(metricsAddr)
+	if err != nil {
+		return err
+	}
+	w, err := r.readBoth(ctx, mnt)
+	if err != nil {
+		return fmt.Errorf("%w; sluice output:\n%s", err, c.out.tail())
+	}
+	after, err := scrapeCounters(metricsAddr)
+	if err != nil {
+		return err
+	}
+	if err := c.stop(); err != nil {
+		return err
+	}
+	setBoth(row, w)
+	read := w[0].Bytes + w[1].Bytes
+	served := int64(after[servedMetric] - before[servedMetric])
+	origin := int64(after[originMetric] - before[originMetric])
+	row.Settings = "sluice " + strings.Join(args, " ")
+	cpu := c.cpuSeconds()
+	row.Extra = map[string]any{"bytesRead": read, "bytesServedBySluice": served, "originBytes": origin, "sluiceCPUSeconds": cpu}
+	row.Notes = append(row.Notes, fmt.Sprintf("sluice mount used %.1f CPU-seconds (user+sys) for %s", cpu, formatBytes(read)))
+	switch {
+	case passthrough && row.Key != "sluice-cold" && served > read/100:
+		row.Notes = append(row.Notes, fmt.Sprintf("passthrough did NOT engage: sluice answered %s of %s with FUSE reads",
+			formatBytes(served), formatBytes(read)))
+	case passthrough && row.Key != "sluice-cold":
+		row.Notes = append(row.Notes, fmt.Sprintf("passthrough engaged: sluice answered %s of %s itself", formatBytes(served), formatBytes(read)))
+	}
+	if open := max(w[0].OpenSeconds, w[1].OpenSeconds); open > 0.05 {
+		row.Notes = append(row.Notes, fmt.Sprintf("open(2) took up to %.2fs (W1 %.2fs of %.2fs, W2 %.2fs of %.2fs)",
+			open, w[0].OpenSeconds, w[0].Seconds, w[1].OpenSeconds, w[1].Seconds))
+	}
+	if row.Key != "sluice-cold" && origin > 0 {
+		row.Notes = append(row.Notes, fmt.Sprintf("fetched %s from the origin although the disk tier should hold everything", formatBytes(origin)))
+	}
+	return nil
+}
+
+// rclone measures a fresh `rclone mount` on cacheDir.
+func (r *runner) rclone(ctx context.Context, row *Row, cacheDir string) error {
+	mnt := filepath.Join(r.work, "mnt-"+row.Key)
+	config := filepath.Join(r.work, "rclone.conf")
+	if err := os.WriteFile(config, nil, 0o600); err != nil {
+		return err
+	}
+	args := append([]string{"mount", "sluicebench:" + Bucket, mnt, "--config", config, "--cache-dir", cacheDir}, rcloneFlags...)
+	env := []string{
+		"RCLONE_CONFIG_SLUICEBENCH_TYPE=s3", "RCLONE_CONFIG_SLUICEBENCH_PROVIDER=Other",
+		"RCLONE_CONFIG_SLUICEBENCH_ENDPOINT=" + r.gw.Endpoint, "RCLONE_CONFIG_SLUICEBENCH_REGION=us-east-1",
+		"RCLONE_CONFIG_SLUICEBENCH_FORCE_PATH_STYLE=true",
+		"RCLONE_CONFIG_SLUICEBENCH_ACCESS_KEY_ID=" + r.gw.AccessKey,
+		"RCLONE_CONFIG_SLUICEBENCH_SECRET_ACCESS_KEY=" + r.gw.SecretKey,
+	}
+	c, err := startChild("rclone mount", mnt, r.o.Rclone, args, env, "")
+	if err != nil {
+		return err
+	}
+	r.cl.add(c.stop)
+	defer c.stop()
+	if err := c.waitMounted(ctx, "fuse.rclone", mountTimeout); err != nil {
+		return err
+	}
+	w, err := r.readBoth(ctx, mnt)
+	if err != nil {
+		return fmt.Errorf("%w; rclone output:\n%s", err, c.out.tail())
+	}
+	if err := c.stop(); err != nil {
+		return err
+	}
+	setBoth(row, w)
+	row.Settings = "rclone " + strings.Join(args, " ")
+	cpu := c.cpuSeconds()
+	row.Extra = map[string]any{"rcloneCPUSeconds": cpu}
+	row.Notes = append(row.Notes, fmt.Sprintf("rclone mount used %.1f CPU-seconds (user+sys) for %s",
+		cpu, formatBytes(w[0].Bytes+w[1].Bytes)))
+	return nil
+}
+
+// loopback measures an in-process go-fuse loopback mount of versitygw's
+// files, set up like sluice's mounts (1 MiB requests, no splice, raised
+// read_ahead_kb) with passthrough off.
+func (r *runner) loopback(ctx context.Context, row *Row) error {
+	mnt := filepath.Join(r.work, "mnt-loopback")
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		return err
+	}
+	root, err := fs.NewLoopbackRoot(r.gwDir())
+	if err != nil {
+		return err
+	}
+	ttl := time.Minute
+	mo := fuse.MountOptions{
+		FsName: "bench-loopback", Name: "loopback", MaxWrite: 1 << 20, DisableSplice: true,
+		MaxBackground: 64, DirectMount: true,
+	}
+	mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
+	server, err := fs.Mount(mnt, root, &fs.Options{MountOptions: mo, EntryTimeout: &ttl, AttrTimeout: &ttl})
+	if err != nil {
+		return fmt.Errorf("go-fuse loopback mount: %w", err)
+	}
+	var once sync.Once
+	var unmountErr error
+	unmount := func() error {
+		once.Do(func() {
+			for range 20 {
+				if unmountErr = server.Unmount(); unmountErr == nil {
+					server.Wait()
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			unmountErr = mountutil.Unmount(mnt)
+		})
+		return unmountErr
+	}
+	r.cl.add(unmount)
+	defer unmount()
+	if err := mountutil.SetReadAheadKB(mnt, 1024); err != nil {
+		row.Notes = append(row.Notes, "could not raise read_ahead_kb: "+err.Error())
+	}
+	w, err := r.readBoth(ctx, mnt)
+	if err != nil {
+		return err
+	}
+	if err := unmount(); err != nil {
+		return err
+	}
+	setBoth(row, w)
+	row.Settings = "fs.NewLoopbackRoot(" + r.gwDir() + "), MaxWrite 1Mi, DisableSplice, MaxBackground 64, no CAP_PASSTHROUGH, read_ahead_kb 1024"
+	return nil
+}
+
+const (
+	servedMetric = "sluice_bytes_served_total"
+	originMetric = "sluice_origin_bytes_total"
+)
+
+// scrapeCounters reads sluice's served and origin byte counters.
+func scrapeCounters(addr string) (map[string]float64, error) {
+	hc := &http.Client{Timeout: 10 * time.Second}
+	resp, err := hc.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, fmt.Errorf("scraping sluice metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	s := bufio.NewScanner(resp.Body)
+	for s.Scan() {
+		f := strings.Fields(s.Text())
+		if len(f) == 2 && (f[0] == servedMetric || f[0] == originMetric) {
+			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+				out[f[0]] = v
+			}
+		}
+	}
+	return out, s.Err()
+}
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// formatBytes prints a byte count in binary units with one decimal.
+func formatBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
