@@ -298,6 +298,9 @@ func TestCorruptAndTornBlocksAreRefetched(t *testing.T) {
 			c.Close()
 			id := obj.id()
 			base := filepath.Join(dir, "objects", id[:2], id)
+			// Let the clock move past the clean-shutdown stamps, as any
+			// later change to the files would.
+			time.Sleep(20 * time.Millisecond)
 			tc.damage(t, base+".data", base+".idx")
 			before := g.total.Load()
 			c2, err := New(cfg)
@@ -410,5 +413,48 @@ func TestOpenLocalNeedsEveryBlock(t *testing.T) {
 	got, err := io.ReadAll(f)
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("local file differs from the source (err %v)", err)
+	}
+}
+
+func TestCleanShutdownSkipsReverification(t *testing.T) {
+	tests := []struct {
+		name         string
+		crash        bool // the clean-shutdown record is lost, as after a crash
+		wantVerified bool
+	}{
+		{"after a clean stop blocks are trusted", false, true},
+		{"after a crash blocks are verified on first read", true, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newMemGetter()
+			data := randBytes(3*(64<<10), 5)
+			obj := g.add("f", data)
+			dir := t.TempDir()
+			cfg := Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: dir, Readahead: -1, Getter: g}
+			c, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			readAll(t, c, obj, data)
+			c.Close()
+			if tc.crash {
+				os.Remove(filepath.Join(dir, cleanFile))
+			}
+			c2, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c2.Close()
+			for _, el := range c2.disk.objects[obj.id()].blocks {
+				if v := el.Value.(*diskBlock).verified; v != tc.wantVerified {
+					t.Fatalf("block verified = %v, want %v", v, tc.wantVerified)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(dir, cleanFile)); !os.IsNotExist(err) {
+				t.Errorf("the clean record outlives the start (%v): a crash now would be taken for a clean stop", err)
+			}
+			readAll(t, c2, obj, data)
+		})
 	}
 }

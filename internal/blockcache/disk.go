@@ -118,9 +118,10 @@ func (d *diskTier) load() error {
 	if err != nil {
 		return err
 	}
+	clean := d.readCleanRecord()
 	for _, p := range idxFiles {
 		id := strings.TrimSuffix(filepath.Base(p), ".idx")
-		if err := d.loadObject(id); err != nil {
+		if err := d.loadObject(id, d.unchangedSinceCleanStop(id, clean)); err != nil {
 			klog.InfoS("Dropping unusable cache entry", "id", id, "reason", err.Error())
 			os.Remove(d.objectPath(id, ".idx"))
 			os.Remove(d.objectPath(id, ".data"))
@@ -129,7 +130,9 @@ func (d *diskTier) load() error {
 	return nil
 }
 
-func (d *diskTier) loadObject(id string) error {
+// loadObject loads one object's index; trusted marks its blocks verified
+// (see disk_clean.go).
+func (d *diskTier) loadObject(id string, trusted bool) error {
 	raw, err := os.ReadFile(d.objectPath(id, ".idx"))
 	if err != nil {
 		return err
@@ -172,7 +175,7 @@ func (d *diskTier) loadObject(id string) error {
 		return err
 	}
 	for idx, lc := range live {
-		blk := &diskBlock{obj: o, index: idx, length: lc[0], crc: lc[1]}
+		blk := &diskBlock{obj: o, index: idx, length: lc[0], crc: lc[1], verified: trusted}
 		o.blocks[idx] = d.lru.PushBack(blk)
 		d.used += int64(lc[0])
 	}
@@ -435,8 +438,9 @@ func (d *diskTier) openComplete(ref ObjectRef) (f *os.File, release func(), ok b
 	}
 	o.pins++
 	d.mu.Unlock()
+	scratch := make([]byte, d.blockSize) // one buffer for every block checked
 	for _, blk := range unverified {
-		buf := make([]byte, blk.length)
+		buf := scratch[:blk.length]
 		if _, err := o.data.ReadAt(buf, blk.index*d.blockSize); err != nil || checksum(buf) != blk.crc {
 			d.drop(o, blk.index)
 			d.unpin(o)
@@ -463,6 +467,7 @@ func (d *diskTier) size() int64 {
 
 func (d *diskTier) close() {
 	d.mu.Lock()
+	d.writeCleanRecord()
 	for _, o := range d.objects {
 		o.data.Close()
 		o.idx.Close()
