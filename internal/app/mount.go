@@ -145,17 +145,5 @@ func (o *MountOptions) RunMount(ctx context.Context, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "sluice: serving %s at %s\n", rt.Source.ID(), o.MountPoint)
 	klog.InfoS("Mount serving", "source", rt.Source.ID(), "mountPoint", o.MountPoint)
-	done := make(chan struct{})
-	go func() { mnt.Wait(); close(done) }()
-	select {
-	case <-done:
-		klog.InfoS("Unmounted from outside", "mountPoint", o.MountPoint)
-		return nil
-	case <-ctx.Done():
-	}
-	if err := mnt.Unmount(); err != nil {
-		return fmt.Errorf("unmounting %s: %w", o.MountPoint, err)
-	}
-	<-done
-	return nil
+	return mnt.ServeUntil(ctx)
 }

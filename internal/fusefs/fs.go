@@ -129,6 +129,24 @@ func (m *Mount) Unmount() error {
 // Wait blocks until the mount is unmounted (by Unmount or from outside).
 func (m *Mount) Wait() { m.server.Wait() }
 
+// ServeUntil serves until ctx is done, then unmounts, or until the mount is
+// unmounted from outside (then it returns nil at once).
+func (m *Mount) ServeUntil(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { m.Wait(); close(done) }()
+	select {
+	case <-done:
+		klog.InfoS("Unmounted from outside", "path", m.Dir)
+		return nil
+	case <-ctx.Done():
+	}
+	if err := m.Unmount(); err != nil {
+		return fmt.Errorf("unmounting %s: %w", m.Dir, err)
+	}
+	<-done
+	return nil
+}
+
 // ino derives a stable inode number from a path and version.
 func ino(path, version string) uint64 {
 	h := fnv.New64a()
