@@ -14,7 +14,7 @@ OUT := $(CURDIR)/_output
 export SLUICE_VERSITYGW := $(BIN)/versitygw
 export SLUICE_BIN := $(BIN)/sluice
 
-.PHONY: all build tools test lint demo bench clean
+.PHONY: all build tools test lint demo bench bench-fusermount3 clean
 
 all: build
 
@@ -59,6 +59,8 @@ bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3
 	mkdir -p $(OUT)/bench
 	$(BIN)/sluice bench datapath --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone \
 		--json $(OUT)/bench/datapath.json $(BENCH_FLAGS)
+	$(BIN)/sluice bench burst --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone --clients 16,64 \
+		--json $(OUT)/bench/burst.json $(BURST_FLAGS)
 
 clean:
 	rm -rf $(BIN)/sluice $(OUT)

@@ -1,0 +1,320 @@
+// Package deploy_test checks the manifests in this directory: every YAML
+// parses, every object has the fields Kubernetes requires, kustomizations
+// list exactly their directory's files, and the driver's deployment has
+// the properties the CSI driver depends on. (`kubectl apply --dry-run` is
+// the cluster harness's job.)
+package deploy_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/sluice-dev/sluice/internal/contract"
+)
+
+type object struct {
+	file string
+	u    *obj
+}
+
+// obj is a parsed manifest: a generic map with typed accessors.
+type obj struct{ Object map[string]any }
+
+func (u *obj) GetKind() string       { return str(u, "kind") }
+func (u *obj) GetAPIVersion() string { return str(u, "apiVersion") }
+func (u *obj) GetName() string       { return str(u, "metadata", "name") }
+
+// nested walks maps along fields.
+func nested(m map[string]any, fields ...string) (any, bool) {
+	var v any = m
+	for _, f := range fields {
+		mm, ok := v.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if v, ok = mm[f]; !ok {
+			return nil, false
+		}
+	}
+	return v, true
+}
+
+func nestedBool(m map[string]any, fields ...string) bool {
+	v, _ := nested(m, fields...)
+	b, _ := v.(bool)
+	return b
+}
+
+func stringsOf(vals []any) []string {
+	var out []string
+	for _, v := range vals {
+		if s, ok := v.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// load parses every YAML document below the current directory.
+func load(t *testing.T) (objs []object, kustomizations map[string][]string) {
+	t.Helper()
+	kustomizations = map[string][]string{}
+	err := filepath.WalkDir(".", func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, doc := range bytes.Split(data, []byte("\n---\n")) {
+			if len(bytes.TrimSpace(doc)) == 0 {
+				continue
+			}
+			var m map[string]any
+			if err := yaml.UnmarshalStrict(doc, &m); err != nil {
+				t.Errorf("%s (document %d): %v", path, i+1, err)
+				continue
+			}
+			u := &obj{Object: m}
+			if u.GetKind() == "Kustomization" {
+				kustomizations[filepath.Dir(path)] = stringsOf(slice(u, "resources"))
+				continue
+			}
+			objs = append(objs, object{path, u})
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs, kustomizations
+}
+
+func TestManifests(t *testing.T) {
+	objs, kustomizations := load(t)
+	if len(kustomizations) < 2 {
+		t.Fatalf("want kustomizations in base and examples, got %v", kustomizations)
+	}
+	for dir, res := range kustomizations {
+		files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
+		var want []string
+		for _, f := range files {
+			if filepath.Base(f) != "kustomization.yaml" {
+				want = append(want, filepath.Base(f))
+			}
+		}
+		got := slices.Clone(res)
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s/kustomization.yaml lists %v, the directory has %v", dir, got, want)
+		}
+	}
+	kinds := map[string]int{}
+	for _, o := range objs {
+		u := o.u
+		kinds[u.GetKind()]++
+		if u.GetAPIVersion() == "" || u.GetKind() == "" || u.GetName() == "" {
+			t.Errorf("%s: object without apiVersion, kind or metadata.name: %v", o.file, u.Object)
+		}
+		check, ok := checks[u.GetKind()]
+		if !ok {
+			t.Errorf("%s: unexpected kind %s", o.file, u.GetKind())
+			continue
+		}
+		check(t, o.file, u)
+	}
+	for _, k := range []string{"CSIDriver", "Deployment", "DaemonSet", "ClusterRole", "ServiceAccount",
+		"StorageClass", "PersistentVolumeClaim", "PersistentVolume", "Pod", "Secret"} {
+		if kinds[k] == 0 {
+			t.Errorf("no %s in deploy/", k)
+		}
+	}
+}
+
+func str(u *obj, fields ...string) string {
+	v, _ := nested(u.Object, fields...)
+	s, _ := v.(string)
+	return s
+}
+
+func slice(u *obj, fields ...string) []any {
+	v, _ := nested(u.Object, fields...)
+	s, _ := v.([]any)
+	return s
+}
+
+func podSpec(u *obj) map[string]any {
+	path := []string{"spec", "template", "spec"}
+	if u.GetKind() == "Pod" {
+		path = []string{"spec"}
+	}
+	v, _ := nested(u.Object, path...)
+	m, _ := v.(map[string]any)
+	return m
+}
+
+func containers(t *testing.T, file string, u *obj) []map[string]any {
+	spec := podSpec(u)
+	cs, _ := spec["containers"].([]any)
+	if len(cs) == 0 {
+		t.Errorf("%s: %s %s has no containers", file, u.GetKind(), u.GetName())
+	}
+	var out []map[string]any
+	for _, c := range cs {
+		m := c.(map[string]any)
+		if m["name"] == nil || m["image"] == nil {
+			t.Errorf("%s: container without name or image", file)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func sluiceArgs(t *testing.T, file string, u *obj) []any {
+	for _, c := range containers(t, file, u) {
+		if c["name"] == "sluice" {
+			args, _ := c["args"].([]any)
+			return args
+		}
+	}
+	t.Errorf("%s: no sluice container", file)
+	return nil
+}
+
+var checks = map[string]func(t *testing.T, file string, u *obj){
+	"Namespace": func(*testing.T, string, *obj) {},
+	"Secret":    func(*testing.T, string, *obj) {},
+	"CSIDriver": func(t *testing.T, file string, u *obj) {
+		if u.GetName() != contract.DriverName {
+			t.Errorf("%s: CSIDriver %s, want %s", file, u.GetName(), contract.DriverName)
+		}
+		attach := nestedBool(u.Object, "spec", "attachRequired")
+		podInfo := nestedBool(u.Object, "spec", "podInfoOnMount")
+		modes := stringsOf(slice(u, "spec", "volumeLifecycleModes"))
+		if attach || !podInfo || !slices.Contains(modes, "Persistent") || !slices.Contains(modes, "Ephemeral") {
+			t.Errorf("%s: want attachRequired false, podInfoOnMount true, modes Persistent+Ephemeral", file)
+		}
+	},
+	"Deployment": func(t *testing.T, file string, u *obj) {
+		args := sluiceArgs(t, file, u)
+		if !slices.Contains(args, any("--mode=controller")) {
+			t.Errorf("%s: the controller does not run --mode=controller", file)
+		}
+		provisions := slices.Contains(args, any("--provision"))
+		for _, c := range containers(t, file, u) {
+			provisions = provisions || c["name"] == "csi-provisioner"
+		}
+		if !provisions {
+			t.Errorf("%s: nothing provisions PVCs", file)
+		}
+	},
+	"DaemonSet": func(t *testing.T, file string, u *obj) {
+		args := sluiceArgs(t, file, u)
+		if !slices.Contains(args, any("--mode=node")) || !slices.Contains(args, any("--node-id=$(NODE_NAME)")) {
+			t.Errorf("%s: the node plugin needs --mode=node and --node-id", file)
+		}
+		registers := slices.Contains(args, any("--registration-dir=/var/lib/kubelet/plugins_registry"))
+		for _, c := range containers(t, file, u) {
+			registers = registers || c["name"] == "node-driver-registrar"
+		}
+		if !registers {
+			t.Errorf("%s: nothing registers the node plugin with the kubelet", file)
+		}
+		var bidirectional, fuse bool
+		for _, c := range containers(t, file, u) {
+			if c["name"] != "sluice" {
+				continue
+			}
+			for _, vm := range c["volumeMounts"].([]any) {
+				m := vm.(map[string]any)
+				if m["mountPath"] == "/var/lib/kubelet" && m["mountPropagation"] == "Bidirectional" {
+					bidirectional = true
+				}
+				fuse = fuse || m["mountPath"] == "/dev/fuse"
+			}
+			if priv := nestedBool(c, "securityContext", "privileged"); bidirectional && !priv {
+				t.Errorf("%s: Bidirectional propagation needs a privileged container", file)
+			}
+		}
+		if !bidirectional || !fuse {
+			t.Errorf("%s: node plugin needs the kubelet dir (Bidirectional) and /dev/fuse", file)
+		}
+		if auto, ok := podSpec(u)["automountServiceAccountToken"].(bool); !ok || auto {
+			t.Errorf("%s: the node plugin needs no API token", file)
+		}
+	},
+	"ServiceAccount":     func(*testing.T, string, *obj) {},
+	"ClusterRole":        checkRules,
+	"Role":               checkRules,
+	"ClusterRoleBinding": checkBinding,
+	"RoleBinding":        checkBinding,
+	"StorageClass": func(t *testing.T, file string, u *obj) {
+		if str(u, "provisioner") != contract.DriverName {
+			t.Errorf("%s: provisioner %q", file, str(u, "provisioner"))
+		}
+		if str(u, "parameters", contract.AttrSource) == "" && str(u, "parameters", contract.AttrDataset) == "" {
+			t.Errorf("%s: StorageClass without source or dataset", file)
+		}
+	},
+	"PersistentVolumeClaim": func(t *testing.T, file string, u *obj) {
+		if modes := slice(u, "spec", "accessModes"); !slices.Contains(modes, any("ReadOnlyMany")) {
+			t.Errorf("%s: PVC access modes %v, want ReadOnlyMany", file, modes)
+		}
+	},
+	"PersistentVolume": func(t *testing.T, file string, u *obj) {
+		if str(u, "spec", "csi", "driver") != contract.DriverName || str(u, "spec", "csi", "volumeHandle") == "" ||
+			str(u, "spec", "csi", "volumeAttributes", contract.AttrSource) == "" {
+			t.Errorf("%s: static PV needs csi.driver, volumeHandle and a source", file)
+		}
+	},
+	"Pod": func(t *testing.T, file string, u *obj) {
+		containers(t, file, u)
+		vols, _ := podSpec(u)["volumes"].([]any)
+		if len(vols) == 0 {
+			t.Errorf("%s: pod without volumes", file)
+		}
+		for _, v := range vols {
+			csi, ok := v.(map[string]any)["csi"].(map[string]any)
+			if ok && csi["driver"] != contract.DriverName {
+				t.Errorf("%s: inline volume of driver %v", file, csi["driver"])
+			}
+		}
+	},
+}
+
+// checkRules refuses wildcards and any access to Secrets: the driver's
+// roles are least privilege.
+func checkRules(t *testing.T, file string, u *obj) {
+	rules := slice(u, "rules")
+	if len(rules) == 0 {
+		t.Errorf("%s: %s %s has no rules", file, u.GetKind(), u.GetName())
+	}
+	for _, r := range rules {
+		m := r.(map[string]any)
+		for _, key := range []string{"apiGroups", "resources", "verbs"} {
+			vals, _ := m[key].([]any)
+			if len(vals) == 0 {
+				t.Errorf("%s: rule without %s", file, key)
+			}
+			if slices.Contains(vals, any("*")) {
+				t.Errorf("%s: wildcard in %s", file, key)
+			}
+			if key == "resources" && slices.Contains(vals, any("secrets")) {
+				t.Errorf("%s: the driver must not read Secrets (the kubelet passes them)", file)
+			}
+		}
+	}
+}
+
+func checkBinding(t *testing.T, file string, u *obj) {
+	if str(u, "roleRef", "name") == "" || len(slice(u, "subjects")) == 0 {
+		t.Errorf("%s: binding without roleRef or subjects", file)
+	}
+}

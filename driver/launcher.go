@@ -1,0 +1,238 @@
+package driver
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// procLauncher runs each session as `sluice csi serve-session` in its own
+// session (setsid): no process group, terminal or pipe ties it to the
+// `sluice csi` process, so a restart of that process — kill -9 included —
+// leaves it serving. Its output goes to the session's log file; it reports
+// readiness (or a coded error) on an inherited pipe that it closes once
+// serving.
+type procLauncher struct {
+	binary string        // the sluice binary
+	args   []string      // extra flags for serve-session (cache memory, -v)
+	wait   time.Duration // how long a child may take to serve
+}
+
+var _ launcher = (*procLauncher)(nil)
+
+func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds credentials) error {
+	logf, err := os.OpenFile(rec.logFile(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	args := []string{"csi", "serve-session", "--source", rec.Source, "--mount-dir", rec.mountDir(),
+		"--cache-dir", rec.CacheDir, "--stats-socket", rec.statsSocket(), "--ready-fd", "3"}
+	if rec.CacheSize != "" {
+		args = append(args, "--cache-disk", rec.CacheSize)
+	}
+	if rec.Readahead != "" {
+		args = append(args, "--readahead", rec.Readahead)
+	}
+	cmd := exec.Command(l.binary, append(args, l.args...)...)
+	cmd.Env = childEnv(os.Environ(), creds)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return fmt.Errorf("starting the serving process: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }() // reaps our own child
+
+	line, err := readLine(ctx, r, l.wait)
+	if err == nil && line == "ready" {
+		rec.Pid = cmd.Process.Pid
+		rec.StartTime, err = procStartTime(rec.Pid)
+		return err
+	}
+	_ = cmd.Process.Kill()
+	<-exited
+	if code, msg, ok := strings.Cut(strings.TrimPrefix(line, "error "), " "); ok && strings.HasPrefix(line, "error ") {
+		n, _ := strconv.ParseUint(code, 10, 32)
+		return errorForCode(n, msg)
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = fmt.Errorf("%w: the serving process exited: %s", errUnavailable, lastLine(rec.logFile()))
+	}
+	return err
+}
+
+// readLine reads one line from r within d (or until ctx is done).
+func readLine(ctx context.Context, r *os.File, d time.Duration) (string, error) {
+	deadline := time.Now().Add(d)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	if err := r.SetReadDeadline(deadline); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return "", fmt.Errorf("the serving process did not serve within %s: %w", d, context.DeadlineExceeded)
+	}
+	if err != nil && line == "" {
+		return "", err
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// lastLine returns the last non-empty line of a log file (the child's
+// error), bounded in length.
+func lastLine(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log)"
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	l := lines[len(lines)-1]
+	if len(l) > 512 {
+		l = l[len(l)-512:]
+	}
+	return l
+}
+
+// childEnv is env without any AWS_ variable of this process, plus the
+// volume's credentials: a volume reads with its own secrets or anonymously,
+// never with the node's.
+func childEnv(env []string, c credentials) []string {
+	out := make([]string, 0, len(env)+4)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "AWS_") {
+			out = append(out, kv)
+		}
+	}
+	out = append(out, "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_CONFIG_FILE=/dev/null")
+	if !c.empty() {
+		out = append(out, secretAccessKeyID+"="+c.AccessKeyID, secretSecretAccessKey+"="+c.SecretAccessKey)
+	}
+	return out
+}
+
+// procStartTime is the start time of pid (clock ticks since boot, field 22
+// of /proc/PID/stat): with the pid it identifies a process across pid reuse.
+func procStartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state); the start time is field 22.
+	if len(f) < 20 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	if f[0] == "Z" || f[0] == "X" {
+		return 0, fmt.Errorf("process %d has exited", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+func (l *procLauncher) alive(rec *sessionRecord) bool {
+	if rec.Pid <= 0 {
+		return false
+	}
+	st, err := procStartTime(rec.Pid)
+	return err == nil && st == rec.StartTime
+}
+
+// adopt reads the credentials back from the child's environment
+// (/proc/PID/environ, readable by root only): they stay in memory, so the
+// watch can serve the session again should the child die later.
+func (l *procLauncher) adopt(rec *sessionRecord) credentials {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(rec.Pid) + "/environ")
+	if err != nil {
+		return credentials{}
+	}
+	var c credentials
+	for _, kv := range strings.Split(string(data), "\x00") {
+		if v, ok := strings.CutPrefix(kv, secretAccessKeyID+"="); ok {
+			c.AccessKeyID = v
+		} else if v, ok := strings.CutPrefix(kv, secretSecretAccessKey+"="); ok {
+			c.SecretAccessKey = v
+		}
+	}
+	if c.AccessKeyID == "" || c.SecretAccessKey == "" {
+		return credentials{}
+	}
+	return c
+}
+
+func (l *procLauncher) stop(ctx context.Context, rec *sessionRecord) error {
+	if !l.alive(rec) {
+		return nil
+	}
+	for _, step := range []struct {
+		sig  syscall.Signal
+		wait time.Duration
+	}{{syscall.SIGTERM, 10 * time.Second}, {syscall.SIGKILL, 5 * time.Second}} {
+		if err := syscall.Kill(rec.Pid, step.sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return err
+		}
+		deadline := time.Now().Add(step.wait)
+		for l.alive(rec) && time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		if !l.alive(rec) {
+			return nil
+		}
+		klog.InfoS("Serving process did not exit", "pid", rec.Pid, "signal", step.sig)
+	}
+	return fmt.Errorf("%w: serving process %d does not exit", errUnavailable, rec.Pid)
+}
+
+func (l *procLauncher) stats(ctx context.Context, rec *sessionRecord) (sessionStats, error) {
+	var st sessionStats
+	c := http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", rec.statsSocket())
+		},
+	}, Timeout: 5 * time.Second}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://session/stats", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("%w: session %s: %v", errUnavailable, rec.Key, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("%w: session %s stats: %s", errUnavailable, rec.Key, resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}

@@ -1,0 +1,338 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"k8s.io/klog/v2"
+)
+
+// nodeServer is the CSI Node service. NodeStageVolume starts (or joins)
+// the FUSE session of the volume's source and binds it at the staging
+// path; NodePublishVolume binds the staging path (or its subPath) into the
+// target, read-only. Inline volumes join their session in
+// NodePublishVolume and leave it with their last NodeUnpublishVolume.
+type nodeServer struct {
+	csi.UnimplementedNodeServer
+	nodeID   string
+	sessions *sessionManager
+}
+
+var _ csi.NodeServer = (*nodeServer)(nil)
+
+func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalidArg("NodeStageVolume: volume id missing")
+	}
+	staging := req.GetStagingTargetPath()
+	if staging == "" {
+		return nil, invalidArg("NodeStageVolume: staging target path missing")
+	}
+	if !filepath.IsAbs(staging) {
+		return nil, invalidArg("NodeStageVolume: staging target path %q is not absolute", staging)
+	}
+	if req.GetVolumeCapability() == nil {
+		return nil, invalidArg("NodeStageVolume: volume capability missing")
+	}
+	if err := checkCapability(req.GetVolumeCapability()); err != nil {
+		return nil, fmt.Errorf("NodeStageVolume: %w", err)
+	}
+	spec, err := parseVolumeAttrs(req.GetVolumeContext())
+	if err != nil {
+		return nil, fmt.Errorf("NodeStageVolume %s: %w", req.GetVolumeId(), err)
+	}
+	creds, err := parseSecrets(req.GetSecrets())
+	if err != nil {
+		return nil, fmt.Errorf("NodeStageVolume %s: %w", req.GetVolumeId(), err)
+	}
+	staging = filepath.Clean(staging)
+	key := sessionKey(spec.Source, creds)
+	if other := n.sessions.keyOfPath(staging); other != "" && other != key {
+		return nil, fmt.Errorf("%w: staging path %s is in use by a volume with another source or credentials",
+			errAlreadyExists, staging)
+	}
+	m := n.sessions
+	s := m.acquire(key, &spec)
+	defer s.op.Unlock()
+	if err := m.ensureServing(ctx, s, creds); err != nil {
+		if relErr := m.release(ctx, s); relErr != nil {
+			klog.ErrorS(relErr, "Releasing a session that failed to serve", "session", key)
+		}
+		return nil, fmt.Errorf("NodeStageVolume %s: %w", req.GetVolumeId(), err)
+	}
+	if r, ok := s.rec.refAt(staging); ok && r.Kind == refStage {
+		if mnt, err := m.mounted(staging); err == nil && mnt {
+			return &csi.NodeStageVolumeResponse{}, nil // already staged
+		}
+	}
+	if err := m.detachIfMounted(staging); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		return nil, fmt.Errorf("creating staging path: %w", err)
+	}
+	if err := m.bind(s.rec.mountDir(), staging); err != nil {
+		_ = m.release(ctx, s)
+		return nil, err
+	}
+	if err := m.setRef(s, ref{Kind: refStage, VolumeID: req.GetVolumeId(), Path: staging}); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("Volume staged", "volumeID", req.GetVolumeId(), "stagingPath", staging, "session", key)
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalidArg("NodeUnstageVolume: volume id missing")
+	}
+	if req.GetStagingTargetPath() == "" {
+		return nil, invalidArg("NodeUnstageVolume: staging target path missing")
+	}
+	staging := filepath.Clean(req.GetStagingTargetPath())
+	m := n.sessions
+	s, r := m.acquireByPath(staging)
+	if s == nil || r.Kind != refStage {
+		if s != nil {
+			s.op.Unlock()
+		}
+		// Not (or no longer) ours: make sure nothing stays mounted there.
+		return &csi.NodeUnstageVolumeResponse{}, m.detachIfMounted(staging)
+	}
+	defer s.op.Unlock()
+	if err := m.detachIfMounted(staging); err != nil {
+		return nil, err
+	}
+	if err := m.dropRef(s, staging); err != nil {
+		return nil, err
+	}
+	if err := m.release(ctx, s); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("Volume unstaged", "volumeID", req.GetVolumeId(), "stagingPath", staging)
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalidArg("NodePublishVolume: volume id missing")
+	}
+	target := req.GetTargetPath()
+	if target == "" {
+		return nil, invalidArg("NodePublishVolume: target path missing")
+	}
+	if !filepath.IsAbs(target) {
+		return nil, invalidArg("NodePublishVolume: target path %q is not absolute", target)
+	}
+	if req.GetVolumeCapability() == nil {
+		return nil, invalidArg("NodePublishVolume: volume capability missing")
+	}
+	if err := checkCapability(req.GetVolumeCapability()); err != nil {
+		return nil, fmt.Errorf("NodePublishVolume: %w", err)
+	}
+	spec, err := parseVolumeAttrs(req.GetVolumeContext())
+	if err != nil {
+		return nil, fmt.Errorf("NodePublishVolume %s: %w", req.GetVolumeId(), err)
+	}
+	target = filepath.Clean(target)
+	if req.GetVolumeContext()[ephemeralKey] == "true" {
+		return n.publishEphemeral(ctx, req.GetVolumeId(), target, spec, req.GetSecrets())
+	}
+	if req.GetStagingTargetPath() == "" {
+		return nil, invalidArg("NodePublishVolume: staging target path missing (the volume must be staged first)")
+	}
+	staging := filepath.Clean(req.GetStagingTargetPath())
+	m := n.sessions
+	s, r := m.acquireByPath(staging)
+	if s == nil || r.Kind != refStage {
+		if s != nil {
+			s.op.Unlock()
+		}
+		return nil, fmt.Errorf("%w: volume %s is not staged at %s", errPrecondition, req.GetVolumeId(), staging)
+	}
+	defer s.op.Unlock()
+	// Never publish a dead session: serve it again first (after a restart
+	// that needs the volume's secrets, this fails until NodeStageVolume).
+	if err := m.ensureServing(ctx, s, credentials{}); err != nil {
+		return nil, fmt.Errorf("NodePublishVolume %s: %w", req.GetVolumeId(), err)
+	}
+	want := ref{Kind: refPublish, VolumeID: req.GetVolumeId(), Path: target, SubPath: spec.SubPath, From: staging}
+	if err := n.checkTarget(s, want); errors.Is(err, errDone) {
+		return &csi.NodePublishVolumeResponse{}, nil
+	} else if err != nil {
+		return nil, err
+	}
+	if err := n.bindTarget(filepath.Join(staging, spec.SubPath), target, spec.SubPath); err != nil {
+		return nil, err
+	}
+	if err := m.setRef(s, want); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("Volume published", "volumeID", req.GetVolumeId(), "targetPath", target, "subPath", spec.SubPath)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// publishEphemeral joins (or starts) the session of an inline volume and
+// binds it at target.
+func (n *nodeServer) publishEphemeral(ctx context.Context, volID, target string, spec volumeSpec, secrets map[string]string) (*csi.NodePublishVolumeResponse, error) {
+	creds, err := parseSecrets(secrets)
+	if err != nil {
+		return nil, fmt.Errorf("NodePublishVolume %s: %w", volID, err)
+	}
+	m := n.sessions
+	key := sessionKey(spec.Source, creds)
+	if other := m.keyOfPath(target); other != "" && other != key {
+		return nil, fmt.Errorf("%w: target %s is in use by a volume with another source", errAlreadyExists, target)
+	}
+	s := m.acquire(key, &spec)
+	defer s.op.Unlock()
+	want := ref{Kind: refEphemeral, VolumeID: volID, Path: target, SubPath: spec.SubPath}
+	err = m.ensureServing(ctx, s, creds)
+	if err == nil {
+		err = n.checkTarget(s, want)
+	}
+	if err == nil {
+		err = n.bindTarget(filepath.Join(s.rec.mountDir(), spec.SubPath), target, spec.SubPath)
+	}
+	if err == nil {
+		err = m.setRef(s, want)
+	}
+	if err != nil {
+		if relErr := m.release(ctx, s); relErr != nil {
+			klog.ErrorS(relErr, "Releasing a session after a failed publish", "session", key)
+		}
+		if errors.Is(err, errDone) {
+			return &csi.NodePublishVolumeResponse{}, nil
+		}
+		return nil, fmt.Errorf("NodePublishVolume %s: %w", volID, err)
+	}
+	klog.V(2).InfoS("Inline volume published", "volumeID", volID, "targetPath", target, "session", key)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// errDone tells a publish that the target is already published as asked.
+var errDone = errors.New("already published")
+
+// checkTarget returns errDone when target is already published as want,
+// and an AlreadyExists error when it is published differently.
+func (n *nodeServer) checkTarget(s *session, want ref) error {
+	r, ok := s.rec.refAt(want.Path)
+	if !ok {
+		return nil
+	}
+	if r != want {
+		return fmt.Errorf("%w: target %s is already published with another staging path or subPath", errAlreadyExists, want.Path)
+	}
+	if mnt, err := n.sessions.mounted(want.Path); err == nil && mnt {
+		return errDone
+	}
+	return nil
+}
+
+// bindTarget creates target and binds from at it, read-only.
+func (n *nodeServer) bindTarget(from, target, subPath string) error {
+	fi, err := os.Stat(from)
+	switch {
+	case err != nil && errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%w: subPath %q does not exist in the dataset", errInvalid, subPath)
+	case err != nil:
+		return fmt.Errorf("%w: reading the staged volume: %v", errUnavailable, err)
+	case !fi.IsDir():
+		return fmt.Errorf("%w: subPath %q is not a directory", errInvalid, subPath)
+	}
+	m := n.sessions
+	if err := m.detachIfMounted(target); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(target, 0o750); err != nil {
+		return fmt.Errorf("creating target path: %w", err)
+	}
+	return m.bind(from, target)
+}
+
+func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalidArg("NodeUnpublishVolume: volume id missing")
+	}
+	if req.GetTargetPath() == "" {
+		return nil, invalidArg("NodeUnpublishVolume: target path missing")
+	}
+	target := filepath.Clean(req.GetTargetPath())
+	m := n.sessions
+	s, _ := m.acquireByPath(target)
+	if s != nil {
+		defer s.op.Unlock()
+	}
+	if err := m.detachIfMounted(target); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing target path: %w", err)
+	}
+	if s != nil {
+		if err := m.dropRef(s, target); err != nil {
+			return nil, err
+		}
+		if err := m.release(ctx, s); err != nil {
+			return nil, err
+		}
+	}
+	klog.V(2).InfoS("Volume unpublished", "volumeID", req.GetVolumeId(), "targetPath", target)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// NodeGetVolumeStats reports the session's cache as the volume's usage:
+// bytes cached (memory and disk) as used, the disk tier's size as total.
+// (CSI has no field for bytes served; the session's /metrics has them.)
+func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalidArg("NodeGetVolumeStats: volume id missing")
+	}
+	if req.GetVolumePath() == "" {
+		return nil, invalidArg("NodeGetVolumeStats: volume path missing")
+	}
+	path := filepath.Clean(req.GetVolumePath())
+	m := n.sessions
+	s, r := m.acquireByPath(path)
+	if s == nil || r.VolumeID != req.GetVolumeId() {
+		if s != nil {
+			s.op.Unlock()
+		}
+		return nil, fmt.Errorf("%w: volume %s is not published or staged at %s", errNotFound, req.GetVolumeId(), path)
+	}
+	rec := s.rec
+	s.op.Unlock()
+	st, err := m.launcher.stats(ctx, &rec)
+	if err != nil {
+		return nil, err
+	}
+	klog.V(4).InfoS("Volume stats", "volumeID", req.GetVolumeId(), "bytesServed", st.BytesServed,
+		"originBytes", st.OriginBytes, "memoryBytes", st.MemoryBytes, "diskBytes", st.DiskBytes)
+	usage := &csi.VolumeUsage{Unit: csi.VolumeUsage_BYTES, Used: st.MemoryBytes + st.DiskBytes}
+	if st.DiskLimit > 0 {
+		usage.Total = st.DiskLimit
+		usage.Available = max(st.DiskLimit-st.DiskBytes, 0)
+	}
+	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{usage}}, nil
+}
+
+func (n *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{
+			Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}},
+		})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+func (n *nodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{NodeId: n.nodeID}, nil
+}

@@ -1,0 +1,179 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+
+	"github.com/sluice-dev/sluice/internal/contract"
+	"github.com/sluice-dev/sluice/internal/mountutil"
+)
+
+// Modes of `sluice csi`.
+const (
+	ModeController = "controller"
+	ModeNode       = "node"
+	ModeAll        = "all"
+)
+
+// Options are the options of `sluice csi`.
+type Options struct {
+	Mode        string
+	Endpoint    string
+	NodeID      string
+	StateDir    string
+	CacheDir    string
+	CacheMemory string
+	Kubeconfig  string
+	ServeWait   time.Duration
+	// Provision makes the controller provision PVCs itself (no
+	// csi-provisioner sidecar).
+	Provision bool
+	// RegistrationDir is the kubelet's plugin registration directory; set,
+	// the node plugin registers itself (no node-driver-registrar needed).
+	RegistrationDir string
+	// KubeletEndpoint is the CSI socket's path as the kubelet sees it
+	// (default: the --endpoint path).
+	KubeletEndpoint string
+	// Binary is the sluice binary that serves sessions (default: this one).
+	Binary string
+	// ChildArgs are passed on to every serve-session (e.g. -v=4).
+	ChildArgs []string
+}
+
+// AddFlags registers the flags.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.Mode, "mode", ModeAll, "which CSI services to serve: controller, node or all")
+	fs.StringVar(&o.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix:///path/csi.sock)")
+	fs.StringVar(&o.NodeID, "node-id", "", "this node's name (required for --mode node and all)")
+	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/kubelet/plugins/"+contract.DriverName+"/state",
+		"where staged volumes and created volumes are recorded (no secrets); survives restarts")
+	fs.StringVar(&o.CacheDir, "cache-dir", "/var/cache/sluice", "disk cache tier, one subdirectory per dataset session (\"\" disables it)")
+	fs.StringVar(&o.CacheMemory, "cache-memory", "256Mi", "memory cache tier of each dataset session")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig for --provision (in-cluster config when empty)")
+	fs.BoolVar(&o.Provision, "provision", false, "controller: provision PVCs of StorageClasses with provisioner "+
+		"csi.sluice.dev itself, with leader election (leave off when a csi-provisioner sidecar does it)")
+	fs.StringVar(&o.RegistrationDir, "registration-dir", "",
+		"kubelet plugin registration directory (e.g. /var/lib/kubelet/plugins_registry): register with the kubelet "+
+			"without the node-driver-registrar sidecar; empty: leave registration to the sidecar")
+	fs.StringVar(&o.KubeletEndpoint, "kubelet-endpoint", "", "the CSI socket's path as the kubelet sees it (default: the --endpoint path)")
+	fs.DurationVar(&o.ServeWait, "serve-timeout", 60*time.Second, "how long a dataset session may take to start serving")
+	fs.StringVar(&o.Binary, "serve-binary", "", "sluice binary that serves the FUSE sessions (default: this executable)")
+	_ = fs.MarkHidden("serve-binary")
+}
+
+// Validate checks the options.
+func (o *Options) Validate() error {
+	switch o.Mode {
+	case ModeController, ModeNode, ModeAll:
+	default:
+		return fmt.Errorf("--mode %q: want controller, node or all", o.Mode)
+	}
+	if o.Endpoint == "" {
+		return fmt.Errorf("--endpoint is required")
+	}
+	if o.Mode != ModeController && o.NodeID == "" {
+		return fmt.Errorf("--node-id is required with --mode %s", o.Mode)
+	}
+	if o.Mode != ModeController && !filepath.IsAbs(o.StateDir) {
+		return fmt.Errorf("--state-dir %q: want an absolute path", o.StateDir)
+	}
+	if o.CacheDir != "" && !filepath.IsAbs(o.CacheDir) {
+		return fmt.Errorf("--cache-dir %q: want an absolute path", o.CacheDir)
+	}
+	if q, err := resource.ParseQuantity(o.CacheMemory); err != nil || q.Value() < minCacheSize {
+		return fmt.Errorf("--cache-memory %q: want a size of at least 1Mi", o.CacheMemory)
+	}
+	if o.RegistrationDir != "" && (o.Mode == ModeController || !filepath.IsAbs(o.RegistrationDir)) {
+		return fmt.Errorf("--registration-dir %q: want an absolute path, with --mode node or all", o.RegistrationDir)
+	}
+	if o.KubeletEndpoint != "" && !filepath.IsAbs(o.KubeletEndpoint) {
+		return fmt.Errorf("--kubelet-endpoint %q: want an absolute path", o.KubeletEndpoint)
+	}
+	if o.Provision && o.Mode == ModeNode {
+		return fmt.Errorf("--provision needs --mode controller or all")
+	}
+	if o.ServeWait <= 0 {
+		return fmt.Errorf("--serve-timeout %s: must be positive", o.ServeWait)
+	}
+	return nil
+}
+
+// Run serves the CSI services until ctx is done. In node mode it first
+// reconciles the sessions recorded in the state directory, so kubelet's
+// first call after a restart sees every volume as it was.
+func (o *Options) Run(ctx context.Context) error {
+	svc := services{identity: &identityServer{controller: o.Mode != ModeNode}}
+	if o.Mode != ModeNode {
+		stateDir := ""
+		if o.Mode == ModeAll {
+			stateDir = o.StateDir
+		}
+		c, err := newControllerServer(stateDir)
+		if err != nil {
+			return err
+		}
+		svc.controller = c
+		if o.Provision {
+			if err := runProvisioner(ctx, c, o.Kubeconfig); err != nil {
+				return err
+			}
+		}
+	}
+	if o.Mode != ModeController {
+		bin := o.Binary
+		if bin == "" {
+			var err error
+			if bin, err = os.Executable(); err != nil {
+				return fmt.Errorf("finding the sluice binary: %w", err)
+			}
+		}
+		l := &procLauncher{binary: bin, wait: o.ServeWait,
+			args: append([]string{"--cache-memory", o.CacheMemory}, o.ChildArgs...)}
+		n, err := newNodeServer(o.NodeID, o.StateDir, o.CacheDir, l, mount.NewWithoutSystemd(""), mountutil.Unmount)
+		if err != nil {
+			return err
+		}
+		if err := n.sessions.reconcile(ctx); err != nil {
+			return fmt.Errorf("reconciling %s: %w", o.StateDir, err)
+		}
+		go n.sessions.watch(ctx, time.Second)
+		svc.node = n
+	}
+	ln, path, err := listen(o.Endpoint)
+	if err != nil {
+		return err
+	}
+	klog.InfoS("CSI driver serving", "mode", o.Mode, "endpoint", path, "nodeID", o.NodeID)
+	if o.RegistrationDir != "" {
+		kubeletPath := o.KubeletEndpoint
+		if kubeletPath == "" {
+			kubeletPath = path
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		if err := serveRegistration(rctx, o.RegistrationDir, kubeletPath); err != nil {
+			ln.Close()
+			return err
+		}
+	}
+	return serve(ctx, newGRPCServer(svc), ln)
+}
+
+// newNodeServer builds the node service over its state directory.
+func newNodeServer(nodeID, stateDir, cacheDir string, l launcher, m mount.Interface, unmount func(string) error) (*nodeServer, error) {
+	dir := filepath.Join(stateDir, "sessions")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("--state-dir: %w", err)
+	}
+	return &nodeServer{nodeID: nodeID, sessions: &sessionManager{
+		dir: dir, cacheDir: cacheDir, launcher: l, mounter: m, unmount: unmount, sessions: map[string]*session{},
+	}}, nil
+}

@@ -1,0 +1,140 @@
+package driver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/spf13/pflag"
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/app"
+	"github.com/sluice-dev/sluice/internal/fusefs"
+	"github.com/sluice-dev/sluice/internal/metrics"
+)
+
+// ServeOptions are the options of the hidden `sluice csi serve-session`,
+// the process that serves one FUSE session for the node plugin. S3
+// credentials arrive in its environment, never in its arguments.
+type ServeOptions struct {
+	Source      string
+	MountDir    string
+	StatsSocket string
+	ReadyFD     int
+	CacheFlags  app.CacheFlags
+	Passthrough bool
+	ProbeTime   time.Duration
+}
+
+// AddFlags registers the serve-session flags.
+func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.Source, "source", "", "source URL")
+	fs.StringVar(&o.MountDir, "mount-dir", "", "where to mount")
+	fs.StringVar(&o.StatsSocket, "stats-socket", "", "unix socket serving /stats (JSON) and /metrics")
+	fs.IntVar(&o.ReadyFD, "ready-fd", 0, "inherited file descriptor that gets \"ready\" or \"error CODE MESSAGE\" (0: none)")
+	o.CacheFlags.AddFlags(fs)
+	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
+	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin before giving up")
+}
+
+// ServeSession mounts o.Source at o.MountDir and serves it until ctx is
+// done (then it unmounts) or the mount is unmounted from outside. Failures
+// before serving are also reported, with their gRPC code, on o.ReadyFD.
+func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
+	var ready *os.File
+	if o.ReadyFD > 0 {
+		ready = os.NewFile(uintptr(o.ReadyFD), "ready")
+		defer func() {
+			if err != nil {
+				fmt.Fprintf(ready, "error %d %s\n", codeOf(err), oneLine(err.Error()))
+			}
+			ready.Close()
+		}()
+	}
+	if o.Source == "" || !filepath.IsAbs(o.MountDir) {
+		return fmt.Errorf("%w: serve-session needs --source and an absolute --mount-dir", errInvalid)
+	}
+	reg := metrics.NewRegistry()
+	m := metrics.NewCache(reg)
+	rt, err := app.OpenRuntime(ctx, o.Source, &app.SourceFlags{}, &o.CacheFlags, nil, m, o.ProbeTime)
+	if err != nil {
+		return err
+	}
+	defer rt.Cache.Close()
+	fsys := fusefs.New(rt.Namespace, rt.Cache, fusefs.Options{
+		Passthrough: o.Passthrough, FsName: rt.Source.ID(), AllowOther: true,
+	})
+	mnt, err := fsys.Mount(o.MountDir)
+	if err != nil {
+		return err
+	}
+	if o.StatsSocket != "" {
+		var diskLimit int64
+		if cfg, err := o.CacheFlags.Config(); err == nil && cfg.DiskDir != "" {
+			diskLimit = cfg.DiskBytes
+		}
+		srv, err := serveStats(o.StatsSocket, reg, m, rt, diskLimit)
+		if err != nil {
+			_ = mnt.Unmount()
+			return err
+		}
+		defer srv.Close()
+	}
+	klog.InfoS("Session serving", "source", rt.Source.ID(), "mountDir", o.MountDir, "pid", os.Getpid())
+	if ready != nil {
+		fmt.Fprintln(ready, "ready")
+		ready.Close()
+		ready = nil
+	}
+	return mnt.ServeUntil(ctx)
+}
+
+func oneLine(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c == '\n' || c == '\r' {
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}
+
+// serveStats serves the session's counters on a unix socket.
+func serveStats(path string, reg *prometheus.Registry, m *metrics.Cache, rt *app.Runtime, diskLimit int64) (*http.Server, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("stats socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/stats", func(w http.ResponseWriter, _ *http.Request) {
+		mem, disk := rt.Cache.Stats()
+		st := sessionStats{BytesServed: counter(m.BytesServed), OriginBytes: counter(m.OriginBytes),
+			MemoryBytes: mem, DiskBytes: disk, DiskLimit: diskLimit}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(st)
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return srv, nil
+}
+
+func counter(c prometheus.Counter) int64 {
+	var d dto.Metric
+	if err := c.Write(&d); err != nil {
+		return 0
+	}
+	return int64(d.GetCounter().GetValue())
+}
