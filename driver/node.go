@@ -25,31 +25,15 @@ type nodeServer struct {
 var _ csi.NodeServer = (*nodeServer)(nil)
 
 func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalidArg("NodeStageVolume: volume id missing")
-	}
-	staging := req.GetStagingTargetPath()
-	if staging == "" {
-		return nil, invalidArg("NodeStageVolume: staging target path missing")
-	}
-	if !filepath.IsAbs(staging) {
-		return nil, invalidArg("NodeStageVolume: staging target path %q is not absolute", staging)
-	}
-	if req.GetVolumeCapability() == nil {
-		return nil, invalidArg("NodeStageVolume: volume capability missing")
-	}
-	if err := checkCapability(req.GetVolumeCapability()); err != nil {
-		return nil, fmt.Errorf("NodeStageVolume: %w", err)
-	}
-	spec, err := parseVolumeAttrs(req.GetVolumeContext())
+	staging, spec, err := checkMountRequest("NodeStageVolume", req.GetVolumeId(), "staging target path",
+		req.GetStagingTargetPath(), req.GetVolumeCapability(), req.GetVolumeContext())
 	if err != nil {
-		return nil, fmt.Errorf("NodeStageVolume %s: %w", req.GetVolumeId(), err)
+		return nil, err
 	}
 	creds, err := parseSecrets(req.GetSecrets())
 	if err != nil {
 		return nil, fmt.Errorf("NodeStageVolume %s: %w", req.GetVolumeId(), err)
 	}
-	staging = filepath.Clean(staging)
 	key := sessionKey(spec.Source, creds)
 	if other := n.sessions.keyOfPath(staging); other != "" && other != key {
 		return nil, fmt.Errorf("%w: staging path %s is in use by a volume with another source or credentials",
@@ -118,27 +102,11 @@ func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 }
 
 func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalidArg("NodePublishVolume: volume id missing")
-	}
-	target := req.GetTargetPath()
-	if target == "" {
-		return nil, invalidArg("NodePublishVolume: target path missing")
-	}
-	if !filepath.IsAbs(target) {
-		return nil, invalidArg("NodePublishVolume: target path %q is not absolute", target)
-	}
-	if req.GetVolumeCapability() == nil {
-		return nil, invalidArg("NodePublishVolume: volume capability missing")
-	}
-	if err := checkCapability(req.GetVolumeCapability()); err != nil {
-		return nil, fmt.Errorf("NodePublishVolume: %w", err)
-	}
-	spec, err := parseVolumeAttrs(req.GetVolumeContext())
+	target, spec, err := checkMountRequest("NodePublishVolume", req.GetVolumeId(), "target path",
+		req.GetTargetPath(), req.GetVolumeCapability(), req.GetVolumeContext())
 	if err != nil {
-		return nil, fmt.Errorf("NodePublishVolume %s: %w", req.GetVolumeId(), err)
+		return nil, err
 	}
-	target = filepath.Clean(target)
 	if req.GetVolumeContext()[ephemeralKey] == "true" {
 		return n.publishEphemeral(ctx, req.GetVolumeId(), target, spec, req.GetSecrets())
 	}
@@ -335,4 +303,28 @@ func (n *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabiliti
 
 func (n *nodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
 	return &csi.NodeGetInfoResponse{NodeId: n.nodeID}, nil
+}
+
+// checkMountRequest validates what NodeStageVolume and NodePublishVolume
+// share — a volume id, an absolute path, a reader capability and volume
+// attributes — and returns the cleaned path and the parsed attributes.
+func checkMountRequest(op, volumeID, pathName, p string, vc *csi.VolumeCapability, attrs map[string]string) (string, volumeSpec, error) {
+	switch {
+	case volumeID == "":
+		return "", volumeSpec{}, invalidArg("%s: volume id missing", op)
+	case p == "":
+		return "", volumeSpec{}, invalidArg("%s: %s missing", op, pathName)
+	case !filepath.IsAbs(p):
+		return "", volumeSpec{}, invalidArg("%s: %s %q is not absolute", op, pathName, p)
+	case vc == nil:
+		return "", volumeSpec{}, invalidArg("%s: volume capability missing", op)
+	}
+	if err := checkCapability(vc); err != nil {
+		return "", volumeSpec{}, fmt.Errorf("%s: %w", op, err)
+	}
+	spec, err := parseVolumeAttrs(attrs)
+	if err != nil {
+		return "", volumeSpec{}, fmt.Errorf("%s %s: %w", op, volumeID, err)
+	}
+	return filepath.Clean(p), spec, nil
 }

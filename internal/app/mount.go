@@ -119,18 +119,29 @@ func OpenRuntime(ctx context.Context, rawURL string, sf *SourceFlags, cf *CacheF
 	return &Runtime{Source: src, Namespace: namespace.New(src, cf.MetadataTTL), Cache: cache, Metrics: m}, nil
 }
 
+// serveMetrics builds the data-path collectors and, when addr is set,
+// serves them (with the Go and process collectors) at http://addr/metrics.
+func serveMetrics(addr string) (*metrics.Cache, func(), error) {
+	reg := metrics.NewRegistry()
+	m := metrics.NewCache(reg)
+	if addr == "" {
+		return m, func() {}, nil
+	}
+	srv, err := metrics.Serve(addr, reg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--metrics-addr %q: %w", addr, err)
+	}
+	return m, func() { srv.Close() }, nil
+}
+
 // RunMount mounts and serves until ctx is done or the mount is unmounted
 // from outside; it prints one line to out once the mount serves.
 func (o *MountOptions) RunMount(ctx context.Context, out io.Writer) error {
-	reg := metrics.NewRegistry()
-	m := metrics.NewCache(reg)
-	if o.MetricsAddr != "" {
-		srv, err := metrics.Serve(o.MetricsAddr, reg)
-		if err != nil {
-			return fmt.Errorf("--metrics-addr %q: %w", o.MetricsAddr, err)
-		}
-		defer srv.Close()
+	m, stop, err := serveMetrics(o.MetricsAddr)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	rt, err := OpenRuntime(ctx, o.Source, &o.SourceFlags, &o.CacheFlags, &o.WorkerFlags, m, o.ProbeTime)
 	if err != nil {
 		return err

@@ -13,7 +13,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/cacheserver"
-	"github.com/sluice-dev/sluice/internal/metrics"
 )
 
 // WorkerOptions are the options of `sluice cache-worker SOURCE`.
@@ -67,15 +66,11 @@ func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--token-file: %w", err)
 	}
-	reg := metrics.NewRegistry()
-	m := metrics.NewCache(reg)
-	if o.MetricsAddr != "" {
-		srv, err := metrics.Serve(o.MetricsAddr, reg)
-		if err != nil {
-			return fmt.Errorf("--metrics-addr %q: %w", o.MetricsAddr, err)
-		}
-		defer srv.Close()
+	m, stop, err := serveMetrics(o.MetricsAddr)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	rt, err := OpenRuntime(ctx, o.Source, &o.SourceFlags, &o.CacheFlags, nil, m, o.ProbeTime)
 	if err != nil {
 		return err
