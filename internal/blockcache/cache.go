@@ -63,7 +63,7 @@ type Cache struct {
 	disk     *diskTier
 	flights  singleflight.Group
 	prefetch chan struct{}
-	fetches  chan struct{}
+	fetches  *fetchSlots
 	bg       context.Context
 	stop     context.CancelFunc
 }
@@ -98,7 +98,7 @@ func New(cfg Config) (*Cache, error) {
 		cfg.FetchTimeout = DefaultFetchTimeout
 	}
 	c := &Cache{cfg: cfg, mem: newMemoryTier(cfg.MemoryBytes), prefetch: make(chan struct{}, cfg.MaxPrefetch),
-		fetches: make(chan struct{}, cfg.MaxFetches)}
+		fetches: newFetchSlots(cfg.MaxFetches)}
 	if cfg.DiskDir != "" {
 		d, err := openDiskTier(cfg.DiskDir, cfg.DiskBytes, cfg.BlockSize)
 		if err != nil {
@@ -170,7 +170,7 @@ func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int
 	if hit, err := c.readDisk(b, key, dst, inOff); err != nil || hit {
 		return err
 	}
-	data, _, err := c.fetch(ctx, b, key)
+	data, _, err := c.fetch(ctx, b, key, false)
 	if err != nil {
 		return err
 	}
@@ -188,7 +188,7 @@ func (c *Cache) Block(ctx context.Context, b BlockRef) ([]byte, uint32, error) {
 		return data, crc, nil
 	}
 	c.cfg.Metrics.Miss(metrics.TierMemory)
-	data, crc, err := c.fetch(ctx, b, key)
+	data, crc, err := c.fetch(ctx, b, key, IsReadahead(ctx))
 	if err == nil {
 		c.cfg.Metrics.Served(len(data))
 	}
@@ -219,8 +219,10 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (bool,
 
 // fetch gets a block from the tier below, once per block however many
 // readers ask. The fetch runs on the cache's own context so that one reader
-// giving up does not fail the others; each waiter honours its own ctx.
-func (c *Cache) fetch(ctx context.Context, b BlockRef, key string) ([]byte, uint32, error) {
+// giving up does not fail the others; each waiter honours its own ctx. A
+// readahead fetch waits behind demand fetches for a slot and tells the tier
+// below it is readahead (WithReadahead).
+func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead bool) ([]byte, uint32, error) {
 	ch := c.flights.DoChan(key, func() (any, error) {
 		if data, crc, ok := c.mem.get(key); ok {
 			return memEntry{data: data, crc: crc}, nil
@@ -233,12 +235,13 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string) ([]byte, uint
 		}
 		fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
 		defer cancel()
-		select {
-		case c.fetches <- struct{}{}:
-			defer func() { <-c.fetches }()
-		case <-fctx.Done():
-			return nil, fctx.Err()
+		if readahead {
+			fctx = WithReadahead(fctx)
 		}
+		if err := c.fetches.acquire(fctx, readahead); err != nil {
+			return nil, err
+		}
+		defer c.fetches.release()
 		buf := make([]byte, b.Len())
 		start := time.Now()
 		err := c.cfg.Getter.GetBlock(fctx, b, buf)
@@ -302,7 +305,7 @@ func (c *Cache) Prefetch(obj ObjectRef, from, to int64) {
 				return
 			}
 			defer func() { <-c.prefetch }()
-			if _, _, err := c.fetch(c.bg, b, b.Key()); err != nil {
+			if _, _, err := c.fetch(c.bg, b, b.Key(), true); err != nil {
 				klog.V(4).InfoS("Readahead failed", "path", b.Object.Path, "block", b.Index, "err", err)
 			}
 		}()

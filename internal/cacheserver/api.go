@@ -29,6 +29,9 @@ import (
 const (
 	// ChecksumHeader carries the CRC-32C (Castagnoli) of a read's body, hex.
 	ChecksumHeader = "X-Sluice-Crc32c"
+	// ReadaheadHeader ("1") marks a read that no reader waits for yet; the
+	// worker serves such reads after the others.
+	ReadaheadHeader = "X-Sluice-Readahead"
 	// MaxReadLen bounds one read request.
 	MaxReadLen = 64 << 20
 	// DefaultDataset is the dataset name of a worker started without one.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
 )
 
 // PoolConfig configures the client's view of the worker set.
@@ -292,6 +294,9 @@ func (p *Pool) get(ctx context.Context, w *worker, op string, q url.Values) (*ht
 	}
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	if blockcache.IsReadahead(ctx) {
+		req.Header.Set(ReadaheadHeader, "1")
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {

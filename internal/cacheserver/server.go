@@ -203,7 +203,11 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request, p string) error {
 		return fmt.Errorf("%w: [%d, %d) past the end of %s (%d bytes)", source.ErrOutOfRange, off, off+n, p, e.Size)
 	}
 	obj := blockcache.ObjectRef{Source: s.srcID, Path: p, Version: version, Size: e.Size}
-	body, crc, err := s.body(r.Context(), obj, off, n)
+	ctx := r.Context()
+	if r.Header.Get(ReadaheadHeader) == "1" {
+		ctx = blockcache.WithReadahead(ctx)
+	}
+	body, crc, err := s.body(ctx, obj, off, n)
 	if err != nil {
 		return err
 	}
