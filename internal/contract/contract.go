@@ -40,3 +40,88 @@ const (
 	// FSName is the file system name shown in /proc/mounts ("fuse.sluice").
 	FSName = "sluice"
 )
+
+// Names shared by the webhook (which writes them into pods) and the FUSE
+// sidecar (which reads them).
+const (
+	// SidecarName is the name of the FUSE sidecar container.
+	SidecarName = "sluice-fuse"
+	// SidecarSubcommand is the sluice subcommand the sidecar runs.
+	SidecarSubcommand = "fuse-sidecar"
+	// SidecarPort serves the sidecar's /readyz, /healthz and /metrics.
+	SidecarPort = 9809
+	// TokenVolumeName is the projected service-account token volume of the
+	// sidecar (audience TokenAudience), mounted at TokenDir.
+	TokenVolumeName = "sluice-token"
+	TokenDir        = "/var/run/secrets/sluice.dev"
+	TokenFile       = "token"
+	// SidecarVolumeRoot is where the sidecar mounts each volume's emptyDir
+	// (SidecarVolumeRoot/<volume name>).
+	SidecarVolumeRoot = "/sluice/volumes"
+	// Environment of the sidecar (downward API).
+	EnvPodName      = "SLUICE_POD_NAME"
+	EnvPodNamespace = "SLUICE_POD_NAMESPACE"
+	EnvPodUID       = "SLUICE_POD_UID"
+	EnvMemoryLimit  = "SLUICE_MEMORY_LIMIT"
+	// CredentialEnvPrefix prefixes a source volume's credential variables
+	// in the sidecar: <prefix><index>_AWS_ACCESS_KEY_ID and
+	// <prefix><index>_AWS_SECRET_ACCESS_KEY, index being the volume's
+	// position in the sidecar's --volume list.
+	CredentialEnvPrefix = "SLUICE_VOL"
+	EnvAccessKeyID      = "AWS_ACCESS_KEY_ID"
+	EnvSecretAccessKey  = "AWS_SECRET_ACCESS_KEY"
+
+	// Cache workers of a Dataset: the headless Service
+	// <dataset>WorkersServiceSuffix in the Dataset's namespace, port
+	// WorkersPort; the workers serve the dataset under the Dataset's name.
+	WorkersServiceSuffix = "-sluice-workers"
+	WorkersPort          = 8080
+
+	// HeartbeatPath is the controller's heartbeat endpoint (POST Heartbeat,
+	// answer HeartbeatResponse); HeartbeatExit asks the sidecar to unmount
+	// and exit.
+	HeartbeatPath = "/v1/heartbeat"
+	HeartbeatExit = "exit"
+)
+
+// SidecarVolume is one volume the sidecar serves; the webhook passes each as
+// a JSON --volume argument.
+type SidecarVolume struct {
+	// Name is the pod volume's name (an emptyDir after the rewrite).
+	Name string `json:"name"`
+	// MountPath is where the sidecar mounts the dataset (the emptyDir's
+	// mount in the sidecar).
+	MountPath string `json:"mountPath"`
+	// Source is an origin URL (read directly with the credentials in
+	// CredentialsEnv, when set); Dataset is "namespace/name", read through
+	// the cache workers at Workers (host:port, a headless Service).
+	Source  string `json:"source,omitempty"`
+	Dataset string `json:"dataset,omitempty"`
+	Workers string `json:"workers,omitempty"`
+	// SubPath, CacheSize and Readahead are the volume attributes.
+	SubPath   string `json:"subPath,omitempty"`
+	CacheSize string `json:"cacheSize,omitempty"`
+	Readahead string `json:"readahead,omitempty"`
+	// CredentialsEnv is the prefix of the two credential variables
+	// (<CredentialsEnv>AWS_ACCESS_KEY_ID, <CredentialsEnv>AWS_SECRET_ACCESS_KEY).
+	CredentialsEnv string `json:"credentialsEnv,omitempty"`
+}
+
+// Heartbeat is what the sidecar POSTs to the controller.
+type Heartbeat struct {
+	PodUID       string   `json:"podUID"`
+	Namespace    string   `json:"namespace"`
+	Name         string   `json:"name"`
+	Datasets     []string `json:"datasets,omitempty"`
+	Sources      int      `json:"sources,omitempty"`
+	BytesServed  int64    `json:"bytesServed"`
+	BytesPerSec  float64  `json:"bytesPerSecond"`
+	CacheHits    int64    `json:"cacheHits"`
+	CacheMisses  int64    `json:"cacheMisses"`
+	IntervalSecs float64  `json:"intervalSeconds"`
+}
+
+// HeartbeatResponse is the controller's answer ("" or HeartbeatExit).
+type HeartbeatResponse struct {
+	Action string `json:"action,omitempty"`
+}

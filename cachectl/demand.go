@@ -1,0 +1,67 @@
+package cachectl
+
+import (
+	"sync"
+	"time"
+)
+
+// Demand sums the client throughput each Dataset sees, from the sidecars'
+// heartbeats: the latest rate of every pod that reported within Window.
+// Safe for concurrent use (the heartbeat handler writes, reconcilers read).
+type Demand struct {
+	// Window is how long a pod's last report counts (default 30 s: a few
+	// missed heartbeats, not a dead pod forever).
+	Window time.Duration
+
+	mu   sync.Mutex
+	pods map[string]report // by pod UID
+}
+
+type report struct {
+	datasets []string
+	rate     float64
+	at       time.Time
+}
+
+// Record stores a pod's latest throughput over its datasets.
+func (d *Demand) Record(podUID string, datasets []string, bytesPerSec float64, now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pods == nil {
+		d.pods = map[string]report{}
+	}
+	d.pods[podUID] = report{datasets: append([]string(nil), datasets...), rate: max(bytesPerSec, 0), at: now}
+}
+
+// Forget drops a pod (it was deleted).
+func (d *Demand) Forget(podUID string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.pods, podUID)
+}
+
+// Of returns the aggregate throughput of dataset ("namespace/name") and the
+// number of pods reading it. A pod reading several datasets counts its rate
+// against each (it cannot say which one served the bytes).
+func (d *Demand) Of(dataset string, now time.Time) (bytesPerSec float64, pods int) {
+	window := d.Window
+	if window <= 0 {
+		window = 30 * time.Second
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for uid, r := range d.pods {
+		if now.Sub(r.at) > window {
+			delete(d.pods, uid)
+			continue
+		}
+		for _, ds := range r.datasets {
+			if ds == dataset {
+				bytesPerSec += r.rate
+				pods++
+				break
+			}
+		}
+	}
+	return bytesPerSec, pods
+}

@@ -1,0 +1,145 @@
+package cachectl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/contract"
+)
+
+// Identity is the pod a heartbeat's token belongs to.
+type Identity struct {
+	Namespace, PodName, PodUID string
+}
+
+// Authenticator resolves a projected service-account token (audience
+// contract.TokenAudience) to its pod; the Kubernetes implementation uses a
+// TokenReview.
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (Identity, error)
+}
+
+// PodGetter reads a pod (from an informer cache in the controller).
+type PodGetter interface {
+	GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error)
+}
+
+// ExitGrace is how long a sidecar told to exit may keep heartbeating
+// before it is reported as overdue.
+const ExitGrace = 60 * time.Second
+
+// HeartbeatHandler is the controller's heartbeat endpoint
+// (contract.HeartbeatPath): it records each sidecar's throughput for the
+// scaler and answers "exit" once the reaper says the pod's app containers
+// are done, so Jobs complete without pods/exec.
+type HeartbeatHandler struct {
+	Auth    Authenticator
+	Pods    PodGetter
+	Demand  *Demand
+	Sidecar string // the sidecar container's name
+	Now     func() time.Time
+	// Overdue is called (once per pod) when a sidecar told to exit is still
+	// heartbeating ExitGrace later; the controller records an event and a
+	// metric.
+	Overdue func(pod Identity, since time.Duration)
+
+	mu   sync.Mutex
+	told map[string]told // pod UID → when it was told to exit
+}
+
+type told struct {
+	at       time.Time
+	reported bool
+}
+
+func (h *HeartbeatHandler) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
+
+// ServeHTTP implements http.Handler.
+func (h *HeartbeatHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		http.Error(w, "POST a heartbeat", http.StatusMethodNotAllowed)
+		return
+	}
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || token == "" {
+		http.Error(w, "missing bearer token", http.StatusUnauthorized)
+		return
+	}
+	id, err := h.Auth.Authenticate(r.Context(), token)
+	if err != nil {
+		http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+		return
+	}
+	var hb contract.Heartbeat
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&hb); err != nil {
+		http.Error(w, "bad heartbeat: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if hb.Namespace != id.Namespace || hb.Name != id.PodName || (id.PodUID != "" && hb.PodUID != id.PodUID) {
+		http.Error(w, fmt.Sprintf("heartbeat for pod %s/%s sent with the token of pod %s/%s",
+			hb.Namespace, hb.Name, id.Namespace, id.PodName), http.StatusForbidden)
+		return
+	}
+	now := h.now()
+	h.Demand.Record(hb.PodUID, hb.Datasets, hb.BytesPerSec, now)
+	action, err := h.decide(r.Context(), hb, now)
+	if err != nil {
+		// The controller's trouble must not end a pod: keep serving.
+		klog.ErrorS(err, "Heartbeat: cannot decide", "pod", klog.KRef(hb.Namespace, hb.Name))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(contract.HeartbeatResponse{Action: action})
+}
+
+// decide answers contract.HeartbeatExit when the reaper says so, or when
+// the pod the sidecar belongs to is gone.
+func (h *HeartbeatHandler) decide(ctx context.Context, hb contract.Heartbeat, now time.Time) (string, error) {
+	pod, err := h.Pods.GetPod(ctx, hb.Namespace, hb.Name)
+	switch {
+	case apierrors.IsNotFound(err) || (err == nil && string(pod.UID) != hb.PodUID):
+		return contract.HeartbeatExit, nil
+	case err != nil:
+		return "", err
+	case !ShouldExit(pod, h.Sidecar):
+		return "", nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.told == nil {
+		h.told = map[string]told{}
+	}
+	t, seen := h.told[hb.PodUID]
+	if !seen {
+		h.told[hb.PodUID] = told{at: now}
+		klog.InfoS("Telling a FUSE sidecar to exit: the pod's app containers are done", "pod", klog.KObj(pod))
+	} else if since := now.Sub(t.at); since >= ExitGrace && !t.reported {
+		t.reported = true
+		h.told[hb.PodUID] = t
+		if h.Overdue != nil {
+			h.Overdue(Identity{Namespace: hb.Namespace, PodName: hb.Name, PodUID: hb.PodUID}, since)
+		}
+	}
+	return contract.HeartbeatExit, nil
+}
+
+// Forget drops what the handler knows of a deleted pod.
+func (h *HeartbeatHandler) Forget(podUID string) {
+	h.mu.Lock()
+	delete(h.told, podUID)
+	h.mu.Unlock()
+	h.Demand.Forget(podUID)
+}

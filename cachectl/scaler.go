@@ -1,0 +1,65 @@
+// Package cachectl is sluice's control plane (`sluice controller`): Dataset
+// reconciliation, cache-worker scaling on the sidecars' throughput, access,
+// preload, and the reaper that ends FUSE sidecars once their pod's app
+// containers are done. This file holds the scaling rule; demand.go sums the
+// heartbeats it runs on, reaper.go decides when a sidecar may exit, and
+// heartbeat.go is the HTTP endpoint the sidecars report to.
+package cachectl
+
+import (
+	"math"
+	"time"
+)
+
+// ScalerConfig is one Dataset's scaling policy (from its spec.cache).
+type ScalerConfig struct {
+	MinWorkers, MaxWorkers int32
+	// TargetPerWorker is the client throughput, bytes/s, one worker serves.
+	TargetPerWorker float64
+	// ScaleDownDelay is how long demand must stay lower before workers go.
+	ScaleDownDelay time.Duration
+}
+
+// Scaler turns a Dataset's aggregate client throughput into a desired
+// worker count: clamp(ceil(demand / target), min, max), scaling up at once
+// and down only after ScaleDownDelay of lower demand. With MinWorkers 0 any
+// demand at all asks for one worker (scale from zero). The zero value is
+// ready; a Scaler is not safe for concurrent use (one per Dataset, owned by
+// its reconciler).
+type Scaler struct {
+	// neededSince is the last time demand justified the current count.
+	neededSince time.Time
+}
+
+// Desired returns the worker count for demand (bytes/s) given the current
+// count at time now.
+func (s *Scaler) Desired(cfg ScalerConfig, now time.Time, current int32, demand float64) int32 {
+	want := cfg.want(demand)
+	if want >= current || s.neededSince.IsZero() {
+		s.neededSince = now
+		if want < current {
+			return current // first sighting of lower demand: start the delay
+		}
+		return want
+	}
+	if now.Sub(s.neededSince) < cfg.ScaleDownDelay {
+		return current
+	}
+	s.neededSince = now
+	return want
+}
+
+func (cfg ScalerConfig) want(demand float64) int32 {
+	var n int32
+	if demand > 0 {
+		if cfg.TargetPerWorker > 0 {
+			n = int32(min(math.Ceil(demand/cfg.TargetPerWorker), math.MaxInt32))
+		}
+		n = max(n, 1)
+	}
+	n = max(n, cfg.MinWorkers)
+	if cfg.MaxWorkers > 0 {
+		n = min(n, cfg.MaxWorkers)
+	}
+	return n
+}
