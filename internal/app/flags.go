@@ -22,7 +22,11 @@ type SourceFlags struct {
 	S3Endpoint  string
 	S3Region    string
 	S3PathStyle bool
-	flags       *pflag.FlagSet
+	// AccessKey and SecretKey, when set, are used instead of the
+	// environment: a process serving volumes with different Secrets (the
+	// FUSE sidecar) sets them per volume. They are not flags.
+	AccessKey, SecretKey string
+	flags                *pflag.FlagSet
 }
 
 // AddFlags registers the source flags.
@@ -37,7 +41,7 @@ func (s *SourceFlags) AddFlags(fs *pflag.FlagSet) {
 // Credentials come from the environment (AWS_ACCESS_KEY_ID,
 // AWS_SECRET_ACCESS_KEY) or the AWS credentials file.
 func (s *SourceFlags) Open(rawURL string) (source.Source, error) {
-	opts := source.Options{S3Endpoint: s.S3Endpoint, S3Region: s.S3Region}
+	opts := source.Options{S3Endpoint: s.S3Endpoint, S3Region: s.S3Region, AccessKey: s.AccessKey, SecretKey: s.SecretKey}
 	if s.flags != nil && s.flags.Changed("s3-path-style") {
 		opts.S3PathStyle = &s.S3PathStyle
 	}
