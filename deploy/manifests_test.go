@@ -204,6 +204,12 @@ var checks = map[string]func(t *testing.T, file string, u *obj){
 	},
 	"Deployment": func(t *testing.T, file string, u *obj) {
 		args := sluiceArgs(t, file, u)
+		if u.GetName() == "sluice-webhook" {
+			if len(args) == 0 || args[0] != "webhook" || !slices.Contains(args, any("--cert-dir=/etc/sluice/webhook-certs")) {
+				t.Errorf("%s: the webhook runs `sluice webhook --cert-dir=…`, got %v", file, args)
+			}
+			return
+		}
 		if !slices.Contains(args, any("--mode=controller")) {
 			t.Errorf("%s: the controller does not run --mode=controller", file)
 		}
@@ -217,6 +223,17 @@ var checks = map[string]func(t *testing.T, file string, u *obj){
 	},
 	"DaemonSet": func(t *testing.T, file string, u *obj) {
 		args := sluiceArgs(t, file, u)
+		if u.GetName() == "sluice-device-plugin" {
+			if len(args) == 0 || args[0] != "device-plugin" {
+				t.Errorf("%s: the device plugin runs `sluice device-plugin`, got %v", file, args)
+			}
+			for _, c := range containers(t, file, u) {
+				if nestedBool(c, "securityContext", "privileged") {
+					t.Errorf("%s: the device plugin needs no privileged container", file)
+				}
+			}
+			return
+		}
 		if !slices.Contains(args, any("--mode=node")) || !slices.Contains(args, any("--node-id=$(NODE_NAME)")) {
 			t.Errorf("%s: the node plugin needs --mode=node and --node-id", file)
 		}
@@ -250,7 +267,20 @@ var checks = map[string]func(t *testing.T, file string, u *obj){
 			t.Errorf("%s: the node plugin needs no API token", file)
 		}
 	},
-	"ServiceAccount":     func(*testing.T, string, *obj) {},
+	"ServiceAccount": func(*testing.T, string, *obj) {},
+	"Service":        func(*testing.T, string, *obj) {},
+	"ConfigMap":      func(*testing.T, string, *obj) {},
+	"Issuer":         func(*testing.T, string, *obj) {},
+	"Certificate":    func(*testing.T, string, *obj) {},
+	"MutatingWebhookConfiguration": func(t *testing.T, file string, u *obj) {
+		for _, w := range slice(u, "webhooks") {
+			m := w.(map[string]any)
+			path, _ := nested(m, "clientConfig", "service", "path")
+			if m["reinvocationPolicy"] != "IfNeeded" || m["sideEffects"] != "None" || path != "/mutate--v1-pod" {
+				t.Errorf("%s: webhook %v needs reinvocationPolicy IfNeeded, sideEffects None, path /mutate--v1-pod", file, m["name"])
+			}
+		}
+	},
 	"ClusterRole":        checkRules,
 	"Role":               checkRules,
 	"ClusterRoleBinding": checkBinding,

@@ -1,0 +1,136 @@
+package fusesidecar
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/contract"
+)
+
+// heartbeater posts the sidecar's throughput to the controller.
+type heartbeater struct {
+	url       string
+	tokenFile string
+	interval  time.Duration
+	reg       prometheus.Gatherer
+	volumes   []contract.SidecarVolume
+	client    *http.Client
+}
+
+// run heartbeats until ctx is done; it returns true when the controller
+// answered "exit". Failures are logged and retried at the next beat: the
+// controller being away must not hurt the pod.
+func (h *heartbeater) run(ctx context.Context) bool {
+	if h.client == nil {
+		h.client = &http.Client{Timeout: max(h.interval, 2*time.Second)}
+	}
+	var lastBytes int64
+	last := time.Now()
+	t := time.NewTicker(h.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+		now := time.Now()
+		hb := h.beat(lastBytes, now.Sub(last))
+		lastBytes, last = hb.BytesServed, now
+		action, err := h.send(ctx, hb)
+		if err != nil {
+			klog.V(2).InfoS("Heartbeat failed", "url", h.url, "err", err)
+			continue
+		}
+		if action == contract.HeartbeatExit {
+			klog.InfoS("The controller asked the sidecar to exit")
+			return true
+		}
+	}
+}
+
+// beat builds a heartbeat from the metrics registry.
+func (h *heartbeater) beat(lastBytes int64, dt time.Duration) contract.Heartbeat {
+	hb := contract.Heartbeat{PodUID: os.Getenv(contract.EnvPodUID), Namespace: os.Getenv(contract.EnvPodNamespace),
+		Name: os.Getenv(contract.EnvPodName), IntervalSecs: dt.Seconds()}
+	for _, v := range h.volumes {
+		if v.Dataset != "" {
+			hb.Datasets = append(hb.Datasets, v.Dataset)
+		} else {
+			hb.Sources++
+		}
+	}
+	sums := sumMetrics(h.reg, "sluice_bytes_served_total", "sluice_cache_hits_total", "sluice_cache_misses_total")
+	hb.BytesServed = int64(sums["sluice_bytes_served_total"])
+	hb.CacheHits = int64(sums["sluice_cache_hits_total"])
+	hb.CacheMisses = int64(sums["sluice_cache_misses_total"])
+	if dt > 0 {
+		hb.BytesPerSec = float64(hb.BytesServed-lastBytes) / dt.Seconds()
+	}
+	return hb
+}
+
+func (h *heartbeater) send(ctx context.Context, hb contract.Heartbeat) (string, error) {
+	body, err := json.Marshal(hb)
+	if err != nil {
+		return "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.url, bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if h.tokenFile != "" {
+		tok, err := os.ReadFile(h.tokenFile) // re-read: projected tokens rotate
+		if err != nil {
+			return "", fmt.Errorf("token: %w", err)
+		}
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode/100 != 2 {
+		return "", fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(data)))
+	}
+	var r contract.HeartbeatResponse
+	if len(bytes.TrimSpace(data)) > 0 {
+		if err := json.Unmarshal(data, &r); err != nil {
+			return "", fmt.Errorf("answer %q: %w", data, err)
+		}
+	}
+	return r.Action, nil
+}
+
+// sumMetrics sums every series of the named counters.
+func sumMetrics(g prometheus.Gatherer, names ...string) map[string]float64 {
+	out := map[string]float64{}
+	fams, err := g.Gather()
+	if err != nil {
+		return out
+	}
+	for _, f := range fams {
+		for _, n := range names {
+			if f.GetName() != n {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				out[n] += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return out
+}

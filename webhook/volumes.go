@@ -1,0 +1,214 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/sluice-dev/sluice/internal/contract"
+)
+
+// Keys the Kubernetes components add to volume attributes.
+const (
+	k8sAttrPrefix       = "csi.storage.k8s.io/"
+	provisionerIdentity = "storage.kubernetes.io/csiProvisionerIdentity"
+	// storageProvisionerAnn names a PVC's provisioner before it binds.
+	storageProvisionerAnn     = "volume.kubernetes.io/storage-provisioner"
+	betaStorageProvisionerAnn = "volume.beta.kubernetes.io/storage-provisioner"
+)
+
+// sluiceVolume is one volume of the pod backed by csi.sluice.dev.
+type sluiceVolume struct {
+	index  int // in pod.Spec.Volumes
+	spec   contract.SidecarVolume
+	secret string // Secret in the pod's namespace with the origin credentials
+}
+
+// admissionError is an error that denies the pod: its message says why and
+// what to do. Other errors are failures of the webhook itself.
+type admissionError struct{ msg string }
+
+func (e *admissionError) Error() string { return e.msg }
+
+func deny(format string, args ...any) error {
+	return &admissionError{msg: fmt.Sprintf(format, args...)}
+}
+
+// sluiceVolumes finds the pod's volumes backed by csi.sluice.dev: inline
+// CSI volumes and PVCs bound to a PV of the driver.
+func (d *Defaulter) sluiceVolumes(ctx context.Context, pod *corev1.Pod, ns string) ([]sluiceVolume, error) {
+	var out []sluiceVolume
+	for i := range pod.Spec.Volumes {
+		v := &pod.Spec.Volumes[i]
+		var attrs map[string]string
+		var secret string
+		switch {
+		case v.CSI != nil && v.CSI.Driver == contract.DriverName:
+			attrs = v.CSI.VolumeAttributes
+			if v.CSI.NodePublishSecretRef != nil {
+				secret = v.CSI.NodePublishSecretRef.Name
+			}
+		case v.PersistentVolumeClaim != nil:
+			pv, err := d.boundPV(ctx, ns, v.Name, v.PersistentVolumeClaim.ClaimName)
+			if err != nil || pv == nil {
+				return nil, err
+			}
+			if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != contract.DriverName {
+				continue
+			}
+			attrs = pv.Spec.CSI.VolumeAttributes
+			for _, ref := range []*corev1.SecretReference{pv.Spec.CSI.NodeStageSecretRef, pv.Spec.CSI.NodePublishSecretRef} {
+				if ref == nil || secret != "" {
+					continue
+				}
+				if ref.Namespace != "" && ref.Namespace != ns {
+					return nil, deny("volume %q: PersistentVolume %s takes its credentials from Secret %s/%s, but a sidecar can "+
+						"only read Secrets of the pod's namespace %q; copy the Secret into %q and point the PersistentVolume at it",
+						v.Name, pv.Name, ref.Namespace, ref.Name, ns, ns)
+				}
+				secret = ref.Name
+			}
+		default:
+			continue
+		}
+		spec, err := d.volumeSpec(v.Name, ns, attrs)
+		if err != nil {
+			return nil, err
+		}
+		if secret != "" && spec.Source == "" {
+			secret = "" // a dataset volume never gets origin credentials
+		}
+		out = append(out, sluiceVolume{index: i, spec: spec, secret: secret})
+	}
+	return out, nil
+}
+
+// boundPV returns the PV of a claim when the claim is ours or someone
+// else's and bound; nil when the claim does not exist (the kubelet reports
+// that) or is bound to nothing of interest. An unbound claim of sluice's
+// provisioner denies the pod.
+func (d *Defaulter) boundPV(ctx context.Context, ns, volName, claim string) (*corev1.PersistentVolume, error) {
+	pvc := &corev1.PersistentVolumeClaim{}
+	found, err := d.get(ctx, types.NamespacedName{Namespace: ns, Name: claim}, pvc)
+	if err != nil {
+		return nil, fmt.Errorf("reading PersistentVolumeClaim %s/%s: %w", ns, claim, err)
+	}
+	if !found {
+		return nil, nil
+	}
+	if pvc.Spec.VolumeName == "" {
+		ours, err := d.claimIsOurs(ctx, pvc)
+		if err != nil || !ours {
+			return nil, err
+		}
+		return nil, deny("volume %q: PersistentVolumeClaim %s/%s of %s is not bound yet, and the sidecar that replaces the "+
+			"volume on serverless nodes needs its PersistentVolume to know the dataset. Create the pod once the claim is "+
+			"Bound (kubectl wait --for=jsonpath='{.status.phase}'=Bound pvc/%s -n %s); a StorageClass with "+
+			"volumeBindingMode WaitForFirstConsumer never binds before a pod is scheduled: use Immediate",
+			volName, ns, claim, contract.DriverName, claim, ns)
+	}
+	pv := &corev1.PersistentVolume{}
+	found, err = d.get(ctx, types.NamespacedName{Name: pvc.Spec.VolumeName}, pv)
+	if err != nil {
+		return nil, fmt.Errorf("reading PersistentVolume %s: %w", pvc.Spec.VolumeName, err)
+	}
+	if !found {
+		return nil, nil
+	}
+	return pv, nil
+}
+
+// claimIsOurs reports whether an unbound claim will be provisioned by
+// csi.sluice.dev (its provisioner annotation, else its StorageClass).
+func (d *Defaulter) claimIsOurs(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (bool, error) {
+	for _, k := range []string{storageProvisionerAnn, betaStorageProvisionerAnn} {
+		if p, ok := pvc.Annotations[k]; ok {
+			return p == contract.DriverName, nil
+		}
+	}
+	if pvc.Spec.StorageClassName == nil || *pvc.Spec.StorageClassName == "" {
+		return false, nil
+	}
+	sc := &storagev1.StorageClass{}
+	found, err := d.get(ctx, types.NamespacedName{Name: *pvc.Spec.StorageClassName}, sc)
+	if err != nil {
+		return false, fmt.Errorf("reading StorageClass %s: %w", *pvc.Spec.StorageClassName, err)
+	}
+	return found && sc.Provisioner == contract.DriverName, nil
+}
+
+// volumeSpec validates a volume's attributes (the same rules as the CSI
+// driver's) and turns them into the sidecar's description of the volume.
+func (d *Defaulter) volumeSpec(name, ns string, attrs map[string]string) (contract.SidecarVolume, error) {
+	spec := contract.SidecarVolume{Name: name, MountPath: path.Join(contract.SidecarVolumeRoot, name)}
+	var unknown []string
+	for k := range attrs {
+		switch {
+		case k == contract.AttrSource, k == contract.AttrDataset, k == contract.AttrSubPath,
+			k == contract.AttrCacheSize, k == contract.AttrReadahead:
+		case strings.HasPrefix(k, k8sAttrPrefix), k == provisionerIdentity:
+		default:
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return spec, deny("volume %q: unknown volume attribute(s) %q; want %s or %s, and optionally %s, %s, %s", name, unknown,
+			contract.AttrSource, contract.AttrDataset, contract.AttrSubPath, contract.AttrCacheSize, contract.AttrReadahead)
+	}
+	src, dataset := attrs[contract.AttrSource], attrs[contract.AttrDataset]
+	switch {
+	case src != "" && dataset != "":
+		return spec, deny("volume %q: give either %q or %q, not both", name, contract.AttrSource, contract.AttrDataset)
+	case src == "" && dataset == "":
+		return spec, deny("volume %q: volume attribute %q (a URL) or %q (a Dataset) is required", name, contract.AttrSource, contract.AttrDataset)
+	case src != "":
+		u, err := url.Parse(src)
+		if err != nil || (u.Scheme != "s3" && u.Scheme != "file" && u.Scheme != "http" && u.Scheme != "https") {
+			return spec, deny("volume %q: %q is not a source URL (want s3://bucket/prefix, file:///path or https://host/object)", name, src)
+		}
+		spec.Source = src
+	default:
+		dsNS, dsName, ok := strings.Cut(dataset, "/")
+		if !ok {
+			dsNS, dsName = ns, dataset
+		}
+		if errs := validName(dsNS); errs != "" {
+			return spec, deny("volume %q: dataset %q: namespace %s", name, dataset, errs)
+		}
+		if errs := validName(dsName); errs != "" {
+			return spec, deny("volume %q: dataset %q: name %s", name, dataset, errs)
+		}
+		spec.Dataset = dsNS + "/" + dsName
+		spec.Workers = fmt.Sprintf("%s%s.%s.svc.%s:%d", dsName, contract.WorkersServiceSuffix, dsNS, d.Config.ClusterDomain, contract.WorkersPort)
+	}
+	if sp := strings.Trim(attrs[contract.AttrSubPath], "/"); sp != "" {
+		if path.Clean(sp) != sp || sp == ".." || strings.HasPrefix(sp, "../") {
+			return spec, deny("volume %q: %s %q must be a clean relative path", name, contract.AttrSubPath, sp)
+		}
+		spec.SubPath = sp
+	}
+	if v := attrs[contract.AttrCacheSize]; v != "" {
+		q, err := resource.ParseQuantity(v)
+		if n, ok := q.AsInt64(); err != nil || !ok || n < 1<<20 {
+			return spec, deny("volume %q: %s %q: want a size of at least 1Mi, e.g. 20Gi", name, contract.AttrCacheSize, v)
+		}
+		spec.CacheSize = v
+	}
+	if v := attrs[contract.AttrReadahead]; v != "" {
+		if n, err := strconv.Atoi(v); err != nil || n < 0 || n > 256 {
+			return spec, deny("volume %q: %s %q: want 0..256 blocks", name, contract.AttrReadahead, v)
+		}
+		spec.Readahead = v
+	}
+	return spec, nil
+}
