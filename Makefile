@@ -9,12 +9,20 @@ VERSITYGW_VERSION := v1.8.0
 RCLONE_VERSION := v1.76.0
 CSI_SANITY_VERSION := v5.6.0
 TEST_TIMEOUT ?= 30m
+# Kubernetes components for tests and the e2e cluster, built from
+# k8s.io/kubernetes in the separate module e2e/cluster; cached per version.
+K8S_VERSION := v1.37.2
+K8S_MINOR := 37
+K8S_BIN := $(BIN)/k8s-$(K8S_VERSION)-$(shell $(GO) env GOVERSION)
+K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+	-X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(K8S_MINOR))
 OUT := $(CURDIR)/_output
 
 export SLUICE_VERSITYGW := $(BIN)/versitygw
 export SLUICE_BIN := $(BIN)/sluice
+export SLUICE_KUBE_APISERVER := $(K8S_BIN)/kube-apiserver
 
-.PHONY: all build tools test lint demo bench bench-fusermount3 clean
+.PHONY: all build tools test lint demo bench bench-fusermount3 clean kube-binaries etcd
 
 all: build
 
@@ -39,8 +47,23 @@ $(BIN)/.rclone-$(RCLONE_VERSION):
 	GOBIN=$(BIN) $(GO) install github.com/rclone/rclone@$(RCLONE_VERSION)
 	touch $@
 
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubelet
+# (about 12 minutes cold on 2 cores; then cached in $(K8S_BIN)).
+kube-binaries: $(K8S_BIN)/.built
+
+$(K8S_BIN)/.built: e2e/cluster/go.mod e2e/cluster/go.sum
+	mkdir -p $(K8S_BIN)
+	cd e2e/cluster && $(GO) build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(K8S_BIN)/ \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet
+	touch $@
+
+# etcd from Debian (etcd-server 3.4) for the tests that run a real API server.
+etcd:
+	@command -v etcd >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server; }
+
 # Tests that need root and /dev/fuse run here; CI runs as root.
-test: tools build
+test: tools build kube-binaries etcd
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 lint:
