@@ -22,7 +22,8 @@ export SLUICE_VERSITYGW := $(BIN)/versitygw
 export SLUICE_BIN := $(BIN)/sluice
 export SLUICE_KUBE_APISERVER := $(K8S_BIN)/kube-apiserver
 
-.PHONY: all build tools test lint demo bench bench-fusermount3 clean kube-binaries etcd
+.PHONY: all build tools test lint demo bench bench-fusermount3 clean kube-binaries etcd \
+	cluster-up cluster-down cluster-packages e2e-images e2e
 
 all: build
 
@@ -84,6 +85,31 @@ bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3
 		--json $(OUT)/bench/datapath.json $(BENCH_FLAGS)
 	$(BIN)/sluice bench burst --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone --clients 16,64 \
 		--json $(OUT)/bench/burst.json $(BURST_FLAGS)
+
+# A real single-node cluster (see e2e/cluster/up.sh); state in _output/e2e.
+cluster-up: kube-binaries etcd cluster-packages e2e-images
+	K8S_BIN=$(K8S_BIN) e2e/cluster/up.sh
+
+cluster-down:
+	e2e/cluster/down.sh
+
+# End-to-end tests on that cluster (starts it when it is not up).
+e2e: build tools cluster-up
+	$(GO) test -tags e2e -count=1 -timeout 20m -v ./e2e/
+
+cluster-packages:
+	@command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] && \
+		command -v iptables >/dev/null && command -v conntrack >/dev/null && [ -x /bin/busybox ] || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y containerd runc \
+			containernetworking-plugins iptables conntrack busybox-static; }
+
+# OCI tarballs of the pause, busybox and sluice images (static binaries).
+e2e-images:
+	mkdir -p $(OUT)/e2e/images $(OUT)/e2e/bin
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(OUT)/e2e/bin/sluice ./cmd/sluice
+	cd e2e/cluster && CGO_ENABLED=0 $(GO) build -o $(OUT)/e2e/bin/pause ./cmd/pause && \
+		$(GO) run ./cmd/images -out $(OUT)/e2e/images -pause $(OUT)/e2e/bin/pause \
+			-sluice $(OUT)/e2e/bin/sluice -busybox /bin/busybox
 
 clean:
 	rm -rf $(BIN)/sluice $(OUT)

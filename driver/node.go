@@ -319,7 +319,11 @@ func checkMountRequest(op, volumeID, pathName, p string, vc *csi.VolumeCapabilit
 	case vc == nil:
 		return "", volumeSpec{}, invalidArg("%s: volume capability missing", op)
 	}
-	if err := checkCapability(vc); err != nil {
+	check := checkCapability
+	if attrs[ephemeralKey] == "true" {
+		check = checkMountCapability
+	}
+	if err := check(vc); err != nil {
 		return "", volumeSpec{}, fmt.Errorf("%s: %w", op, err)
 	}
 	spec, err := parseVolumeAttrs(attrs)

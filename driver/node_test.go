@@ -322,9 +322,17 @@ func TestNodePublishEphemeral(t *testing.T) {
 	vctx := map[string]string{"source": "s3://bucket/prefix", ephemeralKey: "true",
 		"csi.storage.k8s.io/pod.name": "p", "csi.storage.k8s.io/pod.namespace": "ns"}
 	targets := []string{filepath.Join(dir, "p1", "vol"), filepath.Join(dir, "p2", "vol")}
-	for _, target := range append(targets, targets[0]) {
+	// The kubelet asks for inline volumes with SINGLE_NODE_WRITER whatever
+	// the pod says (found on the e2e cluster); they are mounted read-only.
+	kubeletInline := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	for i, target := range append(targets, targets[0]) {
+		vc := readerOne
+		if i == 1 {
+			vc = kubeletInline
+		}
 		if _, err := f.c.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "csi-" + filepath.Base(filepath.Dir(target)),
-			TargetPath: target, VolumeCapability: readerOne, VolumeContext: vctx, Secrets: secrets}); err != nil {
+			TargetPath: target, VolumeCapability: vc, VolumeContext: vctx, Secrets: secrets, Readonly: true}); err != nil {
 			t.Fatal(err)
 		}
 		if !f.mounted(target) {

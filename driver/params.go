@@ -140,14 +140,8 @@ func checkSourceURL(raw string) error {
 // (any fs type; the file system is always sluice's) and a reader-only
 // access mode.
 func checkCapability(c *csi.VolumeCapability) error {
-	if c == nil {
-		return fmt.Errorf("%w: volume capability missing", errInvalid)
-	}
-	if c.GetBlock() != nil {
-		return fmt.Errorf("%w: block access is not supported: sluice volumes are read-only file systems", errInvalid)
-	}
-	if c.GetMount() == nil {
-		return fmt.Errorf("%w: volume capability needs access type mount", errInvalid)
+	if err := checkMountCapability(c); err != nil {
+		return err
 	}
 	switch m := c.GetAccessMode().GetMode(); m {
 	case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
@@ -158,6 +152,23 @@ func checkCapability(c *csi.VolumeCapability) error {
 		return fmt.Errorf("%w: access mode %s is not supported: sluice volumes are read-only "+
 			"(want MULTI_NODE_READER_ONLY, i.e. ReadOnlyMany, or SINGLE_NODE_READER_ONLY)", errInvalid, m)
 	}
+}
+
+// checkMountCapability accepts access type mount, whatever the access mode.
+// Inline ephemeral volumes use it: the kubelet always asks for them with
+// SINGLE_NODE_WRITER (a pod spec has no access modes, only readOnly), and
+// sluice mounts them read-only anyway.
+func checkMountCapability(c *csi.VolumeCapability) error {
+	if c == nil {
+		return fmt.Errorf("%w: volume capability missing", errInvalid)
+	}
+	if c.GetBlock() != nil {
+		return fmt.Errorf("%w: block access is not supported: sluice volumes are read-only file systems", errInvalid)
+	}
+	if c.GetMount() == nil {
+		return fmt.Errorf("%w: volume capability needs access type mount", errInvalid)
+	}
+	return nil
 }
 
 // checkCapabilities checks every capability of a request (at least one).

@@ -143,7 +143,13 @@ func (m *Mount) ServeUntil(ctx context.Context) error {
 	if err := m.Unmount(); err != nil {
 		return fmt.Errorf("unmounting %s: %w", m.Dir, err)
 	}
-	<-done
+	// A lazy detach leaves the connection up while other mounts of it
+	// (binds at staging paths or targets) remain: do not wait for those.
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		klog.InfoS("Mount still referenced elsewhere after unmount; stopping anyway", "path", m.Dir)
+	}
 	return nil
 }
 

@@ -1,0 +1,158 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/sluice-dev/sluice/internal/contract"
+	"github.com/sluice-dev/sluice/internal/testutil/s3server"
+)
+
+func makeBucketOpts() minio.MakeBucketOptions { return minio.MakeBucketOptions{} }
+
+func putObject(ctx context.Context, s *s3server.Server, bucket, key string, data []byte) error {
+	_, err := s.Client().PutObject(ctx, bucket, key, strings.NewReader(string(data)), int64(len(data)), minio.PutObjectOptions{})
+	return err
+}
+
+func (e *env) sourceURL() string {
+	return "s3://data?pathStyle=true&endpoint=" + e.origin.Endpoint
+}
+
+// namespace creates a test namespace with its default service account and
+// the origin credentials as a Secret.
+func (e *env) namespace(t *testing.T, name string) {
+	ctx := context.Background()
+	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.cs.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if _, err := e.cs.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no default service account in %s: %v", name, err)
+		}
+	}
+	_, err := e.cs.CoreV1().Secrets(name).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "origin"},
+		StringData: map[string]string{"AWS_ACCESS_KEY_ID": e.origin.AccessKey, "AWS_SECRET_ACCESS_KEY": e.origin.SecretKey}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checker is a busybox pod that verifies the dataset at /data: every file's
+// SHA-256 must match, else it exits 1.
+func (e *env) checker(name string, vol corev1.Volume) *corev1.Pod {
+	var script []string
+	for p, data := range e.files {
+		sum := sha256.Sum256(data)
+		script = append(script, fmt.Sprintf(`echo "%s  /data/%s" | sha256sum -c - || exit 1`, hex.EncodeToString(sum[:]), p))
+	}
+	script = append(script, "ls -l /data /data/models")
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Volumes: []corev1.Volume{vol},
+			Containers: []corev1.Container{{Name: "check", Image: "sluice.local/busybox:e2e", ImagePullPolicy: corev1.PullNever,
+				Command: []string{"sh", "-c", strings.Join(script, "\n")},
+				VolumeMounts: []corev1.VolumeMount{{Name: vol.Name, MountPath: "/data", ReadOnly: true}}}}}}
+}
+
+// runToCompletion creates pod and waits until it succeeds (or fails).
+func (e *env) runToCompletion(t *testing.T, ns string, pod *corev1.Pod, timeout time.Duration) time.Duration {
+	ctx := context.Background()
+	start := time.Now()
+	if _, err := e.cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.cs.CoreV1().Pods(ns).Delete(context.Background(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))})
+	})
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		p, err := e.cs.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch p.Status.Phase {
+		case corev1.PodSucceeded:
+			return time.Since(start)
+		case corev1.PodFailed:
+			t.Fatalf("pod %s failed: %s", pod.Name, e.logs(ns, pod.Name))
+		}
+	}
+	events, _ := e.cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+	var msgs []string
+	for _, ev := range events.Items {
+		msgs = append(msgs, ev.Reason+": "+ev.Message)
+	}
+	t.Fatalf("pod %s did not complete within %s; events:\n%s", pod.Name, timeout, strings.Join(msgs, "\n"))
+	return 0
+}
+
+func (e *env) logs(ns, pod string) string {
+	b, err := e.cs.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{}).DoRaw(context.Background())
+	if err != nil {
+		return "(logs: " + err.Error() + ")"
+	}
+	return string(b)
+}
+
+// Path (1): a PVC of a sluice StorageClass, provisioned by sluice csi
+// itself; a pod reads the dataset and checks every byte.
+func TestPVCWithStorageClass(t *testing.T) {
+	e, ns := shared, "e2e-pvc"
+	e.namespace(t, ns)
+	ctx := context.Background()
+	sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "sluice-e2e"}, Provisioner: contract.DriverName,
+		VolumeBindingMode: ptr.To(storagev1.VolumeBindingImmediate),
+		Parameters: map[string]string{contract.AttrSource: e.sourceURL(),
+			"csi.storage.k8s.io/node-stage-secret-name": "origin", "csi.storage.k8s.io/node-stage-secret-namespace": ns}}
+	if _, err := e.cs.StorageV1().StorageClasses().Create(ctx, sc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.cs.StorageV1().StorageClasses().Delete(context.Background(), sc.Name, metav1.DeleteOptions{}) })
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "models"},
+		Spec: corev1.PersistentVolumeClaimSpec{StorageClassName: ptr.To(sc.Name), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadOnlyMany},
+			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}}}
+	if _, err := e.cs.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		got, err := e.cs.CoreV1().PersistentVolumeClaims(ns).Get(ctx, pvc.Name, metav1.GetOptions{})
+		if err == nil && got.Status.Phase == corev1.ClaimBound {
+			t.Logf("PVC bound to %s", got.Spec.VolumeName)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("PVC not bound within 60 s (phase %v, err %v)", got.Status.Phase, err)
+		}
+	}
+	d := e.runToCompletion(t, ns, e.checker("reader", corev1.Volume{Name: "models", VolumeSource: corev1.VolumeSource{
+		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: pvc.Name, ReadOnly: true}}}), 3*time.Minute)
+	t.Logf("pod verified every file through the PVC in %s", d.Round(time.Millisecond))
+}
+
+// Path (2): an inline CSI volume in the pod spec, credentials through
+// nodePublishSecretRef.
+func TestInlineVolume(t *testing.T) {
+	e, ns := shared, "e2e-inline"
+	e.namespace(t, ns)
+	d := e.runToCompletion(t, ns, e.checker("reader", corev1.Volume{Name: "models", VolumeSource: corev1.VolumeSource{
+		CSI: &corev1.CSIVolumeSource{Driver: contract.DriverName, ReadOnly: ptr.To(true),
+			VolumeAttributes:     map[string]string{contract.AttrSource: e.sourceURL()},
+			NodePublishSecretRef: &corev1.LocalObjectReference{Name: "origin"}}}}), 3*time.Minute)
+	t.Logf("pod verified every file through an inline volume in %s", d.Round(time.Millisecond))
+}
