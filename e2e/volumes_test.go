@@ -67,7 +67,7 @@ func (e *env) checker(name string, vol corev1.Volume) *corev1.Pod {
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Volumes: []corev1.Volume{vol},
 			Containers: []corev1.Container{{Name: "check", Image: "sluice.local/busybox:e2e", ImagePullPolicy: corev1.PullNever,
-				Command: []string{"sh", "-c", strings.Join(script, "\n")},
+				Command:      []string{"sh", "-c", strings.Join(script, "\n")},
 				VolumeMounts: []corev1.VolumeMount{{Name: vol.Name, MountPath: "/data", ReadOnly: true}}}}}}
 }
 
@@ -123,7 +123,9 @@ func TestPVCWithStorageClass(t *testing.T) {
 	if _, err := e.cs.StorageV1().StorageClasses().Create(ctx, sc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.cs.StorageV1().StorageClasses().Delete(context.Background(), sc.Name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		e.cs.StorageV1().StorageClasses().Delete(context.Background(), sc.Name, metav1.DeleteOptions{})
+	})
 	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "models"},
 		Spec: corev1.PersistentVolumeClaimSpec{StorageClassName: ptr.To(sc.Name), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadOnlyMany},
 			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}}}

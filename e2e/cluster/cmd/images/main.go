@@ -24,7 +24,7 @@ import (
 
 type file struct {
 	path, src, link string // src: a local file to copy; link: a symlink target
-	mode                int64
+	mode            int64
 }
 
 func main() {
