@@ -34,7 +34,9 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err != nil {
 		return nil, fmt.Errorf("NodeStageVolume %s: %w", req.GetVolumeId(), err)
 	}
-	key := sessionKey(spec.Source, creds)
+	// One session per staged volume, mounted at its staging path (see
+	// sessionRecord.MountAt); every pod using the volume binds from it.
+	key := sessionKey(spec.Source+"\x00"+staging, creds)
 	if other := n.sessions.keyOfPath(staging); other != "" && other != key {
 		return nil, fmt.Errorf("%w: staging path %s is in use by a volume with another source or credentials",
 			errAlreadyExists, staging)
@@ -42,27 +44,14 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	m := n.sessions
 	s := m.acquire(key, &spec)
 	defer s.op.Unlock()
+	s.rec.MountAt = staging
 	if err := m.ensureServing(ctx, s, creds); err != nil {
 		if relErr := m.release(ctx, s); relErr != nil {
 			klog.ErrorS(relErr, "Releasing a session that failed to serve", "session", key)
 		}
 		return nil, fmt.Errorf("NodeStageVolume %s: %w", req.GetVolumeId(), err)
 	}
-	if r, ok := s.rec.refAt(staging); ok && r.Kind == refStage {
-		if mnt, err := m.mounted(staging); err == nil && mnt {
-			return &csi.NodeStageVolumeResponse{}, nil // already staged
-		}
-	}
-	if err := m.detachIfMounted(staging); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(staging, 0o750); err != nil {
-		return nil, fmt.Errorf("creating staging path: %w", err)
-	}
-	if err := m.bind(s.rec.mountDir(), staging); err != nil {
-		_ = m.release(ctx, s)
-		return nil, err
-	}
+	// ensureServing mounted the session at the staging path itself.
 	if err := m.setRef(s, ref{Kind: refStage, VolumeID: req.GetVolumeId(), Path: staging}); err != nil {
 		return nil, err
 	}

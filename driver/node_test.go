@@ -22,6 +22,9 @@ type fakeLauncher struct {
 	starts    int
 	failWith  error
 	lastCreds credentials
+	// mounter, when set, records the mount a real child makes at its
+	// record's mountDir.
+	mounter *mount.FakeMounter
 }
 
 func (l *fakeLauncher) start(_ context.Context, rec *sessionRecord, creds credentials) error {
@@ -35,6 +38,9 @@ func (l *fakeLauncher) start(_ context.Context, rec *sessionRecord, creds creden
 	l.live[rec.Pid] = true
 	l.starts++
 	l.lastCreds = creds
+	if l.mounter != nil {
+		return l.mounter.Mount("sluice", rec.mountDir(), "fuse.sluice", nil)
+	}
 	return nil
 }
 
@@ -52,6 +58,9 @@ func (l *fakeLauncher) alive(rec *sessionRecord) bool {
 
 func (l *fakeLauncher) stop(_ context.Context, rec *sessionRecord) error {
 	l.kill(rec.Pid)
+	if l.mounter != nil { // a child unmounts on SIGTERM
+		_ = l.mounter.Unmount(rec.mountDir())
+	}
 	return nil
 }
 
@@ -82,7 +91,8 @@ type nodeFixture struct {
 
 func newNodeFixture(t *testing.T, state string) *nodeFixture {
 	t.Helper()
-	f := &nodeFixture{state: state, l: &fakeLauncher{live: map[int]bool{}}, mounter: mount.NewFakeMounter(nil)}
+	mounter := mount.NewFakeMounter(nil)
+	f := &nodeFixture{state: state, l: &fakeLauncher{live: map[int]bool{}, mounter: mounter}, mounter: mounter}
 	srv, err := newNodeServer("node-1", state, filepath.Join(state, "cache"), f.l, f.mounter, f.mounter.Unmount)
 	if err != nil {
 		t.Fatal(err)
@@ -148,23 +158,32 @@ func TestNodeStageVolume(t *testing.T) {
 	}
 	assertNoSecrets(t, dir, secrets)
 
-	// A second volume of the same source and credentials joins the session.
+	// Staging the same volume again changes nothing.
+	if _, err := f.c.NodeStageVolume(context.Background(), func() *csi.NodeStageVolumeRequest {
+		r := stageReq("v1", staging, fileCtx)
+		r.Secrets = secrets
+		return r
+	}()); err != nil || f.l.starts != 1 {
+		t.Fatalf("restaging: %v, %d starts; want no new session", err, f.l.starts)
+	}
+	// Each staged volume is served by a session mounted at its own staging
+	// path: the kubelet unstages a volume only when no other mount of its
+	// device exists, so staged volumes cannot share one mount.
 	staging2 := filepath.Join(dir, "staging2")
 	req := stageReq("v2", staging2, fileCtx)
 	req.Secrets = secrets
 	if _, err := f.c.NodeStageVolume(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
-	if f.l.starts != 1 {
-		t.Errorf("a second volume of the same dataset started another session (%d starts)", f.l.starts)
+	if f.l.starts != 2 || !f.mounted(staging2) {
+		t.Errorf("a second staged volume: %d starts, mounted %v; want its own session", f.l.starts, f.mounted(staging2))
 	}
-	// Other credentials never share it.
 	req = stageReq("v3", filepath.Join(dir, "staging3"), fileCtx)
 	if _, err := f.c.NodeStageVolume(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
-	if f.l.starts != 2 {
-		t.Errorf("a volume with other credentials shares a session (%d starts)", f.l.starts)
+	if f.l.starts != 3 {
+		t.Errorf("a volume with other credentials: %d starts, want 3", f.l.starts)
 	}
 	// The session ends with its last unstage; unstage is idempotent.
 	for _, p := range []string{staging, staging, staging2, filepath.Join(dir, "staging3")} {
@@ -401,7 +420,7 @@ func TestNodeReconcile(t *testing.T) {
 	// once; the private one waits for its secrets.
 	f.l.live = map[int]bool{}
 	h := newNodeFixture(t, state)
-	h.l = &fakeLauncher{live: map[int]bool{}, next: 100}
+	h.l = &fakeLauncher{live: map[int]bool{}, next: 100, mounter: h.mounter}
 	h.srv.sessions.launcher = h.l
 	if err := h.srv.sessions.reconcile(ctx); err != nil {
 		t.Fatal(err)

@@ -52,9 +52,19 @@ type sessionRecord struct {
 	StartTime  uint64 `json:"startTime"`
 	NeedsCreds bool   `json:"needsCredentials"`
 	Refs       []ref  `json:"refs"`
+	// MountAt, when set, is where the child mounts: the staging path of a
+	// staged volume. The kubelet unstages a volume only when no other
+	// mount of its device exists (GetDeviceMountRefs), so a staged
+	// session must not keep a mount of its own beside the staging path.
+	MountAt string `json:"mountAt,omitempty"`
 }
 
-func (r *sessionRecord) mountDir() string    { return filepath.Join(r.Dir, "mnt") }
+func (r *sessionRecord) mountDir() string {
+	if r.MountAt != "" {
+		return r.MountAt
+	}
+	return filepath.Join(r.Dir, "mnt")
+}
 func (r *sessionRecord) statsSocket() string { return filepath.Join(r.Dir, "stats.sock") }
 func (r *sessionRecord) logFile() string     { return filepath.Join(r.Dir, "serve.log") }
 func (r *sessionRecord) stateFile() string   { return filepath.Join(r.Dir, "session.json") }
@@ -242,8 +252,10 @@ func (m *sessionManager) ensureServing(ctx context.Context, s *session, creds cr
 	if err := m.detachIfMounted(s.rec.mountDir()); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(s.rec.mountDir(), 0o755); err != nil {
-		return err
+	for _, d := range []string{s.rec.Dir, s.rec.mountDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
 	}
 	if s.rec.CacheDir != "" {
 		if err := os.MkdirAll(s.rec.CacheDir, 0o700); err != nil {
@@ -270,6 +282,9 @@ func (m *sessionManager) rebind(s *session) error {
 		for _, r := range s.rec.Refs {
 			if !slices.Contains(kinds, r.Kind) {
 				continue
+			}
+			if r.Path == s.rec.mountDir() {
+				continue // the child's own mount point
 			}
 			from := filepath.Join(s.rec.mountDir(), r.SubPath)
 			if r.Kind == refPublish {
@@ -298,7 +313,11 @@ func (m *sessionManager) stop(ctx context.Context, s *session) error {
 	if err := m.detachIfMounted(s.rec.mountDir()); err != nil {
 		return err
 	}
-	for _, p := range []string{s.rec.mountDir(), s.rec.statsSocket(), s.rec.logFile(), s.rec.stateFile(), s.rec.Dir} {
+	files := []string{s.rec.statsSocket(), s.rec.logFile(), s.rec.stateFile(), s.rec.Dir}
+	if s.rec.MountAt == "" {
+		files = append([]string{s.rec.mountDir()}, files...) // a staging path is the kubelet's to remove
+	}
+	for _, p := range files {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			klog.ErrorS(err, "Could not remove a session file", "path", p)
 		}

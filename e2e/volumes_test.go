@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,20 @@ func TestPVCWithStorageClass(t *testing.T) {
 	d := e.runToCompletion(t, ns, e.checker("reader", corev1.Volume{Name: "models", VolumeSource: corev1.VolumeSource{
 		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: pvc.Name, ReadOnly: true}}}), 3*time.Minute)
 	t.Logf("pod verified every file through the PVC in %s", d.Round(time.Millisecond))
+	// Once no pod uses it, the kubelet unpublishes and unstages the volume:
+	// no sluice mount may remain on the node.
+	if err := e.cs.CoreV1().Pods(ns).Delete(ctx, "reader", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kubelet := filepath.Join(e.out, "kubelet")
+	start := time.Now()
+	for len(mountsUnder(kubelet, "fuse.sluice")) > 0 {
+		if time.Since(start) > time.Minute {
+			t.Fatalf("the volume is still staged a minute after its pod went: %v", mountsUnder(kubelet, "fuse.sluice"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("volume unpublished and unstaged %s after the pod was deleted", time.Since(start).Round(time.Millisecond))
 }
 
 // Path (2): an inline CSI volume in the pod spec, credentials through
