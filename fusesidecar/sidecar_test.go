@@ -1,7 +1,6 @@
 package fusesidecar_test
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -27,70 +26,6 @@ import (
 	"github.com/sluice-dev/sluice/internal/testutil"
 	"github.com/sluice-dev/sluice/internal/testutil/s3server"
 )
-
-// sluiceBin builds the binary once per test (or uses SLUICE_BIN).
-func sluiceBin(t *testing.T) string {
-	t.Helper()
-	if b := os.Getenv("SLUICE_BIN"); b != "" {
-		return b
-	}
-	bin := filepath.Join(t.TempDir(), "sluice")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/sluice-dev/sluice/cmd/sluice").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// startProc starts bin with args and env, waits for its first stdout line
-// containing want and returns the command, the line and its stderr.
-func startProc(t *testing.T, bin string, env []string, want string, args ...string) (*exec.Cmd, string, *syncBuf) {
-	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = env
-	stderr := &syncBuf{}
-	cmd.Stderr = stderr
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	line := make(chan string, 1)
-	go func() {
-		s := bufio.NewScanner(stdout)
-		for s.Scan() {
-			if strings.Contains(s.Text(), want) {
-				line <- s.Text()
-				break
-			}
-		}
-		close(line)
-		_, _ = bytes.NewBuffer(nil).ReadFrom(stdout)
-	}()
-	select {
-	case l, ok := <-line:
-		if !ok {
-			cmd.Wait()
-			t.Fatalf("%s did not print %q; stderr:\n%s", args[0], want, stderr.String())
-		}
-		return cmd, l, stderr
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s did not print %q within 30s; stderr:\n%s", args[0], want, stderr.String())
-	}
-	return nil, "", nil
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func freePort(t *testing.T) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -146,7 +81,7 @@ func (c *controller) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the origin (source volume with credentials).
 type fixture struct {
 	cmd        *exec.Cmd
-	stderr     *syncBuf
+	stderr     *testutil.SyncBuffer
 	files      map[string][]byte
 	dirs       []string
 	ctl        *controller
@@ -178,8 +113,8 @@ func startFixture(t *testing.T, bin string, prepare func(t *testing.T, mountPath
 	origin := "s3://data?pathStyle=true&endpoint=" + srv.Endpoint
 	var urls []string
 	for i := 0; i < 2; i++ {
-		_, line, _ := startProc(t, bin, creds, "listening on ", "cache-worker", origin, "--listen", "127.0.0.1:0",
-			"--token-file", tok, "--dataset", "imagenet", "--cache-dir", t.TempDir(), "--block-size", "1Mi")
+		line := testutil.StartProc(t, bin, creds, "listening on ", "cache-worker", origin, "--listen", "127.0.0.1:0",
+			"--token-file", tok, "--dataset", "imagenet", "--cache-dir", t.TempDir(), "--block-size", "1Mi").Line
 		urls = append(urls, "http://"+line[strings.LastIndex(line, "listening on ")+len("listening on "):])
 	}
 	hb := httptest.NewServer(f.ctl)
@@ -209,7 +144,7 @@ func startFixture(t *testing.T, bin string, prepare func(t *testing.T, mountPath
 	start := time.Now()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
-	f.stderr = &syncBuf{}
+	f.stderr = &testutil.SyncBuffer{}
 	cmd.Stderr, cmd.Stdout = f.stderr, f.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -293,7 +228,7 @@ func sluiceMounts(t *testing.T) []string {
 
 func TestSidecarServesAndExitsWhenTheControllerSaysSo(t *testing.T) {
 	testutil.RequireRootFUSE(t)
-	f := startFixture(t, sluiceBin(t), nil)
+	f := startFixture(t, testutil.SluiceBin(t), nil)
 	f.readAll(t)
 	// Wait for a heartbeat that reports the bytes read.
 	var total int64
@@ -360,7 +295,7 @@ func TestSidecarServesAndExitsWhenTheControllerSaysSo(t *testing.T) {
 func TestSidecarExitsOnSIGTERM(t *testing.T) {
 	testutil.RequireRootFUSE(t)
 	var views []string
-	f := startFixture(t, sluiceBin(t), func(t *testing.T, paths []string) {
+	f := startFixture(t, testutil.SluiceBin(t), func(t *testing.T, paths []string) {
 		for _, p := range paths {
 			view := p + "-app"
 			for _, d := range []string{p, view} {
@@ -399,7 +334,7 @@ func TestSidecarExitsOnSIGTERM(t *testing.T) {
 }
 
 func TestSidecarBadInput(t *testing.T) {
-	bin := sluiceBin(t)
+	bin := testutil.SluiceBin(t)
 	dir := t.TempDir()
 	tests := []struct {
 		name string

@@ -14,7 +14,7 @@ import (
 // and mounts; every byte verified; nothing left running or mounted.
 func TestDemoSmoke(t *testing.T) {
 	testutil.RequireRootFUSE(t)
-	bin := sluiceBin(t)
+	bin := testutil.SluiceBin(t)
 	vgw := s3server.Binary(t)
 	work := t.TempDir()
 	out, err := exec.Command(bin, "demo", "--versitygw", vgw, "--files", "3", "--file-size", "3Mi",

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"os"
@@ -18,65 +17,19 @@ import (
 	"github.com/sluice-dev/sluice/internal/testutil/s3server"
 )
 
-// sluiceBin builds the binary once per test run (or uses SLUICE_BIN).
-func sluiceBin(t *testing.T) string {
-	t.Helper()
-	if b := os.Getenv("SLUICE_BIN"); b != "" {
-		return b
-	}
-	bin := filepath.Join(t.TempDir(), "sluice")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // mountProc is a running `sluice mount`.
 type mountProc struct {
 	cmd    *exec.Cmd
-	stderr *bytes.Buffer
+	stderr *testutil.SyncBuffer
 	dir    string
 }
 
 func startMount(t *testing.T, bin string, env []string, args ...string) *mountProc {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"mount"}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &mountProc{cmd: cmd, stderr: &stderr, dir: args[1]}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-		_ = mountutil.Unmount(p.dir)
-	})
-	line := make(chan string, 1)
-	go func() {
-		s := bufio.NewScanner(stdout)
-		if s.Scan() {
-			line <- s.Text()
-		}
-		close(line)
-	}()
-	select {
-	case l, ok := <-line:
-		if !ok || !strings.Contains(l, "serving") {
-			cmd.Wait()
-			t.Fatalf("sluice mount did not report serving (line %q); stderr:\n%s", l, stderr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("sluice mount did not serve within 30s; stderr:\n%s", stderr.String())
-	}
-	return p
+	dir := args[1]
+	t.Cleanup(func() { _ = mountutil.Unmount(dir) }) // runs after the process is killed
+	p := testutil.StartProc(t, bin, env, "serving", append([]string{"mount"}, args...)...)
+	return &mountProc{cmd: p.Cmd, stderr: p.Stderr, dir: dir}
 }
 
 // stop sends sig and waits; it returns the exit code.
@@ -94,7 +47,7 @@ func (p *mountProc) stop(t *testing.T, sig syscall.Signal) int {
 }
 
 func TestMountCommandBadInput(t *testing.T) {
-	bin := sluiceBin(t)
+	bin := testutil.SluiceBin(t)
 	srv := s3server.Start(t)
 	srv.CreateBucket(t, "data")
 	dir := t.TempDir()
@@ -146,7 +99,7 @@ func lastLine(s string) string {
 
 func TestMountCommandServesAndStops(t *testing.T) {
 	testutil.RequireRootFUSE(t)
-	bin := sluiceBin(t)
+	bin := testutil.SluiceBin(t)
 	srv := s3server.Start(t)
 	srv.CreateBucket(t, "data")
 	want := bytes.Repeat([]byte("sluice"), 3<<20)
@@ -203,7 +156,7 @@ func TestMountCommandServesAndStops(t *testing.T) {
 }
 
 func TestVersionCommand(t *testing.T) {
-	out, err := exec.Command(sluiceBin(t), "version").Output()
+	out, err := exec.Command(testutil.SluiceBin(t), "version").Output()
 	if err != nil || len(bytes.TrimSpace(out)) == 0 {
 		t.Fatalf("sluice version: %q, %v", out, err)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"math/rand/v2"
@@ -22,45 +21,13 @@ import (
 // startWorkerProc starts `sluice cache-worker` and returns its URL.
 func startWorkerProc(t *testing.T, bin string, env []string, args ...string) (*exec.Cmd, string) {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"cache-worker"}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	line := make(chan string, 1)
-	go func() {
-		s := bufio.NewScanner(stdout)
-		if s.Scan() {
-			line <- s.Text()
-		}
-		close(line)
-	}()
-	select {
-	case l := <-line:
-		i := strings.LastIndex(l, "listening on ")
-		if i < 0 {
-			cmd.Wait()
-			t.Fatalf("cache-worker did not start (%q); stderr:\n%s", l, stderr.String())
-		}
-		return cmd, "http://" + l[i+len("listening on "):]
-	case <-time.After(30 * time.Second):
-		t.Fatalf("cache-worker did not start within 30s; stderr:\n%s", stderr.String())
-	}
-	return nil, ""
+	p := testutil.StartProc(t, bin, env, "listening on ", append([]string{"cache-worker"}, args...)...)
+	return p.Cmd, "http://" + p.Line[strings.LastIndex(p.Line, "listening on ")+len("listening on "):]
 }
 
 func TestWorkersServeMountsWithoutOriginCredentials(t *testing.T) {
 	testutil.RequireRootFUSE(t)
-	bin := sluiceBin(t)
+	bin := testutil.SluiceBin(t)
 	srv := s3server.Start(t)
 	srv.CreateBucket(t, "data")
 	files := map[string][]byte{}
