@@ -151,13 +151,37 @@ KCFG
 start kubelet "$K8S_BIN/kubelet" --config="$OUT/kubelet/config.yaml" --kubeconfig="$OUT/kubelet.kubeconfig" \
   --root-dir="$OUT/kubelet/root" --hostname-override="$NODE" --node-ip="$IP" --cert-dir="$OUT/kubelet/pki"
 echo "$IP" >"$OUT/node-ip"
+
+# --- an S3 origin pods can reach (versitygw on the node IP) -------------------------
+if [ ! -f "$OUT/origin.env" ]; then
+  cat >"$OUT/origin.env" <<ENV
+S3_ENDPOINT=http://$IP:9000
+AWS_ACCESS_KEY_ID=e2e$(openssl rand -hex 6)
+AWS_SECRET_ACCESS_KEY=$(openssl rand -hex 20)
+ENV
+fi
+# shellcheck disable=SC1091
+. "$OUT/origin.env"
+mkdir -p "$OUT/origin-data"
+start origin "$BIN/versitygw" --access "$AWS_ACCESS_KEY_ID" --secret "$AWS_SECRET_ACCESS_KEY" --port "$IP:9000" \
+  posix "$OUT/origin-data"
+
 echo "cluster-up: waiting for node $NODE to be Ready"
+ready=""
 for i in $(seq 1 180); do
   if "${KUBECTL_CURL[@]}" "https://$IP:6443/api/v1/nodes/$NODE" 2>/dev/null | tr -d ' \n' | grep -q '"type":"Ready","status":"True"'; then
-    echo "cluster-up: node $NODE is Ready; kubeconfig: $OUT/kubeconfig"
-    exit 0
+    ready=1; break
   fi
   sleep 1
 done
-echo "cluster-up: node $NODE not Ready after 180 s; see $OUT/logs/kubelet.log" >&2
-exit 1
+[ -n "$ready" ] || { echo "cluster-up: node $NODE not Ready after 180 s; see $OUT/logs/kubelet.log" >&2; exit 1; }
+API="https://$IP:6443/api/v1"
+"${KUBECTL_CURL[@]}" -X PATCH -H 'Content-Type: application/merge-patch+json' "$API/nodes/$NODE" \
+  -d '{"metadata":{"labels":{"sluice.dev/e2e":"true"}}}' >/dev/null
+# A serverless node: a Node object with the virtual-kubelet label and taint and
+# no kubelet behind it, so scheduling intent can be tested (pods that must run
+# go to the real node).
+"${KUBECTL_CURL[@]}" -X POST -H 'Content-Type: application/json' "$API/nodes" -d '{"metadata":{"name":"virtual-e2e",
+  "labels":{"type":"virtual-kubelet","kubernetes.io/hostname":"virtual-e2e"}},
+  "spec":{"taints":[{"key":"virtual-kubelet.io/provider","value":"e2e","effect":"NoSchedule"}]}}' >/dev/null 2>&1 || true
+echo "cluster-up: node $NODE is Ready; kubeconfig: $OUT/kubeconfig; origin: $OUT/origin.env"
