@@ -14,16 +14,14 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/contract"
+	"github.com/sluice-dev/sluice/internal/kubeauth"
 )
 
 // Identity is the pod a heartbeat's token belongs to.
-type Identity struct {
-	Namespace, PodName, PodUID string
-}
+type Identity = kubeauth.Identity
 
 // Authenticator resolves a projected service-account token (audience
-// contract.TokenAudience) to its pod; the Kubernetes implementation uses a
-// TokenReview.
+// contract.TokenAudience) to its pod: kubeauth.TokenReviewer.
 type Authenticator interface {
 	Authenticate(ctx context.Context, token string) (Identity, error)
 }

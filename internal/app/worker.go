@@ -10,9 +10,12 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/cacheserver"
+	"github.com/sluice-dev/sluice/internal/kubeauth"
 )
 
 // WorkerOptions are the options of `sluice cache-worker SOURCE`.
@@ -21,6 +24,9 @@ type WorkerOptions struct {
 	Listen       string
 	Dataset      string
 	TokenFile    string
+	TokenReview  bool
+	Kubeconfig   string
+	Namespaces   []string
 	MetricsAddr  string
 	MaxInFlight  int
 	DrainTimeout time.Duration
@@ -35,7 +41,10 @@ func (o *WorkerOptions) AddFlags(fs *pflag.FlagSet) {
 	o.CacheFlags.AddFlags(fs)
 	fs.StringVar(&o.Listen, "listen", ":8080", "address of the worker API")
 	fs.StringVar(&o.Dataset, "dataset", cacheserver.DefaultDataset, "dataset name clients ask for")
-	fs.StringVar(&o.TokenFile, "token-file", "", "file holding the bearer token clients must present (required)")
+	fs.StringVar(&o.TokenFile, "token-file", "", "file holding the bearer token clients must present")
+	fs.BoolVar(&o.TokenReview, "token-review", false, "admit pods by their projected service-account token (audience sluice.dev, TokenReview) instead of --token-file")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "with --token-review: kubeconfig (in-cluster config when empty)")
+	fs.StringSliceVar(&o.Namespaces, "allow-namespaces", nil, "with --token-review: namespaces whose pods may read (the Dataset's own and its access list)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at this address")
 	fs.IntVar(&o.MaxInFlight, "max-inflight", 1024, "concurrent data requests before answering 503")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
@@ -47,8 +56,13 @@ func (o *WorkerOptions) Validate() error {
 	if err := validateSourceURL(o.Source); err != nil {
 		return err
 	}
-	if o.TokenFile == "" {
-		return errors.New("--token-file is required: clients authenticate with its token")
+	switch {
+	case o.TokenFile == "" && !o.TokenReview:
+		return errors.New("give --token-file or --token-review: clients must authenticate")
+	case o.TokenFile != "" && o.TokenReview:
+		return errors.New("--token-file and --token-review exclude each other")
+	case o.TokenReview && len(o.Namespaces) == 0:
+		return errors.New("--token-review needs --allow-namespaces (at least the Dataset's namespace)")
 	}
 	if _, _, err := net.SplitHostPort(o.Listen); err != nil {
 		return fmt.Errorf("--listen %q: %w", o.Listen, err)
@@ -62,9 +76,9 @@ func (o *WorkerOptions) Validate() error {
 
 // RunWorker serves until ctx is done, then drains.
 func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
-	auth, err := cacheserver.NewTokenFile(o.TokenFile)
+	auth, err := o.authenticator()
 	if err != nil {
-		return fmt.Errorf("--token-file: %w", err)
+		return err
 	}
 	m, stop, err := serveMetrics(o.MetricsAddr)
 	if err != nil {
@@ -106,4 +120,25 @@ func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
 		return fmt.Errorf("drain: %w", err)
 	}
 	return nil
+}
+
+// authenticator is the static token of --token-file, or pod tokens checked
+// with TokenReview (--token-review).
+func (o *WorkerOptions) authenticator() (cacheserver.Authenticator, error) {
+	if !o.TokenReview {
+		a, err := cacheserver.NewTokenFile(o.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		return a, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("--kubeconfig: %w", err)
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &cacheserver.PodTokens{Reviewer: &kubeauth.TokenReviewer{Client: cs}, Namespaces: o.Namespaces, Dataset: o.Dataset}, nil
 }

@@ -107,7 +107,11 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 
 func (s *Server) data(w http.ResponseWriter, r *http.Request) {
 	if err := s.cfg.Auth.Authenticate(r); err != nil {
-		http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+		if errors.Is(err, source.ErrPermission) {
+			http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
+		} else {
+			http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+		}
 		return
 	}
 	if s.draining.Load() {

@@ -1,4 +1,4 @@
-package cachectl
+package kubeauth
 
 import (
 	"context"

@@ -1,4 +1,8 @@
-package cachectl
+// Package kubeauth authenticates pods by their projected service-account
+// tokens (audience contract.TokenAudience) with the API server's
+// TokenReview: the controller's heartbeat endpoint and the cache workers use
+// it, so sidecars prove who they are without any secret of sluice's own.
+package kubeauth
 
 import (
 	"context"
@@ -14,6 +18,11 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/contract"
 )
+
+// Identity is the pod a token belongs to.
+type Identity struct {
+	Namespace, PodName, PodUID string
+}
 
 // TokenReviewer authenticates projected service-account tokens with the
 // API server's TokenReview (audience contract.TokenAudience) and caches
