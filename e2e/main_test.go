@@ -36,6 +36,7 @@ type env struct {
 	cs     *kubernetes.Clientset
 	origin *s3server.Server
 	files  map[string][]byte
+	csi    *driver
 }
 
 var shared *env // set once by TestMain, read-only afterwards
@@ -94,12 +95,11 @@ func setup() (*env, func(), error) {
 			return nil, nil, err
 		}
 	}
-	csi, err := startCSI(out)
-	if err != nil {
+	if e.csi, err = startCSI(out); err != nil {
 		stop()
 		return nil, nil, err
 	}
-	stops = append(stops, csi)
+	stops = append(stops, e.csi.stop)
 	_, err = cs.StorageV1().CSIDrivers().Create(ctx, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: contract.DriverName},
 		Spec: storagev1.CSIDriverSpec{AttachRequired: ptr.To(false), PodInfoOnMount: ptr.To(true),
 			VolumeLifecycleModes: []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecyclePersistent, storagev1.VolumeLifecycleEphemeral}}},
@@ -111,52 +111,69 @@ func setup() (*env, func(), error) {
 	return e, stop, nil
 }
 
-// startCSI runs `sluice csi --mode all` on the host, registered with the
+// driver is `sluice csi --mode all` run on the host, registered with the
 // kubelet through its plugin registration directory.
-func startCSI(out string) (func(), error) {
-	dir := filepath.Join(out, "csi")
-	os.MkdirAll(dir, 0o755)
-	sock := filepath.Join(dir, "csi.sock")
+type driver struct {
+	out, dir string
+	log      *os.File
+	cmd      *exec.Cmd
+}
+
+func startCSI(out string) (*driver, error) {
+	d := &driver{out: out, dir: filepath.Join(out, "csi")}
+	os.MkdirAll(d.dir, 0o755)
+	var err error
+	if d.log, err = os.OpenFile(filepath.Join(out, "logs", "sluice-csi.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
+		return nil, err
+	}
+	return d, d.start()
+}
+
+func (d *driver) start() error {
+	sock := filepath.Join(d.dir, "csi.sock")
 	os.Remove(sock)
-	log, err := os.Create(filepath.Join(out, "logs", "sluice-csi.log"))
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(filepath.Join(repoRoot(), "bin", "sluice"), "csi", "--mode", "all", "--endpoint", "unix://"+sock,
-		"--node-id", "sluice-e2e", "--state-dir", filepath.Join(dir, "state"), "--cache-dir", filepath.Join(dir, "cache"),
-		"--registration-dir", filepath.Join(out, "kubelet", "root", "plugins_registry"),
-		"--provision", "--kubeconfig", filepath.Join(out, "kubeconfig"), "-v=2")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	return func() {
-		// Let the kubelet unpublish and unstage what the tests' pods used
-		// (pods are deleted at each test's end) before the driver goes.
-		kubeletDir := filepath.Join(out, "kubelet")
-		for deadline := time.Now().Add(90 * time.Second); len(mountsUnder(kubeletDir, "fuse.sluice")) > 0 && time.Now().Before(deadline); {
-			time.Sleep(500 * time.Millisecond)
-		}
-		if left := mountsUnder(kubeletDir, "fuse.sluice"); len(left) > 0 {
-			fmt.Fprintf(os.Stderr, "e2e: the kubelet left %d sluice mounts: %v\n", len(left), left)
-		}
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		// Sessions outlive the driver by design; the suite's end stops them.
-		exec.Command("pkill", "-f", "serve-session.*"+dir).Run()
+	d.cmd = exec.Command(filepath.Join(repoRoot(), "bin", "sluice"), "csi", "--mode", "all", "--endpoint", "unix://"+sock,
+		"--node-id", "sluice-e2e", "--state-dir", filepath.Join(d.dir, "state"), "--cache-dir", filepath.Join(d.dir, "cache"),
+		"--registration-dir", filepath.Join(d.out, "kubelet", "root", "plugins_registry"),
+		"--provision", "--kubeconfig", filepath.Join(d.out, "kubeconfig"), "-v=2")
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	return d.cmd.Start()
+}
+
+// crash kills the driver process (SIGKILL) and starts it again, as a
+// restart of the node plugin would; its serving children live on.
+func (d *driver) crash() error {
+	d.cmd.Process.Kill()
+	d.cmd.Wait()
+	return d.start()
+}
+
+// stop waits until the kubelet has unpublished and unstaged what the
+// tests' pods used, then stops the driver and anything it left.
+func (d *driver) stop() {
+	kubeletDir := filepath.Join(d.out, "kubelet")
+	for deadline := time.Now().Add(90 * time.Second); len(mountsUnder(kubeletDir, "fuse.sluice")) > 0 && time.Now().Before(deadline); {
 		time.Sleep(500 * time.Millisecond)
-		for _, m := range append(mountsUnder(dir, ""), mountsUnder(kubeletDir, "fuse.sluice")...) {
-			mountutil.Unmount(m)
-		}
-		log.Close()
-	}, nil
+	}
+	if left := mountsUnder(kubeletDir, "fuse.sluice"); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e: the kubelet left %d sluice mounts: %v\n", len(left), left)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		d.cmd.Process.Kill()
+		<-done
+	}
+	// Sessions outlive the driver by design; the suite's end stops them.
+	exec.Command("pkill", "-f", "serve-session.*"+d.dir).Run()
+	time.Sleep(500 * time.Millisecond)
+	for _, m := range append(mountsUnder(d.dir, ""), mountsUnder(kubeletDir, "fuse.sluice")...) {
+		mountutil.Unmount(m)
+	}
+	d.log.Close()
 }
 
 // mountsUnder lists mount points below dir (of file system type fstype,

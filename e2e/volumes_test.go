@@ -173,3 +173,56 @@ func TestInlineVolume(t *testing.T) {
 			NodePublishSecretRef: &corev1.LocalObjectReference{Name: "origin"}}}}), 3*time.Minute)
 	t.Logf("pod verified every file through an inline volume in %s", d.Round(time.Millisecond))
 }
+
+// Path (6): the CSI node plugin crashes (SIGKILL) and restarts while a pod
+// reads its volume in a loop: the pod sees no error (the FUSE session is
+// served by a child that outlives the driver).
+func TestDriverCrashDuringReads(t *testing.T) {
+	e, ns := shared, "e2e-restart"
+	e.namespace(t, ns)
+	ctx := context.Background()
+	sum := sha256.Sum256(e.files["models/weights.bin"])
+	script := fmt.Sprintf(`i=0; while [ $i -lt 60 ]; do echo "%s  /data/models/weights.bin" | sha256sum -c - >/dev/null || exit 1; i=$((i+1)); sleep 0.25; done; echo read 60 times`,
+		hex.EncodeToString(sum[:]))
+	pod := e.checker("looper", corev1.Volume{Name: "models", VolumeSource: corev1.VolumeSource{
+		CSI: &corev1.CSIVolumeSource{Driver: contract.DriverName, ReadOnly: ptr.To(true),
+			VolumeAttributes:     map[string]string{contract.AttrSource: e.sourceURL()},
+			NodePublishSecretRef: &corev1.LocalObjectReference{Name: "origin"}}}})
+	pod.Spec.Containers[0].Command = []string{"sh", "-c", script}
+	if _, err := e.cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.cs.CoreV1().Pods(ns).Delete(context.Background(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))})
+	})
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		p, err := e.cs.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err == nil && p.Status.Phase == corev1.PodRunning {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("looper not running (err %v)", err)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	if err := e.csi.crash(); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("killed sluice csi (SIGKILL) and started it again while the pod reads")
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		p, err := e.cs.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Status.Phase == corev1.PodSucceeded {
+			t.Log("the pod checked its volume 60 times across the crash and exited 0")
+			return
+		}
+		if p.Status.Phase == corev1.PodFailed {
+			t.Fatalf("a read failed across the driver crash: %s", e.logs(ns, pod.Name))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the looper did not finish")
+		}
+	}
+}
