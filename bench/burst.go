@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2"
@@ -214,14 +215,14 @@ func (o *BurstOptions) setup(ctx context.Context, out io.Writer) (*burstEnv, fun
 	}
 	fmt.Fprintf(out, "origin: versitygw at %s; dataset %d × %s; origin bandwidth capped at %s\n",
 		env.s3.Endpoint, o.Files, formatSize(o.fileSize), mbps(o.bandwidth))
-	if err := env.s3.Client().MakeBucket(ctx, "burst", bucketOpts()); err != nil {
+	if err := env.s3.Client().MakeBucket(ctx, "burst", minio.MakeBucketOptions{}); err != nil {
 		cleanup()
 		return nil, nil, err
 	}
 	for i := 0; i < o.Files; i++ {
 		key := fmt.Sprintf("shard-%03d.bin", i)
 		g := NewGenerator(uint64(1000+i), o.fileSize)
-		if _, err := env.s3.Client().PutObject(ctx, "burst", key, g, o.fileSize, putOpts()); err != nil {
+		if _, err := env.s3.Client().PutObject(ctx, "burst", key, g, o.fileSize, minio.PutObjectOptions{PartSize: 64 << 20}); err != nil {
 			cleanup()
 			return nil, nil, fmt.Errorf("uploading %s: %w", key, err)
 		}

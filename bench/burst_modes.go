@@ -18,9 +18,6 @@ import (
 	"k8s.io/klog/v2"
 )
 
-func bucketOpts() minio.MakeBucketOptions { return minio.MakeBucketOptions{} }
-func putOpts() minio.PutObjectOptions     { return minio.PutObjectOptions{PartSize: 64 << 20} }
-
 // clientConcurrency is how many files one client reads at once (a loader
 // with a few threads).
 const clientConcurrency = 4

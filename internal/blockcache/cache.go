@@ -167,8 +167,8 @@ func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int
 		return nil
 	}
 	c.cfg.Metrics.Miss(metrics.TierMemory)
-	if hit, err := c.readDisk(b, key, dst, inOff); err != nil || hit {
-		return err
+	if hit, _ := c.readDisk(b, key, dst, inOff); hit {
+		return nil
 	}
 	data, _, err := c.fetch(ctx, b, key, false)
 	if err != nil {
@@ -196,10 +196,10 @@ func (c *Cache) Block(ctx context.Context, b BlockRef) ([]byte, uint32, error) {
 }
 
 // readDisk serves a block from the disk tier, promoting it to memory when it
-// was read whole for verification.
-func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (bool, error) {
+// was read whole for verification; it returns the block's stored CRC-32C.
+func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (hit bool, crc uint32) {
 	if c.disk == nil {
-		return false, nil
+		return false, 0
 	}
 	full, crc, hit, corrupt, err := c.disk.read(b, dst, inOff)
 	if corrupt {
@@ -208,13 +208,13 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (bool,
 	}
 	if err != nil || !hit {
 		c.cfg.Metrics.Miss(metrics.TierDisk)
-		return false, nil
+		return false, 0
 	}
 	c.cfg.Metrics.Hit(metrics.TierDisk)
 	if full != nil {
 		c.putMemory(key, full, crc)
 	}
-	return true, nil
+	return true, crc
 }
 
 // fetch gets a block from the tier below, once per block however many
@@ -229,8 +229,8 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead boo
 		}
 		if c.disk != nil && c.disk.has(b) {
 			buf := make([]byte, b.Len())
-			if hit, _ := c.readDisk(b, key, buf, 0); hit {
-				return memEntry{data: buf, crc: checksum(buf)}, nil
+			if hit, crc := c.readDisk(b, key, buf, 0); hit {
+				return memEntry{data: buf, crc: crc}, nil
 			}
 		}
 		fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)

@@ -213,26 +213,46 @@ func dirBytes(t *testing.T, dir string) int64 {
 	return total
 }
 
-func TestRestartKeepsDiskTier(t *testing.T) {
+// cachedOnDisk reads one object of size bytes through a cache with a disk
+// tier and closes it: what a restarted cache finds.
+type cachedOnDisk struct {
+	g    *memGetter
+	obj  ObjectRef
+	data []byte
+	cfg  Config
+}
+
+func newCachedOnDisk(t *testing.T, size int, seed uint64) cachedOnDisk {
+	t.Helper()
 	g := newMemGetter()
-	data := randBytes(5*(64<<10)+1, 7)
-	obj := g.add("f", data)
-	dir := t.TempDir()
-	mk := func() *Cache {
-		c, err := New(Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: dir, DiskBytes: 4 << 20, Readahead: -1, Getter: g})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
+	d := cachedOnDisk{g: g, data: randBytes(size, seed)}
+	d.obj = g.add("f", d.data)
+	d.cfg = Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: t.TempDir(), DiskBytes: 4 << 20, Readahead: -1, Getter: g}
+	c, err := New(d.cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
-	c := mk()
-	readAll(t, c, obj, data)
+	readAll(t, c, d.obj, d.data)
 	c.Close()
-	before := g.total.Load()
-	c2 := mk()
-	defer c2.Close()
-	readAll(t, c2, obj, data)
-	if after := g.total.Load(); after != before {
+	return d
+}
+
+// restart opens a cache on the same disk tier, closed at cleanup.
+func (d cachedOnDisk) restart(t *testing.T) *Cache {
+	t.Helper()
+	c, err := New(d.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func TestRestartKeepsDiskTier(t *testing.T) {
+	d := newCachedOnDisk(t, 5*(64<<10)+1, 7)
+	before := d.g.total.Load()
+	readAll(t, d.restart(t), d.obj, d.data)
+	if after := d.g.total.Load(); after != before {
 		t.Errorf("restart fetched %d blocks again, want 0", after-before)
 	}
 }
@@ -285,31 +305,16 @@ func TestCorruptAndTornBlocksAreRefetched(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			g := newMemGetter()
-			data := randBytes(3*(64<<10), 3)
-			obj := g.add("f", data)
-			dir := t.TempDir()
-			cfg := Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: dir, Readahead: -1, Getter: g}
-			c, err := New(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			readAll(t, c, obj, data)
-			c.Close()
-			id := obj.id()
-			base := filepath.Join(dir, "objects", id[:2], id)
+			d := newCachedOnDisk(t, 3*(64<<10), 3)
+			id := d.obj.id()
+			base := filepath.Join(d.cfg.DiskDir, "objects", id[:2], id)
 			// Let the clock move past the clean-shutdown stamps, as any
 			// later change to the files would.
 			time.Sleep(20 * time.Millisecond)
 			tc.damage(t, base+".data", base+".idx")
-			before := g.total.Load()
-			c2, err := New(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c2.Close()
-			readAll(t, c2, obj, data)
-			if got := g.total.Load() - before; got != tc.refetch {
+			before := d.g.total.Load()
+			readAll(t, d.restart(t), d.obj, d.data)
+			if got := d.g.total.Load() - before; got != tc.refetch {
 				t.Errorf("re-fetched %d blocks, want %d", got, tc.refetch)
 			}
 		})
@@ -427,34 +432,20 @@ func TestCleanShutdownSkipsReverification(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			g := newMemGetter()
-			data := randBytes(3*(64<<10), 5)
-			obj := g.add("f", data)
-			dir := t.TempDir()
-			cfg := Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: dir, Readahead: -1, Getter: g}
-			c, err := New(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			readAll(t, c, obj, data)
-			c.Close()
+			d := newCachedOnDisk(t, 3*(64<<10), 5)
 			if tc.crash {
-				os.Remove(filepath.Join(dir, cleanFile))
+				os.Remove(filepath.Join(d.cfg.DiskDir, cleanFile))
 			}
-			c2, err := New(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c2.Close()
-			for _, el := range c2.disk.objects[obj.id()].blocks {
+			c2 := d.restart(t)
+			for _, el := range c2.disk.objects[d.obj.id()].blocks {
 				if v := el.Value.(*diskBlock).verified; v != tc.wantVerified {
 					t.Fatalf("block verified = %v, want %v", v, tc.wantVerified)
 				}
 			}
-			if _, err := os.Stat(filepath.Join(dir, cleanFile)); !os.IsNotExist(err) {
+			if _, err := os.Stat(filepath.Join(d.cfg.DiskDir, cleanFile)); !os.IsNotExist(err) {
 				t.Errorf("the clean record outlives the start (%v): a crash now would be taken for a clean stop", err)
 			}
-			readAll(t, c2, obj, data)
+			readAll(t, c2, d.obj, d.data)
 		})
 	}
 }

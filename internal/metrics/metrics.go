@@ -5,7 +5,6 @@
 package metrics
 
 import (
-	"errors"
 	"net"
 	"net/http"
 	"time"
@@ -142,10 +141,6 @@ func Serve(addr string, reg *prometheus.Registry) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			_ = err // the listener was closed under us; nothing to report to
-		}
-	}()
+	go srv.Serve(ln) // returns ErrServerClosed once the caller closes srv
 	return srv, nil
 }

@@ -41,6 +41,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/sluice-dev/sluice/internal/testutil"
 )
 
 // startTimeout bounds how long Start waits for the gateway to answer.
@@ -56,7 +58,7 @@ type Server struct {
 	Root string
 
 	cmd      *exec.Cmd
-	output   *syncBuffer
+	output   *testutil.SyncBuffer
 	exited   chan struct{} // closed when the process has been waited for
 	waitErr  error         // valid once exited is closed
 	client   *minio.Client
@@ -178,7 +180,7 @@ func (s *Server) launch(bin, addr, sidecar string) error {
 	}
 	args = append(args, s.Root)
 
-	s.output = &syncBuffer{}
+	s.output = &testutil.SyncBuffer{}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = s.output
 	cmd.Stderr = s.output
@@ -350,23 +352,4 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of the
-// process's stdout and stderr copiers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
