@@ -8,6 +8,7 @@ LDFLAGS := -X github.com/sluice-dev/sluice/internal/version.Version=$(VERSION)
 VERSITYGW_VERSION := v1.8.0
 RCLONE_VERSION := v1.76.0
 CSI_SANITY_VERSION := v5.6.0
+CONTROLLER_GEN_VERSION := v0.23.0
 TEST_TIMEOUT ?= 30m
 # Kubernetes components for tests and the e2e cluster, built from
 # k8s.io/kubernetes in the separate module e2e/cluster; cached per version.
@@ -22,7 +23,7 @@ export SLUICE_VERSITYGW := $(BIN)/versitygw
 export SLUICE_BIN := $(BIN)/sluice
 export SLUICE_KUBE_APISERVER := $(K8S_BIN)/kube-apiserver
 
-.PHONY: all build tools test lint demo bench bench-fusermount3 clean kube-binaries etcd \
+.PHONY: all build tools test lint generate demo bench bench-fusermount3 clean kube-binaries etcd \
 	cluster-up cluster-down cluster-packages e2e-images e2e
 
 all: build
@@ -47,6 +48,17 @@ $(BIN)/.rclone-$(RCLONE_VERSION):
 	mkdir -p $(BIN)
 	GOBIN=$(BIN) $(GO) install github.com/rclone/rclone@$(RCLONE_VERSION)
 	touch $@
+
+$(BIN)/.controller-gen-$(CONTROLLER_GEN_VERSION):
+	mkdir -p $(BIN)
+	GOBIN=$(BIN) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+	touch $@
+
+# The Dataset CRD and deepcopy functions from cachectl/api (committed; a
+# test checks the CRD against a real API server).
+generate: $(BIN)/.controller-gen-$(CONTROLLER_GEN_VERSION)
+	$(BIN)/controller-gen object paths=./cachectl/api/... \
+		crd:maxDescLen=400 paths=./cachectl/api/... output:crd:artifacts:config=deploy/controller
 
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubelet
 # (about 12 minutes cold on 2 cores; then cached in $(K8S_BIN)).

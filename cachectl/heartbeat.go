@@ -49,6 +49,12 @@ type HeartbeatHandler struct {
 	// heartbeating ExitGrace later; the controller records an event and a
 	// metric.
 	Overdue func(pod Identity, since time.Duration)
+	// Notify, when set, is told the datasets each heartbeat names (the
+	// controller wakes their reconcilers: a Dataset scaled to zero gets a
+	// worker at once).
+	Notify func(datasets []string)
+	// Refused, when set, counts refused heartbeats.
+	Refused func()
 
 	mu   sync.Mutex
 	told map[string]told // pod UID → when it was told to exit
@@ -74,12 +80,12 @@ func (h *HeartbeatHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || token == "" {
-		http.Error(w, "missing bearer token", http.StatusUnauthorized)
+		h.refuse(w, "missing bearer token", http.StatusUnauthorized)
 		return
 	}
 	id, err := h.Auth.Authenticate(r.Context(), token)
 	if err != nil {
-		http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+		h.refuse(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
 		return
 	}
 	var hb contract.Heartbeat
@@ -88,12 +94,15 @@ func (h *HeartbeatHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if hb.Namespace != id.Namespace || hb.Name != id.PodName || (id.PodUID != "" && hb.PodUID != id.PodUID) {
-		http.Error(w, fmt.Sprintf("heartbeat for pod %s/%s sent with the token of pod %s/%s",
+		h.refuse(w, fmt.Sprintf("heartbeat for pod %s/%s sent with the token of pod %s/%s",
 			hb.Namespace, hb.Name, id.Namespace, id.PodName), http.StatusForbidden)
 		return
 	}
 	now := h.now()
 	h.Demand.Record(hb.PodUID, hb.Datasets, hb.BytesPerSec, now)
+	if h.Notify != nil && len(hb.Datasets) > 0 {
+		h.Notify(hb.Datasets)
+	}
 	action, err := h.decide(r.Context(), hb, now)
 	if err != nil {
 		// The controller's trouble must not end a pod: keep serving.
@@ -103,12 +112,22 @@ func (h *HeartbeatHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(contract.HeartbeatResponse{Action: action})
 }
 
+func (h *HeartbeatHandler) refuse(w http.ResponseWriter, msg string, code int) {
+	if h.Refused != nil {
+		h.Refused()
+	}
+	http.Error(w, msg, code)
+}
+
 // decide answers contract.HeartbeatExit when the reaper says so, or when
 // the pod the sidecar belongs to is gone.
 func (h *HeartbeatHandler) decide(ctx context.Context, hb contract.Heartbeat, now time.Time) (string, error) {
 	pod, err := h.Pods.GetPod(ctx, hb.Namespace, hb.Name)
 	switch {
 	case apierrors.IsNotFound(err) || (err == nil && string(pod.UID) != hb.PodUID):
+		h.mu.Lock()
+		delete(h.told, hb.PodUID)
+		h.mu.Unlock()
 		return contract.HeartbeatExit, nil
 	case err != nil:
 		return "", err

@@ -31,10 +31,11 @@ type Scaler struct {
 	neededSince time.Time
 }
 
-// Desired returns the worker count for demand (bytes/s) given the current
-// count at time now.
-func (s *Scaler) Desired(cfg ScalerConfig, now time.Time, current int32, demand float64) int32 {
-	want := cfg.want(demand)
+// Desired returns the worker count for demand (bytes/s from clients pods)
+// given the current count at time now. A client that reads nothing yet
+// (it may be waiting for a first worker) still asks for one.
+func (s *Scaler) Desired(cfg ScalerConfig, now time.Time, current int32, demand float64, clients int) int32 {
+	want := cfg.want(demand, clients)
 	if want >= current || s.neededSince.IsZero() {
 		s.neededSince = now
 		if want < current {
@@ -49,9 +50,9 @@ func (s *Scaler) Desired(cfg ScalerConfig, now time.Time, current int32, demand 
 	return want
 }
 
-func (cfg ScalerConfig) want(demand float64) int32 {
+func (cfg ScalerConfig) want(demand float64, clients int) int32 {
 	var n int32
-	if demand > 0 {
+	if demand > 0 || clients > 0 {
 		if cfg.TargetPerWorker > 0 {
 			n = int32(min(math.Ceil(demand/cfg.TargetPerWorker), math.MaxInt32))
 		}

@@ -11,9 +11,10 @@ func TestScalerSeries(t *testing.T) {
 	zero := cfg
 	zero.MinWorkers = 0
 	type step struct {
-		at     time.Duration // since the series start
-		demand float64
-		want   int32
+		at      time.Duration // since the series start
+		demand  float64
+		clients int
+		want    int32
 	}
 	tests := []struct {
 		name  string
@@ -21,16 +22,17 @@ func TestScalerSeries(t *testing.T) {
 		start int32
 		steps []step
 	}{
-		{"burst scales up at once", cfg, 1, []step{{0, 0, 1}, {5 * time.Second, 650 * mb, 7}, {10 * time.Second, 2000 * mb, 8}}},
-		{"steady demand holds", cfg, 3, []step{{0, 250 * mb, 3}, {60 * time.Second, 250 * mb, 3}, {120 * time.Second, 290 * mb, 3}}},
+		{"burst scales up at once", cfg, 1, []step{{0, 0, 0, 1}, {5 * time.Second, 650 * mb, 1, 7}, {10 * time.Second, 2000 * mb, 1, 8}}},
+		{"steady demand holds", cfg, 3, []step{{0, 250 * mb, 1, 3}, {60 * time.Second, 250 * mb, 1, 3}, {120 * time.Second, 290 * mb, 1, 3}}},
 		{"decay waits for the delay", cfg, 6, []step{
-			{0, 550 * mb, 6}, {5 * time.Second, 100 * mb, 6}, {20 * time.Second, 100 * mb, 6},
-			{36 * time.Second, 100 * mb, 1}}},
+			{0, 550 * mb, 1, 6}, {5 * time.Second, 100 * mb, 1, 6}, {20 * time.Second, 100 * mb, 1, 6},
+			{36 * time.Second, 100 * mb, 1, 1}}},
 		{"flapping never scales down", cfg, 4, []step{
-			{0, 350 * mb, 4}, {10 * time.Second, 50 * mb, 4}, {20 * time.Second, 380 * mb, 4},
-			{30 * time.Second, 50 * mb, 4}, {40 * time.Second, 400 * mb, 4}, {55 * time.Second, 50 * mb, 4}}},
-		{"never below min", cfg, 2, []step{{0, 0, 2}, {time.Hour, 0, 1}, {2 * time.Hour, 0, 1}}},
-		{"scale from zero on any demand", zero, 0, []step{{0, 0, 0}, {time.Second, 1, 1}, {2 * time.Second, 0, 1}, {40 * time.Second, 0, 0}}},
+			{0, 350 * mb, 1, 4}, {10 * time.Second, 50 * mb, 1, 4}, {20 * time.Second, 380 * mb, 1, 4},
+			{30 * time.Second, 50 * mb, 1, 4}, {40 * time.Second, 400 * mb, 1, 4}, {55 * time.Second, 50 * mb, 1, 4}}},
+		{"never below min", cfg, 2, []step{{0, 0, 0, 2}, {time.Hour, 0, 0, 1}, {2 * time.Hour, 0, 0, 1}}},
+		{"a waiting client wakes a scaled-to-zero dataset", zero, 0, []step{{0, 0, 0, 0}, {time.Second, 0, 1, 1}, {50 * time.Second, 0, 0, 0}}},
+		{"scale from zero on any demand", zero, 0, []step{{0, 0, 0, 0}, {time.Second, 1, 1, 1}, {2 * time.Second, 0, 0, 1}, {40 * time.Second, 0, 0, 0}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -38,7 +40,7 @@ func TestScalerSeries(t *testing.T) {
 			t0 := time.Unix(1000, 0)
 			current := tc.start
 			for i, st := range tc.steps {
-				current = s.Desired(tc.cfg, t0.Add(st.at), current, st.demand)
+				current = s.Desired(tc.cfg, t0.Add(st.at), current, st.demand, st.clients)
 				if current != st.want {
 					t.Fatalf("step %d (t=%s, demand %.0f MB/s): %d workers, want %d", i, st.at, st.demand/mb, current, st.want)
 				}

@@ -130,6 +130,12 @@ func (d *Defaulter) Default(ctx context.Context, pod *corev1.Pod) error {
 		mode = modeNative
 	}
 	pod.Annotations[contract.InjectedAnnotation] = mode
+	// The same mark as a label, so the controller's reaper can watch just
+	// the converted pods.
+	if pod.Labels == nil {
+		pod.Labels = map[string]string{}
+	}
+	pod.Labels[contract.InjectedLabel] = mode
 	klog.V(2).InfoS("Pod converted", "namespace", ns, "pod", podName(pod), "trigger", trig, "mode", mode,
 		"volumes", names, "profile", d.Config.Profile)
 	return nil

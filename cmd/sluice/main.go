@@ -35,6 +35,6 @@ func newRootCommand() *cobra.Command {
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	root.PersistentFlags().AddGoFlagSet(klogFlags)
-	root.AddCommand(newVersionCommand(), newMountCommand(), newCacheWorkerCommand(), newDemoCommand(), newBenchCommand(), newCSICommand(), newWebhookCommand(), newFuseSidecarCommand(), newDevicePluginCommand())
+	root.AddCommand(newVersionCommand(), newMountCommand(), newCacheWorkerCommand(), newDemoCommand(), newBenchCommand(), newCSICommand(), newWebhookCommand(), newFuseSidecarCommand(), newDevicePluginCommand(), newControllerCommand())
 	return root
 }

@@ -15,8 +15,9 @@ import (
 
 // PodTokens admits pods by their projected service-account token (audience
 // sluice.dev, checked with a cached TokenReview) when they run in one of
-// Namespaces — the Dataset's own and those its access list names. Another
-// namespace is refused with 403 naming the dataset; a bad token with 401.
+// Namespaces — the Dataset's own and those its access list names ("*":
+// every namespace). Another namespace is refused with 403 naming the
+// dataset; a bad token with 401.
 type PodTokens struct {
 	Reviewer   *kubeauth.TokenReviewer
 	Namespaces []string
@@ -33,7 +34,7 @@ func (p *PodTokens) Authenticate(r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !slices.Contains(p.Namespaces, id.Namespace) {
+	if !slices.Contains(p.Namespaces, id.Namespace) && !slices.Contains(p.Namespaces, "*") {
 		klog.InfoS("Refused a pod from another namespace", "dataset", p.Dataset, "pod", klog.KRef(id.Namespace, id.PodName))
 		return fmt.Errorf("%w: pods of namespace %q may not read dataset %q", source.ErrPermission, id.Namespace, p.Dataset)
 	}

@@ -26,6 +26,9 @@ const (
 	InjectEnabled = "enabled"
 	// InjectedAnnotation marks what the webhook did to a pod.
 	InjectedAnnotation = "sluice.dev/injected"
+	// InjectedLabel carries the same mark as a label (the controller
+	// watches only pods that have it).
+	InjectedLabel = "sluice.dev/injected"
 
 	// Serverless node defaults.
 	ServerlessNodeLabelKey   = "type"

@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -252,4 +253,51 @@ func (s *Server) PodToken(t testing.TB, ns, name, audience string) (token, uid s
 		t.Fatal(err)
 	}
 	return tr.Status.Token, string(pod.UID)
+}
+
+// StartControllerManager runs kube-controller-manager (from the same build
+// as the API server) with just the named controllers, e.g.
+// "garbagecollector", "statefulset", and stops it at cleanup. Without a
+// kubelet, pods are created but never run.
+func (s *Server) StartControllerManager(t testing.TB, controllers ...string) {
+	t.Helper()
+	_, api := binaries(t)
+	bin := filepath.Join(filepath.Dir(api), "kube-controller-manager")
+	if env := os.Getenv("SLUICE_KUBE_CONTROLLER_MANAGER"); env != "" {
+		bin = env
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("kube-controller-manager next to kube-apiserver (make kube-binaries): %v", err)
+	}
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "kubeconfig")
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: t, cluster: {server: %q, insecure-skip-tls-verify: true}}]
+users: [{name: t, user: {token: %q}}]
+contexts: [{name: t, context: {cluster: t, user: t}}]
+current-context: t
+`, s.Host, adminToken)
+	if err := os.WriteFile(kc, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cm := launch(t, "kube-controller-manager", bin, dir, "--kubeconfig", kc, "--leader-elect=false",
+		"--secure-port=0", "--controllers", strings.Join(controllers, ","))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("kube-controller-manager output (last 4 KiB):\n%s", tail(cm.output(), 4096))
+		}
+		cm.stop()
+	})
+	time.Sleep(100 * time.Millisecond)
+	if cm.exited() {
+		t.Fatalf("kube-controller-manager exited:\n%s", cm.output())
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }
