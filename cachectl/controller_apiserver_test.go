@@ -13,6 +13,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -20,6 +21,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -60,11 +64,12 @@ func TestControllerOnAPIServer(t *testing.T) {
 	hbAddr := freeAddr(t)
 	o := &Options{WorkerImage: "sluice.local/sluice:test", PullPolicy: "Never", ClusterDomain: "cluster.local",
 		HeartbeatAddr: hbAddr, MetricsAddr: "0", HealthAddr: "0", Resync: 200 * time.Millisecond,
-		DemandWindow: 3 * time.Second}
+		DemandWindow: 3 * time.Second, LeaderElect: true, LeaderNS: "sluice-system"}
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := o.NewManager(srv.Config)
+	// The controller runs with exactly the permissions deploy/ grants it.
+	mgr, err := o.NewManager(controllerIdentity(ctx, t, srv, cl))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,6 +340,38 @@ func postHeartbeat(t *testing.T, url, token string, hb contract.Heartbeat) strin
 		t.Fatal(err)
 	}
 	return out.Action
+}
+
+// controllerIdentity applies deploy/controller/rbac.yaml and returns a
+// config that authenticates as its service account.
+func controllerIdentity(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl client.Client) *rest.Config {
+	t.Helper()
+	if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "sluice-system"}}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile("../deploy/controller/rbac.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+			t.Fatal(err)
+		}
+		if u.GetKind() != "ClusterRole" && u.GetKind() != "ClusterRoleBinding" {
+			u.SetNamespace("sluice-system")
+		}
+		if err := cl.Create(ctx, u); err != nil {
+			t.Fatalf("%s %s: %v", u.GetKind(), u.GetName(), err)
+		}
+	}
+	cs := kubernetes.NewForConfigOrDie(srv.Config)
+	tr, err := cs.CoreV1().ServiceAccounts("sluice-system").CreateToken(ctx, "sluice-controller",
+		&authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rest.Config{Host: srv.Host, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}
 }
 
 func installCRD(ctx context.Context, t *testing.T, cl client.Client) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,8 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -60,7 +61,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.HeartbeatAddr, "heartbeat-addr", ":8090", "address of the sidecars' heartbeat endpoint "+contract.HeartbeatPath)
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "elect one active controller (a Lease)")
 	fs.StringVar(&o.LeaderNS, "leader-election-namespace", "", "namespace of the Lease (default: the pod's namespace)")
-	fs.StringVar(&o.WorkerImage, "worker-image", "", "image of the cache workers (the sluice image)")
+	fs.StringVar(&o.WorkerImage, "worker-image", "", "image of the cache workers (default: the controller's own image, read from its pod via POD_NAME/POD_NAMESPACE)")
 	fs.StringVar(&o.PullPolicy, "worker-image-pull-policy", string(corev1.PullIfNotPresent), "Always, IfNotPresent or Never")
 	fs.StringVar(&o.ClusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain (completes the workers' Service names)")
 	fs.BoolVar(&o.WorkersAsRoot, "workers-as-root", false, "run cache workers as root (default: UID 65532)")
@@ -71,8 +72,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 
 // Validate checks the flags.
 func (o *Options) Validate() error {
-	if o.WorkerImage == "" {
-		return errors.New("--worker-image is required (the sluice image the cache workers run)")
+	if o.WorkerImage == "" && (os.Getenv("POD_NAME") == "" || os.Getenv("POD_NAMESPACE") == "") {
+		return errors.New("--worker-image is required outside a pod (the sluice image the cache workers run)")
 	}
 	switch p := corev1.PullPolicy(o.PullPolicy); p {
 	case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
@@ -138,6 +139,11 @@ func (o *Options) NewManager(cfg *rest.Config) (manager.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.templateParsed.Image == "" {
+		if o.templateParsed.Image, err = ownImage(cs); err != nil {
+			return nil, err
+		}
+	}
 	demand := &Demand{Window: o.DemandWindow}
 	wake := make(chan event.GenericEvent, 256)
 	rec := mgr.GetEventRecorder("sluice-controller")
@@ -179,6 +185,23 @@ func (o *Options) NewManager(cfg *rest.Config) (manager.Manager, error) {
 		return nil, err
 	}
 	return mgr, nil
+}
+
+// ownImage is the image of the controller's own container (the sluice
+// image, which the workers run too).
+func ownImage(cs kubernetes.Interface) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pod, err := cs.CoreV1().Pods(os.Getenv("POD_NAMESPACE")).Get(ctx, os.Getenv("POD_NAME"), metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("reading the controller's pod for its image (or give --worker-image): %w", err)
+	}
+	for _, c := range pod.Spec.Containers {
+		if c.Name == "sluice" {
+			return c.Image, nil
+		}
+	}
+	return "", errors.New("the controller's pod has no container \"sluice\": give --worker-image")
 }
 
 func wakeDatasets(wake chan<- event.GenericEvent, datasets []string) {

@@ -130,7 +130,7 @@ func TestManifests(t *testing.T) {
 		}
 		check(t, o.file, u)
 	}
-	for _, k := range []string{"CSIDriver", "Deployment", "DaemonSet", "ClusterRole", "ServiceAccount",
+	for _, k := range []string{"CustomResourceDefinition", "CSIDriver", "Deployment", "DaemonSet", "ClusterRole", "ServiceAccount",
 		"StorageClass", "PersistentVolumeClaim", "PersistentVolume", "Pod", "Secret"} {
 		if kinds[k] == 0 {
 			t.Errorf("no %s in deploy/", k)
@@ -190,7 +190,12 @@ func sluiceArgs(t *testing.T, file string, u *obj) []any {
 
 var checks = map[string]func(t *testing.T, file string, u *obj){
 	"Namespace": func(*testing.T, string, *obj) {},
-	"Secret":    func(*testing.T, string, *obj) {},
+	"CustomResourceDefinition": func(t *testing.T, file string, u *obj) {
+		if u.GetName() != "datasets."+contract.Group || str(u, "spec", "names", "kind") != contract.DatasetKind {
+			t.Errorf("%s: CRD %s, want datasets.%s of kind %s", file, u.GetName(), contract.Group, contract.DatasetKind)
+		}
+	},
+	"Secret": func(*testing.T, string, *obj) {},
 	"CSIDriver": func(t *testing.T, file string, u *obj) {
 		if u.GetName() != contract.DriverName {
 			t.Errorf("%s: CSIDriver %s, want %s", file, u.GetName(), contract.DriverName)
@@ -207,6 +212,12 @@ var checks = map[string]func(t *testing.T, file string, u *obj){
 		if u.GetName() == "sluice-webhook" {
 			if len(args) == 0 || args[0] != "webhook" || !slices.Contains(args, any("--cert-dir=/etc/sluice/webhook-certs")) {
 				t.Errorf("%s: the webhook runs `sluice webhook --cert-dir=…`, got %v", file, args)
+			}
+			return
+		}
+		if u.GetName() == "sluice-controller" {
+			if len(args) == 0 || args[0] != "controller" || !slices.Contains(args, any("--heartbeat-addr=:8090")) {
+				t.Errorf("%s: the controller runs `sluice controller --heartbeat-addr=:8090`, got %v", file, args)
 			}
 			return
 		}
