@@ -207,7 +207,7 @@ func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Datas
 	st.ReadyWorkers = sts.Status.ReadyReplicas
 	st.DesiredWorkers = desired
 	st.Selector = labels.SelectorFromSet(selectorLabels(ds)).String()
-	st.Workers = WorkersAddress(ds, r.Template.ClusterDomain)
+	st.Workers = v1alpha1.ServiceAddress(ds.Namespace, ds.Name, r.Template.ClusterDomain)
 	st.Clients = int32(clients)
 	st.Throughput = int64(demand)
 	if r.Stats != nil && st.ReadyWorkers > 0 {

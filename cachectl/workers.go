@@ -1,8 +1,6 @@
 package cachectl
 
 import (
-	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -53,12 +51,6 @@ type WorkerTemplate struct {
 // WorkersName is the name of a Dataset's StatefulSet and headless Service.
 func WorkersName(ds string) string { return ds + contract.WorkersServiceSuffix }
 
-// WorkersAddress is host:port of a Dataset's workers (the headless
-// Service's DNS name), what sidecars and node mounts resolve.
-func WorkersAddress(ds *v1alpha1.Dataset, clusterDomain string) string {
-	return fmt.Sprintf("%s.%s.svc.%s:%d", WorkersName(ds.Name), ds.Namespace, clusterDomain, contract.WorkersPort)
-}
-
 func selectorLabels(ds *v1alpha1.Dataset) map[string]string {
 	return map[string]string{LabelComponent: componentName, LabelDataset: ds.Name}
 }
@@ -88,20 +80,6 @@ func Scaling(ds *v1alpha1.Dataset) ScalerConfig {
 		cfg.ScaleDownDelay = c.ScaleDownDelay.Duration
 	}
 	return cfg
-}
-
-// AllowedNamespaces are the namespaces whose pods may read ds: its own and
-// its access list.
-func AllowedNamespaces(ds *v1alpha1.Dataset) []string {
-	ns := append([]string{ds.Namespace}, ds.Spec.Access.Namespaces...)
-	slices.Sort(ns)
-	return slices.Compact(ns)
-}
-
-// MayRead reports whether a pod of namespace ns may read ds.
-func MayRead(ds *v1alpha1.Dataset, ns string) bool {
-	return ns == ds.Namespace || slices.Contains(ds.Spec.Access.Namespaces, ns) ||
-		slices.Contains(ds.Spec.Access.Namespaces, "*")
 }
 
 // workerService fills the headless Service of ds's workers.
@@ -144,7 +122,7 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 		"--metrics-addr=:" + strconv.Itoa(metricsPort),
 		"--dataset=" + ds.Name,
 		"--token-review",
-		"--allow-namespaces=" + strings.Join(AllowedNamespaces(ds), ","),
+		"--allow-namespaces=" + strings.Join(ds.AllowedNamespaces(), ","),
 		"--cache-dir=/cache",
 		"--cache-memory=" + mem.String(),
 		"--cache-disk=" + disk.String(),

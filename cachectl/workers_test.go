@@ -12,36 +12,6 @@ import (
 	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
 )
 
-func TestAccess(t *testing.T) {
-	ds := func(access ...string) *v1alpha1.Dataset {
-		return &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: "d", Namespace: "ml"},
-			Spec: v1alpha1.DatasetSpec{Access: v1alpha1.AccessSpec{Namespaces: access}}}
-	}
-	tests := []struct {
-		name    string
-		ds      *v1alpha1.Dataset
-		ns      string
-		may     bool
-		allowed []string
-	}{
-		{"own namespace", ds(), "ml", true, []string{"ml"}},
-		{"another namespace", ds(), "team-b", false, []string{"ml"}},
-		{"listed namespace", ds("team-b", "ml"), "team-b", true, []string{"ml", "team-b"}},
-		{"unlisted namespace", ds("team-b"), "team-c", false, []string{"ml", "team-b"}},
-		{"everyone", ds("*"), "anything", true, []string{"*", "ml"}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := MayRead(tc.ds, tc.ns); got != tc.may {
-				t.Errorf("MayRead(%q) = %v, want %v", tc.ns, got, tc.may)
-			}
-			if got := AllowedNamespaces(tc.ds); !slices.Equal(got, tc.allowed) {
-				t.Errorf("AllowedNamespaces = %q, want %q", got, tc.allowed)
-			}
-		})
-	}
-}
-
 func TestScalingDefaults(t *testing.T) {
 	tests := []struct {
 		name  string

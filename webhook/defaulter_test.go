@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/yaml"
 
+	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
 	"github.com/sluice-dev/sluice/internal/contract"
 )
 
@@ -44,7 +45,16 @@ func cluster() []client.Object {
 			contract.AttrSubPath: "7b", "csi.storage.k8s.io/pvc/name": "models"}, &corev1.SecretReference{Name: "s3-creds", Namespace: ns}),
 		pv("pv-other", "nfs.csi.k8s.io", map[string]string{"server": "nfs"}, nil),
 		pv("pv-foreign", contract.DriverName, map[string]string{contract.AttrSource: "s3://b"}, &corev1.SecretReference{Name: "k", Namespace: "kube-system"}),
+		dataset(ns, "imagenet"),
+		dataset("opted", "imagenet"),
+		dataset("shared", "coco", ns),
+		dataset("shared", "private"),
 	}
+}
+
+func dataset(namespace, name string, access ...string) *v1alpha1.Dataset {
+	return &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		Spec: v1alpha1.DatasetSpec{Source: "s3://" + name, Access: v1alpha1.AccessSpec{Namespaces: access}}}
 }
 
 func node(name, kubelet string, serverless bool) *corev1.Node {
@@ -181,6 +191,10 @@ func TestDefaulter(t *testing.T) {
 			label("true")), deny: "not both"},
 		{name: "unknown-attribute", pod: pod([]corev1.Volume{inline("x", map[string]string{contract.AttrSource: "s3://b", "cachesize": "1Gi"}, "")},
 			label("true")), deny: `unknown volume attribute(s) ["cachesize"]`},
+		{name: "missing-dataset", pod: pod([]corev1.Volume{inline("x", map[string]string{contract.AttrDataset: "nope"}, "")}, label("true")),
+			deny: "Dataset " + ns + "/nope not found"},
+		{name: "dataset-of-another-namespace", pod: pod([]corev1.Volume{inline("x", map[string]string{contract.AttrDataset: "shared/private"}, "")}, label("true")),
+			deny: "may not use Dataset shared/private: add \"" + ns + "\" to its spec.access.namespaces"},
 		{name: "bad-dataset-name", pod: pod([]corev1.Volume{inline("x", map[string]string{contract.AttrDataset: "Bad_Name"}, "")}, label("true")),
 			deny: "dataset \"Bad_Name\""},
 		{name: "init-container-without-native", pod: pod([]corev1.Volume{srcVol}, label("true"), initMounting("weights")),

@@ -31,6 +31,7 @@ import (
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
 	"github.com/sluice-dev/sluice/internal/contract"
 )
 
@@ -98,6 +99,7 @@ func splitPort(addr string) (string, int, error) {
 func NewScheme() *runtime.Scheme {
 	s := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(s) // static registrations: cannot fail
+	_ = v1alpha1.AddToScheme(s)
 	return s
 }
 

@@ -11,9 +11,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
 	"github.com/sluice-dev/sluice/internal/contract"
 )
 
@@ -84,12 +87,41 @@ func (d *Defaulter) sluiceVolumes(ctx context.Context, pod *corev1.Pod, ns strin
 		if err != nil {
 			return nil, err
 		}
+		if spec.Dataset != "" {
+			if spec.Workers, err = d.datasetWorkers(ctx, v.Name, ns, spec.Dataset); err != nil {
+				return nil, err
+			}
+		}
 		if secret != "" && spec.Source == "" {
 			secret = "" // a dataset volume never gets origin credentials
 		}
 		out = append(out, sluiceVolume{index: i, spec: spec, secret: secret})
 	}
 	return out, nil
+}
+
+// datasetWorkers reads the Dataset a volume names (one API read: no
+// informer, so a cluster without the Dataset API still admits other pods)
+// and returns its workers' address, denying the pod when the Dataset does
+// not exist or the pod's namespace may not read it.
+func (d *Defaulter) datasetWorkers(ctx context.Context, volName, podNS, dataset string) (string, error) {
+	dsNS, dsName, _ := strings.Cut(dataset, "/")
+	ds := &v1alpha1.Dataset{}
+	err := d.APIReader.Get(ctx, types.NamespacedName{Namespace: dsNS, Name: dsName}, ds)
+	switch {
+	case apierrors.IsNotFound(err):
+		return "", deny("volume %q: Dataset %s not found: create it in namespace %q, or give the volume a %q URL instead",
+			volName, dataset, dsNS, contract.AttrSource)
+	case meta.IsNoMatchError(err):
+		return "", deny("volume %q: Dataset %s: the Dataset API (%s/%s) is not installed; deploy the sluice controller",
+			volName, dataset, contract.Group, contract.Version)
+	case err != nil:
+		return "", fmt.Errorf("reading Dataset %s: %w", dataset, err)
+	case !ds.MayRead(podNS):
+		return "", deny("volume %q: pods of namespace %q may not use Dataset %s: add %q to its spec.access.namespaces",
+			volName, podNS, dataset, podNS)
+	}
+	return ds.WorkersAddress(d.Config.ClusterDomain), nil
 }
 
 // boundPV returns the PV of a claim when the claim is ours or someone
@@ -189,7 +221,6 @@ func (d *Defaulter) volumeSpec(name, ns string, attrs map[string]string) (contra
 			return spec, deny("volume %q: dataset %q: name %s", name, dataset, errs)
 		}
 		spec.Dataset = dsNS + "/" + dsName
-		spec.Workers = fmt.Sprintf("%s%s.%s.svc.%s:%d", dsName, contract.WorkersServiceSuffix, dsNS, d.Config.ClusterDomain, contract.WorkersPort)
 	}
 	if sp := strings.Trim(attrs[contract.AttrSubPath], "/"); sp != "" {
 		if path.Clean(sp) != sp || sp == ".." || strings.HasPrefix(sp, "../") {
