@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,6 +51,7 @@ type Options struct {
 	Resync         time.Duration
 	DemandWindow   time.Duration
 	WorkerNodeSel  map[string]string
+	Trusted        []string
 	templateParsed WorkerTemplate
 }
 
@@ -67,6 +69,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.WorkersAsRoot, "workers-as-root", false, "run cache workers as root (default: UID 65532)")
 	fs.DurationVar(&o.Resync, "resync", 10*time.Second, "how often each Dataset's demand is looked at again")
 	fs.DurationVar(&o.DemandWindow, "demand-window", 30*time.Second, "how long a sidecar's last heartbeat counts")
+	fs.StringSliceVar(&o.Trusted, "trusted-service-accounts", []string{"sluice-system/sluice-csi-node"},
+		"service accounts (namespace/name) the cache workers admit from any namespace: the CSI node plugin, which checks each pod's access itself")
 	fs.StringToStringVar(&o.WorkerNodeSel, "worker-node-selector", nil, "node selector of the cache workers (k=v,...)")
 }
 
@@ -85,11 +89,16 @@ func (o *Options) Validate() error {
 			return fmt.Errorf("%s %q: %w", flag, addr, err)
 		}
 	}
+	for _, sa := range o.Trusted {
+		if ns, name, ok := strings.Cut(sa, "/"); !ok || ns == "" || name == "" {
+			return fmt.Errorf("--trusted-service-accounts %q: want namespace/name", sa)
+		}
+	}
 	if o.Resync <= 0 || o.DemandWindow <= 0 {
 		return errors.New("--resync and --demand-window must be positive")
 	}
 	o.templateParsed = WorkerTemplate{Image: o.WorkerImage, ImagePullPolicy: corev1.PullPolicy(o.PullPolicy),
-		ClusterDomain: o.ClusterDomain, NodeSelector: o.WorkerNodeSel, RunAsRoot: o.WorkersAsRoot}
+		ClusterDomain: o.ClusterDomain, NodeSelector: o.WorkerNodeSel, RunAsRoot: o.WorkersAsRoot, Trusted: o.Trusted}
 	return nil
 }
 

@@ -46,6 +46,9 @@ type WorkerTemplate struct {
 	NodeSelector map[string]string
 	// RunAsRoot runs workers as root (off: UID 65532).
 	RunAsRoot bool
+	// Trusted are service accounts (namespace/name) the workers admit from
+	// any namespace: the CSI node plugin, which checks access per pod.
+	Trusted []string
 }
 
 // WorkersName is the name of a Dataset's StatefulSet and headless Service.
@@ -127,6 +130,9 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 		"--cache-memory=" + mem.String(),
 		"--cache-disk=" + disk.String(),
 		"--metadata-ttl=" + ttl.String(),
+	}
+	if len(t.Trusted) > 0 {
+		args = append(args, "--trust-service-accounts="+strings.Join(t.Trusted, ","))
 	}
 	if o := ds.Spec.Options; o.Endpoint != "" || o.Region != "" || o.PathStyle {
 		if o.Endpoint != "" {

@@ -27,6 +27,7 @@ type WorkerOptions struct {
 	TokenReview  bool
 	Kubeconfig   string
 	Namespaces   []string
+	Trusted      []string
 	MetricsAddr  string
 	MaxInFlight  int
 	DrainTimeout time.Duration
@@ -45,6 +46,7 @@ func (o *WorkerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.TokenReview, "token-review", false, "admit pods by their projected service-account token (audience sluice.dev, TokenReview) instead of --token-file")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "with --token-review: kubeconfig (in-cluster config when empty)")
 	fs.StringSliceVar(&o.Namespaces, "allow-namespaces", nil, "with --token-review: namespaces whose pods may read (the Dataset's own and its access list)")
+	fs.StringSliceVar(&o.Trusted, "trust-service-accounts", nil, "with --token-review: service accounts (namespace/name) admitted from any namespace, e.g. the CSI node plugin's, which checks each pod's access itself")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at this address")
 	fs.IntVar(&o.MaxInFlight, "max-inflight", 1024, "concurrent data requests before answering 503")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
@@ -140,5 +142,6 @@ func (o *WorkerOptions) authenticator() (cacheserver.Authenticator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &cacheserver.PodTokens{Reviewer: &kubeauth.TokenReviewer{Client: cs}, Namespaces: o.Namespaces, Dataset: o.Dataset}, nil
+	return &cacheserver.PodTokens{Reviewer: &kubeauth.TokenReviewer{Client: cs}, Namespaces: o.Namespaces, Dataset: o.Dataset,
+		Trusted: o.Trusted}, nil
 }

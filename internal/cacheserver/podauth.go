@@ -22,6 +22,10 @@ type PodTokens struct {
 	Reviewer   *kubeauth.TokenReviewer
 	Namespaces []string
 	Dataset    string
+	// Trusted are service accounts ("namespace/name") admitted from any
+	// namespace: the CSI node plugin, which serves many pods' mounts and
+	// checks each pod's namespace itself (podInfoOnMount).
+	Trusted []string
 }
 
 // Authenticate implements Authenticator.
@@ -34,7 +38,8 @@ func (p *PodTokens) Authenticate(r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !slices.Contains(p.Namespaces, id.Namespace) && !slices.Contains(p.Namespaces, "*") {
+	if !slices.Contains(p.Namespaces, id.Namespace) && !slices.Contains(p.Namespaces, "*") &&
+		!slices.Contains(p.Trusted, id.Namespace+"/"+id.ServiceAccount) {
 		klog.InfoS("Refused a pod from another namespace", "dataset", p.Dataset, "pod", klog.KRef(id.Namespace, id.PodName))
 		return fmt.Errorf("%w: pods of namespace %q may not read dataset %q", source.ErrPermission, id.Namespace, p.Dataset)
 	}

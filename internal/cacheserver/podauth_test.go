@@ -30,7 +30,7 @@ func TestPodTokensAtTheWorker(t *testing.T) {
 	}
 	defer cache.Close()
 	auth := &PodTokens{Reviewer: &kubeauth.TokenReviewer{Client: kubernetes.NewForConfigOrDie(api.Config)},
-		Namespaces: []string{"ml", "shared"}, Dataset: "ml/imagenet"}
+		Namespaces: []string{"ml", "shared"}, Dataset: "ml/imagenet", Trusted: []string{"sluice-system/default"}}
 	worker, err := NewServer(ServerConfig{Dataset: "imagenet", Namespace: namespace.New(src, time.Minute), Cache: cache, Auth: auth})
 	if err != nil {
 		t.Fatal(err)
@@ -44,6 +44,7 @@ func TestPodTokensAtTheWorker(t *testing.T) {
 	defer hs.Close()
 	mine, _ := api.PodToken(t, "ml", "reader", contract.TokenAudience)
 	theirs, _ := api.PodToken(t, "other", "intruder", contract.TokenAudience)
+	node, _ := api.PodToken(t, "sluice-system", "csi-node", contract.TokenAudience)
 	tests := []struct {
 		name, token string
 		status      int
@@ -52,6 +53,7 @@ func TestPodTokensAtTheWorker(t *testing.T) {
 		{"pod of the dataset's namespace", mine, 200, ""},
 		{"pod of another namespace", theirs, 403, `may not read dataset "ml/imagenet"`},
 		{"not a token", "garbage", 401, "unauthorized"},
+		{"a trusted service account (the CSI node plugin)", node, 200, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

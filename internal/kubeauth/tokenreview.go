@@ -22,6 +22,8 @@ import (
 // Identity is the pod a token belongs to.
 type Identity struct {
 	Namespace, PodName, PodUID string
+	// ServiceAccount is the pod's service account name.
+	ServiceAccount string
 }
 
 // TokenReviewer authenticates projected service-account tokens with the
@@ -94,10 +96,10 @@ func (t *TokenReviewer) review(ctx context.Context, token string) (Identity, err
 		return Identity{}, errors.New("token rejected: " + msg)
 	}
 	rest, ok := strings.CutPrefix(tr.Status.User.Username, saPrefix)
-	ns, _, ok2 := strings.Cut(rest, ":")
+	ns, sa, ok2 := strings.Cut(rest, ":")
 	extra := tr.Status.User.Extra
 	if !ok || !ok2 || len(extra[extraPodName]) != 1 || len(extra[extraPodUID]) != 1 {
 		return Identity{}, fmt.Errorf("token of %q is not bound to a pod", tr.Status.User.Username)
 	}
-	return Identity{Namespace: ns, PodName: extra[extraPodName][0], PodUID: extra[extraPodUID][0]}, nil
+	return Identity{Namespace: ns, PodName: extra[extraPodName][0], PodUID: extra[extraPodUID][0], ServiceAccount: sa}, nil
 }
