@@ -206,6 +206,15 @@ func setPropagation(pod *corev1.Pod, names []string) {
 // is ≥ 1.29 (the node's reported version when the pod names its node, the
 // configured assumption otherwise).
 func (d *Defaulter) native(ctx context.Context, pod *corev1.Pod) (bool, error) {
+	// The pod may choose (e.g. a platform whose native sidecars misbehave).
+	switch v, ok := pod.Annotations[contract.NativeSidecarAnnotation]; {
+	case ok && v == "true":
+		return true, nil
+	case ok && v == "false":
+		return false, nil
+	case ok:
+		return false, deny("annotation %s=%q: want \"true\" or \"false\"", contract.NativeSidecarAnnotation, v)
+	}
 	switch d.Config.NativeSidecar {
 	case NativeAlways:
 		return true, nil

@@ -52,6 +52,15 @@ func cluster() []client.Object {
 	}
 }
 
+func annotate(k, v string) func(*corev1.Pod) {
+	return func(p *corev1.Pod) {
+		if p.Annotations == nil {
+			p.Annotations = map[string]string{}
+		}
+		p.Annotations[k] = v
+	}
+}
+
 func dataset(namespace, name string, access ...string) *v1alpha1.Dataset {
 	return &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Spec: v1alpha1.DatasetSpec{Source: "s3://" + name, Access: v1alpha1.AccessSpec{Namespaces: access}}}
@@ -191,6 +200,10 @@ func TestDefaulter(t *testing.T) {
 			label("true")), deny: "not both"},
 		{name: "unknown-attribute", pod: pod([]corev1.Volume{inline("x", map[string]string{contract.AttrSource: "s3://b", "cachesize": "1Gi"}, "")},
 			label("true")), deny: `unknown volume attribute(s) ["cachesize"]`},
+		{name: "annotation-forces-poststart", pod: pod([]corev1.Volume{srcVol}, label("true"),
+			annotate(contract.NativeSidecarAnnotation, "false")), changed: true},
+		{name: "bad-native-annotation", pod: pod([]corev1.Volume{srcVol}, label("true"), annotate(contract.NativeSidecarAnnotation, "maybe")),
+			deny: "sluice.dev/native-sidecar=\"maybe\""},
 		{name: "missing-dataset", pod: pod([]corev1.Volume{inline("x", map[string]string{contract.AttrDataset: "nope"}, "")}, label("true")),
 			deny: "Dataset " + ns + "/nope not found"},
 		{name: "dataset-of-another-namespace", pod: pod([]corev1.Volume{inline("x", map[string]string{contract.AttrDataset: "shared/private"}, "")}, label("true")),

@@ -29,6 +29,9 @@ const (
 	// InjectedLabel carries the same mark as a label (the controller
 	// watches only pods that have it).
 	InjectedLabel = "sluice.dev/injected"
+	// NativeSidecarAnnotation ("true"/"false") on a pod overrides the
+	// webhook's choice between a native sidecar and a postStart hook.
+	NativeSidecarAnnotation = "sluice.dev/native-sidecar"
 
 	// Serverless node defaults.
 	ServerlessNodeLabelKey   = "type"
