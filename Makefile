@@ -60,15 +60,15 @@ generate: $(BIN)/.controller-gen-$(CONTROLLER_GEN_VERSION)
 	$(BIN)/controller-gen object paths=./cachectl/api/... \
 		crd:maxDescLen=400 paths=./cachectl/api/... output:crd:artifacts:config=deploy/controller
 
-# kube-apiserver, kube-controller-manager, kube-scheduler and kubelet
-# (about 12 minutes cold on 2 cores; then cached in $(K8S_BIN)).
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
+# kubectl (about 12 minutes cold on 2 cores; then cached in $(K8S_BIN)).
 kube-binaries: $(K8S_BIN)/.built
 
 $(K8S_BIN)/.built: e2e/cluster/go.mod e2e/cluster/go.sum
 	mkdir -p $(K8S_BIN)
 	cd e2e/cluster && $(GO) build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(K8S_BIN)/ \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl
 	touch $@
 
 # etcd from Debian (etcd-server 3.4) for the tests that run a real API server.
@@ -120,6 +120,7 @@ e2e-images:
 	mkdir -p $(OUT)/e2e/images $(OUT)/e2e/bin
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(OUT)/e2e/bin/sluice ./cmd/sluice
 	cd e2e/cluster && CGO_ENABLED=0 $(GO) build -o $(OUT)/e2e/bin/pause ./cmd/pause && \
+		$(GO) build -o $(OUT)/e2e/bin/dns ./cmd/dns && \
 		$(GO) run ./cmd/images -out $(OUT)/e2e/images -pause $(OUT)/e2e/bin/pause \
 			-sluice $(OUT)/e2e/bin/sluice -busybox /bin/busybox
 

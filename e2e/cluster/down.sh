@@ -20,7 +20,13 @@ for p in origin kubelet; do stop $p; done
 pkill -f "containerd-shim.*$OUT/containerd" 2>/dev/null
 stop containerd
 # The API server goes before etcd (else it hangs).
-for p in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop $p; done
+for p in dns kube-scheduler kube-controller-manager kube-apiserver etcd; do stop $p; done
+for chain in PREROUTING OUTPUT; do
+  while iptables -t nat -S "$chain" 2>/dev/null | grep -q sluice-e2e; do
+    rule=$(iptables -t nat -S "$chain" | grep sluice-e2e | head -n1 | sed 's/^-A /-D /')
+    eval iptables -t nat "$rule" || break
+  done
+done
 # Mounts left below _output/e2e (pod volumes, FUSE mounts of Bidirectional
 # pods, netns, overlay snapshots), deepest first.
 grep -F " $OUT" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done

@@ -83,6 +83,16 @@ start kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig="$
   --leader-elect=false --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
   --use-service-account-credentials --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key"
 start kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig="$OUT/scheduler.kubeconfig" --leader-elect=false
+# Cluster DNS (Services and StatefulSet pods, from EndpointSlices) on the node
+# IP, which the kubelet gives pods as their nameserver.
+start dns "$OUT/bin/dns" --kubeconfig="$OUT/kubeconfig" --listen="$IP:53"
+# No kube-proxy runs: route the kubernetes Service (10.96.0.1:443), which
+# in-cluster clients use, to the API server. Pods come through PREROUTING,
+# host-network pods through OUTPUT.
+for chain in PREROUTING OUTPUT; do
+  rule=(-d 10.96.0.1/32 -p tcp --dport 443 -m comment --comment sluice-e2e -j DNAT --to-destination "$IP:6443")
+  iptables -t nat -C "$chain" "${rule[@]}" 2>/dev/null || iptables -t nat -A "$chain" "${rule[@]}"
+done
 
 # --- node: cgroups, containerd, CNI, images, kubelet -------------------------------
 CGROOT=sluice-e2e
@@ -141,7 +151,7 @@ failCgroupV1: false
 cgroupDriver: cgroupfs
 cgroupRoot: /$CGROOT
 failSwapOn: false
-clusterDNS: [10.96.0.10]
+clusterDNS: [$IP]
 clusterDomain: cluster.local
 authentication: {anonymous: {enabled: false}, webhook: {enabled: true}, x509: {clientCAFile: "$PKI/ca.crt"}}
 authorization: {mode: Webhook}
