@@ -274,9 +274,7 @@ var checks = map[string]func(t *testing.T, file string, u *obj){
 		if !bidirectional || !fuse {
 			t.Errorf("%s: node plugin needs the kubelet dir (Bidirectional) and /dev/fuse", file)
 		}
-		if auto, ok := podSpec(u)["automountServiceAccountToken"].(bool); !ok || auto {
-			t.Errorf("%s: the node plugin needs no API token", file)
-		}
+		checkNodeToken(t, file, u)
 	},
 	"ServiceAccount": func(*testing.T, string, *obj) {},
 	"Service":        func(*testing.T, string, *obj) {},
@@ -357,5 +355,88 @@ func checkRules(t *testing.T, file string, u *obj) {
 func checkBinding(t *testing.T, file string, u *obj) {
 	if str(u, "roleRef", "name") == "" || len(slice(u, "subjects")) == 0 {
 		t.Errorf("%s: binding without roleRef or subjects", file)
+	}
+}
+
+// checkNodeToken: the node plugin reads Datasets with its service account
+// (automounted token) and presents a projected token of audience sluice.dev
+// to the cache workers, at the path --worker-token-file names.
+func checkNodeToken(t *testing.T, file string, u *obj) {
+	spec := podSpec(u)
+	if auto, ok := spec["automountServiceAccountToken"].(bool); !ok || !auto {
+		t.Errorf("%s: the node plugin reads Datasets: it needs automountServiceAccountToken: true", file)
+	}
+	tokenVolume := ""
+	vols, _ := spec["volumes"].([]any)
+	for _, v := range vols {
+		m := v.(map[string]any)
+		sources, _ := nested(m, "projected", "sources")
+		list, _ := sources.([]any)
+		for _, src := range list {
+			sat, ok := src.(map[string]any)["serviceAccountToken"].(map[string]any)
+			if ok && sat["audience"] == contract.TokenAudience && sat["path"] == contract.TokenFile {
+				tokenVolume, _ = m["name"].(string)
+			}
+		}
+	}
+	if tokenVolume == "" {
+		t.Errorf("%s: no projected serviceAccountToken volume (audience %s, path %s)", file, contract.TokenAudience, contract.TokenFile)
+		return
+	}
+	for _, c := range containers(t, file, u) {
+		if c["name"] != "sluice" {
+			continue
+		}
+		mounted := false
+		mounts, _ := c["volumeMounts"].([]any)
+		for _, vm := range mounts {
+			m := vm.(map[string]any)
+			mounted = mounted || (m["name"] == tokenVolume && m["mountPath"] == contract.TokenDir)
+		}
+		if !mounted {
+			t.Errorf("%s: token volume %s is not mounted at %s", file, tokenVolume, contract.TokenDir)
+		}
+		args, _ := c["args"].([]any)
+		if want := "--worker-token-file=" + contract.TokenDir + "/" + contract.TokenFile; !slices.Contains(args, any(want)) {
+			t.Errorf("%s: the node plugin's args lack %s", file, want)
+		}
+	}
+}
+
+// TestDatasetAccessRBAC: the CSI node plugin may get Datasets and nothing
+// else; the CSI controller may get them too.
+func TestDatasetAccessRBAC(t *testing.T) {
+	objs, _ := load(t)
+	roles := map[string][]any{}
+	bound := map[string]string{} // ClusterRole → ServiceAccount namespace/name
+	for _, o := range objs {
+		if !strings.HasPrefix(o.file, "base/") {
+			continue
+		}
+		switch o.u.GetKind() {
+		case "ClusterRole":
+			roles[o.u.GetName()] = slice(o.u, "rules")
+		case "ClusterRoleBinding":
+			for _, s := range slice(o.u, "subjects") {
+				m := s.(map[string]any)
+				bound[str(o.u, "roleRef", "name")] = m["namespace"].(string) + "/" + m["name"].(string)
+			}
+		}
+	}
+	getsDatasets := func(r any) bool {
+		m := r.(map[string]any)
+		return slices.Equal(stringsOf(m["apiGroups"].([]any)), []string{contract.Group}) &&
+			slices.Equal(stringsOf(m["resources"].([]any)), []string{"datasets"}) &&
+			slices.Equal(stringsOf(m["verbs"].([]any)), []string{"get"})
+	}
+	node := roles["sluice-csi-node"]
+	if len(node) != 1 || !getsDatasets(node[0]) {
+		t.Errorf("ClusterRole sluice-csi-node: rules %v, want only get on datasets.%s", node, contract.Group)
+	}
+	if bound["sluice-csi-node"] != "sluice-system/sluice-csi-node" {
+		t.Errorf("ClusterRole sluice-csi-node is bound to %q, want the node plugin's service account", bound["sluice-csi-node"])
+	}
+	if !slices.ContainsFunc(roles["sluice-csi-provisioner"], getsDatasets) || bound["sluice-csi-provisioner"] != "sluice-system/sluice-csi-controller" {
+		t.Errorf("the CSI controller's ClusterRole needs get on datasets.%s", contract.Group)
 	}
 }

@@ -31,6 +31,9 @@ const maxVolumeIDLen = 128
 type controllerServer struct {
 	csi.UnimplementedControllerServer
 	dir string // "" keeps the records in memory only
+	// datasets checks that a dataset volume's Dataset exists (nil: no API
+	// access, dataset volumes fail with FailedPrecondition).
+	datasets *datasetResolver
 
 	mu   sync.Mutex
 	vols map[string]*volumeRecord // by volume id
@@ -87,7 +90,7 @@ func (c *controllerServer) recordFile(id string) string {
 	return filepath.Join(c.dir, hex.EncodeToString(sum[:16])+".json")
 }
 
-func (c *controllerServer) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	if req.GetName() == "" {
 		return nil, invalidArg("CreateVolume: name missing")
 	}
@@ -105,6 +108,18 @@ func (c *controllerServer) CreateVolume(_ context.Context, req *csi.CreateVolume
 	spec, err := parseVolumeAttrs(req.GetParameters())
 	if err != nil {
 		return nil, fmt.Errorf("CreateVolume %s: %w", req.GetName(), err)
+	}
+	if spec.Dataset != "" {
+		// "name" is a Dataset of the PVC's namespace; the volume context
+		// carries namespace/name, so the node never has to guess.
+		err = spec.qualify(req.GetParameters()[pvcNamespaceKey], fmt.Sprintf("the request has no %s parameter "+
+			"(run the external-provisioner with --extra-create-metadata)", pvcNamespaceKey))
+		if err == nil {
+			_, err = c.datasets.get(ctx, spec.Dataset)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("CreateVolume %s: %w", req.GetName(), err)
+		}
 	}
 	rec := &volumeRecord{
 		Name: req.GetName(), ID: volumeIDFor(req.GetName()), Parameters: maps.Clone(req.GetParameters()),
@@ -129,7 +144,7 @@ func (c *controllerServer) CreateVolume(_ context.Context, req *csi.CreateVolume
 		}
 	}
 	c.vols[rec.ID] = rec
-	klog.V(2).InfoS("Volume created", "name", rec.Name, "volumeID", rec.ID, "source", spec.Source)
+	klog.V(2).InfoS("Volume created", "name", rec.Name, "volumeID", rec.ID, "source", spec.Source, "dataset", spec.Dataset)
 	return &csi.CreateVolumeResponse{Volume: rec.volume()}, nil
 }
 

@@ -7,23 +7,42 @@
 //
 // A volume is a read-only view of a dataset. Its attributes (StorageClass
 // parameters, PV volumeAttributes or inline volumeAttributes) name a
-// source URL and optionally subPath, cacheSize and readahead (params.go).
-// CreateVolume validates them and returns them as the volume context, so a
-// static PV and an inline volume carry the same information as a
-// provisioned one. Only reader access modes are accepted.
+// source URL or a Dataset, and optionally subPath, cacheSize and readahead
+// (params.go). CreateVolume validates them and returns them as the volume
+// context, so a static PV and an inline volume carry the same information
+// as a provisioned one. Only reader access modes are accepted.
+//
+// A dataset volume names a Dataset (sluice.dev/v1alpha1) as "name" (in
+// the volume's namespace: the PVC's for CreateVolume, the pod's for an
+// inline volume) or "namespace/name"; a static PV must name both.
+// CreateVolume checks that the Dataset exists and puts namespace/name in
+// the volume context (datasets.go: one API read, NotFound when missing,
+// FailedPrecondition without the Dataset API or API access). The node
+// serves it through the Dataset's cache workers (its status.workers, else
+// its headless Service in --cluster-domain) with its own projected token
+// (--worker-token-file, audience sluice.dev): origin credentials stay
+// with the workers and a dataset volume never takes secrets.
+//
+// Access: the workers trust the node plugin's service account for every
+// namespace, so the node checks each pod itself. NodePublishVolume of a
+// dataset volume (staged or inline) reads the Dataset and admits the pod
+// only if its namespace (csi.storage.k8s.io/pod.namespace, podInfoOnMount)
+// is the Dataset's or in spec.access.namespaces: else PermissionDenied
+// naming both; without pod info, FailedPrecondition.
 //
 // # Sessions
 //
-// The node serves each (source, credentials) pair with one FUSE session
-// (sessions.go): a child process, `sluice csi serve-session`, mounts the
-// source at <state-dir>/sessions/<key>/mnt with its own memory and disk
-// cache (<cache-dir>/<key>). NodeStageVolume binds that mount read-only at
+// The node serves each (source, credentials) pair, or Dataset, with one
+// FUSE session (sessions.go): a child process, `sluice csi serve-session`,
+// mounts the source at <state-dir>/sessions/<key>/mnt with its own memory
+// and disk cache (<cache-dir>/<key>). NodeStageVolume binds that mount read-only at
 // the staging path; NodePublishVolume binds the staging path, or its
 // subPath, read-only at the target. Every volume of the same dataset on a
 // node therefore shares one session and one cache, and reads the origin
 // once. Inline volumes bind the session directly at their target; the
 // session ends with its last stage or inline volume. Volumes with other
-// credentials never share a session (the key hashes them).
+// credentials never share a session (the key hashes them), nor do source
+// and dataset volumes.
 //
 // # Surviving restarts
 //
@@ -32,8 +51,9 @@
 // nothing ties it to the `sluice csi` process, so that process may be
 // restarted — kill -9 included — without a reader noticing. The node
 // records each session in <state-dir>/sessions/<key>/session.json (source,
-// pid and start time, the staging paths and targets bound to it; never a
-// secret; NeedsCreds says whether it had any). On start it reconciles:
+// or Dataset and workers' address; pid and start time, the staging paths
+// and targets bound to it; never a secret; NeedsCreds says whether it had
+// any). On start it reconciles:
 // live children (pid and start time match) are adopted and their
 // credentials read back from /proc/PID/environ into memory; dead ones are
 // served again and every recorded path re-bound when they need no secrets,

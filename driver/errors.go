@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,15 +16,13 @@ import (
 // directly, and every other error passes through toStatus (in the server's
 // interceptor, and in the serving child's report to the node).
 var (
-	errInvalid         = errors.New("invalid argument")
-	errNotFound        = errors.New("not found")
-	errAlreadyExists   = errors.New("already exists")
-	errPrecondition    = errors.New("failed precondition")
-	errUnimplemented   = errors.New("not implemented")
-	errPermission      = errors.New("permission denied")
-	errUnavailable     = errors.New("unavailable")
-	errNeedsController = fmt.Errorf("%w: Dataset volumes need the sluice controller (the Dataset resource is not "+
-		"available yet); use the %q parameter with a source URL instead", errUnimplemented, "source")
+	errInvalid       = errors.New("invalid argument")
+	errNotFound      = errors.New("not found")
+	errAlreadyExists = errors.New("already exists")
+	errPrecondition  = errors.New("failed precondition")
+	errUnimplemented = errors.New("not implemented")
+	errPermission    = errors.New("permission denied")
+	errUnavailable   = errors.New("unavailable")
 )
 
 // codeOf classifies err. Errors that already carry a gRPC status keep it.

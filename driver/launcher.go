@@ -29,6 +29,9 @@ type procLauncher struct {
 	binary string        // the sluice binary
 	args   []string      // extra flags for serve-session (cache memory, -v)
 	wait   time.Duration // how long a child may take to serve
+	// tokenFile is the node's projected service-account token (audience
+	// sluice.dev) that dataset sessions present to the cache workers.
+	tokenFile string
 }
 
 var _ launcher = (*procLauncher)(nil)
@@ -44,8 +47,15 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 		return err
 	}
 	defer r.Close()
-	args := []string{"csi", "serve-session", "--source", rec.Source, "--mount-dir", rec.mountDir(),
+	args := []string{"csi", "serve-session", "--mount-dir", rec.mountDir(),
 		"--cache-dir", rec.CacheDir, "--stats-socket", rec.statsSocket(), "--ready-fd", "3"}
+	if rec.Dataset != "" {
+		// The workers serve a Dataset under its name.
+		_, name, _ := strings.Cut(rec.Dataset, "/")
+		args = append(args, "--dataset", name, "--workers", rec.Workers, "--worker-token-file", l.tokenFile)
+	} else {
+		args = append(args, "--source", rec.Source)
+	}
 	if rec.CacheSize != "" {
 		args = append(args, "--cache-disk", rec.CacheSize)
 	}

@@ -16,10 +16,16 @@ import (
 // path; NodePublishVolume binds the staging path (or its subPath) into the
 // target, read-only. Inline volumes join their session in
 // NodePublishVolume and leave it with their last NodeUnpublishVolume.
+// Dataset volumes are served through the Dataset's cache workers; each
+// publish checks that the pod's namespace may read the Dataset.
 type nodeServer struct {
 	csi.UnimplementedNodeServer
 	nodeID   string
 	sessions *sessionManager
+	// datasets reads the Datasets of dataset volumes (nil: no API access);
+	// clusterDomain completes their workers' Service names.
+	datasets      *datasetResolver
+	clusterDomain string
 }
 
 var _ csi.NodeServer = (*nodeServer)(nil)
@@ -30,13 +36,21 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err != nil {
 		return nil, err
 	}
-	creds, err := parseSecrets(req.GetSecrets())
+	// A dataset session reads through the workers with the node's token
+	// and never takes secrets; a source session reads with the volume's.
+	var creds credentials
+	var workers string
+	if spec.Dataset != "" {
+		workers, err = n.stageDataset(ctx, &spec)
+	} else {
+		creds, err = parseSecrets(req.GetSecrets())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("NodeStageVolume %s: %w", req.GetVolumeId(), err)
 	}
 	// One session per staged volume, mounted at its staging path (see
 	// sessionRecord.MountAt); every pod using the volume binds from it.
-	key := sessionKey(spec.Source+"\x00"+staging, creds)
+	key := sessionKey(spec.sessionSource()+"\x00"+staging, creds)
 	if other := n.sessions.keyOfPath(staging); other != "" && other != key {
 		return nil, fmt.Errorf("%w: staging path %s is in use by a volume with another source or credentials",
 			errAlreadyExists, staging)
@@ -45,6 +59,9 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	s := m.acquire(key, &spec)
 	defer s.op.Unlock()
 	s.rec.MountAt = staging
+	if workers != "" {
+		s.rec.Workers = workers // for the next start; a serving child keeps its address
+	}
 	if err := m.ensureServing(ctx, s, creds); err != nil {
 		if relErr := m.release(ctx, s); relErr != nil {
 			klog.ErrorS(relErr, "Releasing a session that failed to serve", "session", key)
@@ -97,10 +114,15 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		return nil, err
 	}
 	if req.GetVolumeContext()[ephemeralKey] == "true" {
-		return n.publishEphemeral(ctx, req.GetVolumeId(), target, spec, req.GetSecrets())
+		return n.publishEphemeral(ctx, req.GetVolumeId(), target, spec, req.GetVolumeContext(), req.GetSecrets())
 	}
 	if req.GetStagingTargetPath() == "" {
 		return nil, invalidArg("NodePublishVolume: staging target path missing (the volume must be staged first)")
+	}
+	if spec.Dataset != "" {
+		if _, err := n.authorizeDataset(ctx, &spec, req.GetVolumeContext(), false); err != nil {
+			return nil, fmt.Errorf("NodePublishVolume %s: %w", req.GetVolumeId(), err)
+		}
 	}
 	staging := filepath.Clean(req.GetStagingTargetPath())
 	m := n.sessions
@@ -112,6 +134,12 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		return nil, fmt.Errorf("%w: volume %s is not staged at %s", errPrecondition, req.GetVolumeId(), staging)
 	}
 	defer s.op.Unlock()
+	// The access check above was for the Dataset the request names: it
+	// must be the one staged there (a source volume's request names none).
+	if s.rec.Dataset != spec.Dataset {
+		return nil, fmt.Errorf("%w: volume %s: the volume staged at %s serves %s, the request names %q",
+			errPrecondition, req.GetVolumeId(), staging, s.rec.origin(), spec.Dataset)
+	}
 	// Never publish a dead session: serve it again first (after a restart
 	// that needs the volume's secrets, this fails until NodeStageVolume).
 	if err := m.ensureServing(ctx, s, credentials{}); err != nil {
@@ -135,18 +163,28 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 
 // publishEphemeral joins (or starts) the session of an inline volume and
 // binds it at target.
-func (n *nodeServer) publishEphemeral(ctx context.Context, volID, target string, spec volumeSpec, secrets map[string]string) (*csi.NodePublishVolumeResponse, error) {
-	creds, err := parseSecrets(secrets)
+func (n *nodeServer) publishEphemeral(ctx context.Context, volID, target string, spec volumeSpec, vctx, secrets map[string]string) (*csi.NodePublishVolumeResponse, error) {
+	var creds credentials
+	var workers string
+	var err error
+	if spec.Dataset != "" {
+		workers, err = n.authorizeDataset(ctx, &spec, vctx, true)
+	} else {
+		creds, err = parseSecrets(secrets)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("NodePublishVolume %s: %w", volID, err)
 	}
 	m := n.sessions
-	key := sessionKey(spec.Source, creds)
+	key := sessionKey(spec.sessionSource(), creds)
 	if other := m.keyOfPath(target); other != "" && other != key {
 		return nil, fmt.Errorf("%w: target %s is in use by a volume with another source", errAlreadyExists, target)
 	}
 	s := m.acquire(key, &spec)
 	defer s.op.Unlock()
+	if workers != "" {
+		s.rec.Workers = workers // for the next start; a serving child keeps its address
+	}
 	want := ref{Kind: refEphemeral, VolumeID: volID, Path: target, SubPath: spec.SubPath}
 	err = m.ensureServing(ctx, s, creds)
 	if err == nil {

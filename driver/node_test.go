@@ -22,6 +22,7 @@ type fakeLauncher struct {
 	starts    int
 	failWith  error
 	lastCreds credentials
+	lastRec   sessionRecord // as last started
 	// mounter, when set, records the mount a real child makes at its
 	// record's mountDir.
 	mounter *mount.FakeMounter
@@ -38,6 +39,7 @@ func (l *fakeLauncher) start(_ context.Context, rec *sessionRecord, creds creden
 	l.live[rec.Pid] = true
 	l.starts++
 	l.lastCreds = creds
+	l.lastRec = *rec
 	if l.mounter != nil {
 		return l.mounter.Mount("sluice", rec.mountDir(), "fuse.sluice", nil)
 	}
@@ -134,7 +136,7 @@ func TestNodeStageVolume(t *testing.T) {
 			VolumeCapability: writer}, codes.InvalidArgument, "read-only"},
 		{"no source", stageReq("v", staging, map[string]string{}), codes.InvalidArgument, "source"},
 		{"unknown attribute", stageReq("v", staging, map[string]string{"source": "file:///x", "foo": "1"}), codes.InvalidArgument, "foo"},
-		{"dataset", stageReq("v", staging, map[string]string{"dataset": "d"}), codes.Unimplemented, "sluice controller"},
+		{"dataset without namespace", stageReq("v", staging, map[string]string{"dataset": "d"}), codes.InvalidArgument, "namespace/name"},
 		{"half the secrets", &csi.NodeStageVolumeRequest{VolumeId: "v", StagingTargetPath: staging, VolumeCapability: readerMany,
 			VolumeContext: fileCtx, Secrets: map[string]string{secretAccessKeyID: "AK"}}, codes.InvalidArgument, secretSecretAccessKey},
 		{"stage", &csi.NodeStageVolumeRequest{VolumeId: "v", StagingTargetPath: staging, VolumeCapability: readerMany,

@@ -33,6 +33,12 @@ type Options struct {
 	CacheMemory string
 	Kubeconfig  string
 	ServeWait   time.Duration
+	// ClusterDomain completes the Service names of Datasets' cache
+	// workers.
+	ClusterDomain string
+	// WorkerTokenFile is the node's projected service-account token
+	// (audience sluice.dev) that dataset sessions present to the workers.
+	WorkerTokenFile string
 	// Provision makes the controller provision PVCs itself (no
 	// csi-provisioner sidecar).
 	Provision bool
@@ -57,7 +63,11 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"where staged volumes and created volumes are recorded (no secrets); survives restarts")
 	fs.StringVar(&o.CacheDir, "cache-dir", "/var/cache/sluice", "disk cache tier, one subdirectory per dataset session (\"\" disables it)")
 	fs.StringVar(&o.CacheMemory, "cache-memory", "256Mi", "memory cache tier of each dataset session")
-	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig for --provision (in-cluster config when empty)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig for API access: Datasets of dataset volumes, and --provision "+
+		"(in-cluster config when empty; outside a cluster without it, dataset volumes fail)")
+	fs.StringVar(&o.ClusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain (completes the Dataset workers' Service names)")
+	fs.StringVar(&o.WorkerTokenFile, "worker-token-file", contract.TokenDir+"/"+contract.TokenFile,
+		"node: projected service-account token (audience "+contract.TokenAudience+") that dataset volumes present to the cache workers")
 	fs.BoolVar(&o.Provision, "provision", false, "controller: provision PVCs of StorageClasses with provisioner "+
 		"csi.sluice.dev itself, with leader election (leave off when a csi-provisioner sidecar does it)")
 	fs.StringVar(&o.RegistrationDir, "registration-dir", "",
@@ -100,6 +110,12 @@ func (o *Options) Validate() error {
 	if o.Provision && o.Mode == ModeNode {
 		return fmt.Errorf("--provision needs --mode controller or all")
 	}
+	if o.ClusterDomain == "" {
+		return fmt.Errorf("--cluster-domain is required")
+	}
+	if o.Mode != ModeController && !filepath.IsAbs(o.WorkerTokenFile) {
+		return fmt.Errorf("--worker-token-file %q: want an absolute path", o.WorkerTokenFile)
+	}
 	if o.ServeWait <= 0 {
 		return fmt.Errorf("--serve-timeout %s: must be positive", o.ServeWait)
 	}
@@ -111,6 +127,10 @@ func (o *Options) Validate() error {
 // first call after a restart sees every volume as it was.
 func (o *Options) Run(ctx context.Context) error {
 	svc := services{identity: &identityServer{controller: o.Mode != ModeNode}}
+	datasets, err := newDatasetResolver(o.Kubeconfig)
+	if err != nil {
+		return err
+	}
 	if o.Mode != ModeNode {
 		stateDir := ""
 		if o.Mode == ModeAll {
@@ -120,6 +140,7 @@ func (o *Options) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		c.datasets = datasets
 		svc.controller = c
 		if o.Provision {
 			if err := runProvisioner(ctx, c, o.Kubeconfig); err != nil {
@@ -130,17 +151,17 @@ func (o *Options) Run(ctx context.Context) error {
 	if o.Mode != ModeController {
 		bin := o.Binary
 		if bin == "" {
-			var err error
 			if bin, err = os.Executable(); err != nil {
 				return fmt.Errorf("finding the sluice binary: %w", err)
 			}
 		}
-		l := &procLauncher{binary: bin, wait: o.ServeWait,
+		l := &procLauncher{binary: bin, wait: o.ServeWait, tokenFile: o.WorkerTokenFile,
 			args: append([]string{"--cache-memory", o.CacheMemory}, o.ChildArgs...)}
 		n, err := newNodeServer(o.NodeID, o.StateDir, o.CacheDir, l, mount.NewWithoutSystemd(""), mountutil.Unmount)
 		if err != nil {
 			return err
 		}
+		n.datasets, n.clusterDomain = datasets, o.ClusterDomain
 		if err := n.sessions.reconcile(ctx); err != nil {
 			return fmt.Errorf("reconciling %s: %w", o.StateDir, err)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/source"
@@ -25,6 +26,14 @@ const (
 	provisionerIdentity = "storage.kubernetes.io/csiProvisionerIdentity"
 	// ephemeralKey marks an inline (CSI ephemeral) volume.
 	ephemeralKey = k8sPrefix + "ephemeral"
+	// podNamespaceKey is the pod's namespace in a NodePublishVolume's
+	// volume context (podInfoOnMount).
+	podNamespaceKey = k8sPrefix + "pod.namespace"
+	// The PVC and PV of a CreateVolume (external-provisioner
+	// --extra-create-metadata, and sluice's own provisioner).
+	pvcNameKey      = k8sPrefix + "pvc/name"
+	pvcNamespaceKey = k8sPrefix + "pvc/namespace"
+	pvNameKey       = k8sPrefix + "pv/name"
 
 	// Secret keys of a source volume's credentials.
 	secretAccessKeyID     = "AWS_ACCESS_KEY_ID"
@@ -37,7 +46,11 @@ const (
 // volumeSpec is what a volume's attributes (StorageClass parameters, PV
 // volumeAttributes, inline volumeAttributes) ask for.
 type volumeSpec struct {
-	Source    string
+	Source string
+	// Dataset is "namespace/name" of a Dataset read through its cache
+	// workers; "name" alone until qualify completes it with the volume's
+	// namespace.
+	Dataset   string
 	SubPath   string
 	CacheSize string // a Kubernetes quantity; "" takes the node's default
 	Readahead string // blocks; "" takes the default
@@ -46,6 +59,9 @@ type volumeSpec struct {
 // context returns the volume context that carries the spec to the node.
 func (s volumeSpec) context() map[string]string {
 	ctx := map[string]string{contract.AttrSource: s.Source}
+	if s.Dataset != "" {
+		ctx = map[string]string{contract.AttrDataset: s.Dataset}
+	}
 	for k, v := range map[string]string{
 		contract.AttrSubPath: s.SubPath, contract.AttrCacheSize: s.CacheSize, contract.AttrReadahead: s.Readahead,
 	} {
@@ -56,10 +72,20 @@ func (s volumeSpec) context() map[string]string {
 	return ctx
 }
 
+// sessionSource is what the spec's session serves, for its key: the
+// source URL, or the Dataset (a URL has no NUL byte: the two never meet).
+func (s volumeSpec) sessionSource() string {
+	if s.Dataset != "" {
+		return "dataset\x00" + s.Dataset
+	}
+	return s.Source
+}
+
 // parseVolumeAttrs validates attrs: known keys only (Kubernetes' own keys
 // pass), exactly one of source and dataset, a well-formed source URL, a
-// relative subPath, sane cacheSize and readahead. Errors wrap errInvalid
-// (errNeedsController for a dataset) and name the offending key.
+// relative subPath, sane cacheSize and readahead, a dataset named "name"
+// or "namespace/name" (DNS-1123 labels). Errors wrap errInvalid and name
+// the offending key.
 func parseVolumeAttrs(attrs map[string]string) (volumeSpec, error) {
 	var spec volumeSpec
 	var unknown []string
@@ -78,20 +104,24 @@ func parseVolumeAttrs(attrs map[string]string) (volumeSpec, error) {
 			contract.AttrSource, contract.AttrDataset, contract.AttrSubPath, contract.AttrCacheSize, contract.AttrReadahead)
 	}
 	src, hasSrc := attrs[contract.AttrSource]
-	_, hasDataset := attrs[contract.AttrDataset]
+	dataset, hasDataset := attrs[contract.AttrDataset]
 	switch {
 	case hasSrc && hasDataset:
 		return spec, fmt.Errorf("%w: give either %q or %q, not both", errInvalid, contract.AttrSource, contract.AttrDataset)
 	case hasDataset:
-		return spec, errNeedsController
+		if err := checkDatasetRef(dataset); err != nil {
+			return spec, err
+		}
+		spec.Dataset = dataset
 	case !hasSrc || src == "":
 		return spec, fmt.Errorf("%w: parameter %q (a URL: s3://bucket/prefix, file:///path, https://host/object) "+
 			"or %q is required", errInvalid, contract.AttrSource, contract.AttrDataset)
+	default:
+		if err := checkSourceURL(src); err != nil {
+			return spec, fmt.Errorf("parameter %q: %w", contract.AttrSource, err)
+		}
+		spec.Source = src
 	}
-	if err := checkSourceURL(src); err != nil {
-		return spec, fmt.Errorf("parameter %q: %w", contract.AttrSource, err)
-	}
-	spec.Source = src
 	spec.SubPath = strings.Trim(attrs[contract.AttrSubPath], "/")
 	if err := source.CheckPath(spec.SubPath); err != nil {
 		return spec, fmt.Errorf("%w: parameter %q: %v", errInvalid, contract.AttrSubPath, err)
@@ -111,6 +141,43 @@ func parseVolumeAttrs(attrs map[string]string) (volumeSpec, error) {
 		spec.Readahead = v
 	}
 	return spec, nil
+}
+
+// checkDatasetRef checks a dataset parameter: "name" or "namespace/name",
+// both DNS-1123 labels (the workers' Service name is derived from them).
+func checkDatasetRef(ref string) error {
+	ns, name, qualified := strings.Cut(ref, "/")
+	if !qualified {
+		name = ref
+	}
+	check := func(what, v string) error {
+		if errs := validation.IsDNS1123Label(v); len(errs) > 0 {
+			return fmt.Errorf("%w: parameter %q=%q (a Dataset: name or namespace/name): %s %s", errInvalid,
+				contract.AttrDataset, ref, what, strings.Join(errs, "; "))
+		}
+		return nil
+	}
+	if qualified {
+		if err := check("namespace", ns); err != nil {
+			return err
+		}
+	}
+	return check("name", name)
+}
+
+// qualify completes a Dataset named without its namespace with ns, the
+// volume's namespace; what says where ns came from (for the error when it
+// is empty).
+func (s *volumeSpec) qualify(ns, what string) error {
+	if s.Dataset == "" || strings.Contains(s.Dataset, "/") {
+		return nil
+	}
+	if ns == "" {
+		return fmt.Errorf("%w: parameter %q=%q names no namespace and %s; name it namespace/name", errInvalid,
+			contract.AttrDataset, s.Dataset, what)
+	}
+	s.Dataset = ns + "/" + s.Dataset
+	return nil
 }
 
 // checkSourceURL checks a source URL's form without contacting the origin

@@ -10,8 +10,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 
@@ -92,6 +90,12 @@ func (p *provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 	}
 	params := maps.Clone(sc.Parameters)
 	maps.DeleteFunc(params, func(k, _ string) bool { return strings.HasPrefix(k, k8sPrefix) })
+	if params == nil {
+		params = map[string]string{}
+	}
+	// What the external-provisioner adds with --extra-create-metadata: a
+	// dataset named without namespace is the PVC's namespace's.
+	params[pvcNameKey], params[pvcNamespaceKey], params[pvNameKey] = pvc.Name, pvc.Namespace, opts.PVName
 	capacity := pvc.Spec.Resources.Requests[v1.ResourceStorage]
 	resp, err := p.cs.CreateVolume(ctx, &csi.CreateVolumeRequest{
 		Name: opts.PVName, Parameters: params, VolumeCapabilities: accessModes(pvc),
@@ -134,13 +138,7 @@ func (p *provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error
 // runProvisioner runs the provision controller until ctx is done, with
 // leader election in the pod's namespace when running in a cluster.
 func runProvisioner(ctx context.Context, cs *controllerServer, kubeconfig string) error {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	} else {
-		cfg, err = rest.InClusterConfig()
-	}
+	cfg, err := restConfig(kubeconfig)
 	if err != nil {
 		return fmt.Errorf("--provision needs API access (--kubeconfig or in-cluster): %w", err)
 	}

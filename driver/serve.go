@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,21 +24,34 @@ import (
 )
 
 // ServeOptions are the options of the hidden `sluice csi serve-session`,
-// the process that serves one FUSE session for the node plugin. S3
-// credentials arrive in its environment, never in its arguments.
+// the process that serves one FUSE session for the node plugin: a source
+// URL, or a Dataset read through its cache workers. S3 credentials arrive
+// in its environment, never in its arguments; a Dataset session has none
+// and presents the node's token to the workers.
 type ServeOptions struct {
-	Source      string
-	MountDir    string
-	StatsSocket string
-	ReadyFD     int
-	CacheFlags  app.CacheFlags
-	Passthrough bool
-	ProbeTime   time.Duration
+	Source string
+	// Dataset is the Dataset's name at its workers; Workers their address
+	// (host:port of the headless Service, or http(s):// URLs); the token
+	// file holds the node's projected service-account token.
+	Dataset         string
+	Workers         string
+	WorkerTokenFile string
+	WorkerTimeout   time.Duration
+	MountDir        string
+	StatsSocket     string
+	ReadyFD         int
+	CacheFlags      app.CacheFlags
+	Passthrough     bool
+	ProbeTime       time.Duration
 }
 
 // AddFlags registers the serve-session flags.
 func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Source, "source", "", "source URL")
+	fs.StringVar(&o.Dataset, "dataset", "", "Dataset name at its cache workers (instead of --source)")
+	fs.StringVar(&o.Workers, "workers", "", "with --dataset: the workers' host:port (a headless Service) or http(s):// URLs, comma-separated")
+	fs.StringVar(&o.WorkerTokenFile, "worker-token-file", "", "with --dataset: file holding the token presented to the workers")
+	fs.DurationVar(&o.WorkerTimeout, "worker-timeout", 30*time.Second, "with --dataset: one request to one worker; past it the next worker is tried")
 	fs.StringVar(&o.MountDir, "mount-dir", "", "where to mount")
 	fs.StringVar(&o.StatsSocket, "stats-socket", "", "unix socket serving /stats (JSON) and /metrics")
 	fs.IntVar(&o.ReadyFD, "ready-fd", 0, "inherited file descriptor that gets \"ready\" or \"error CODE MESSAGE\" (0: none)")
@@ -46,9 +60,10 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin before giving up")
 }
 
-// ServeSession mounts o.Source at o.MountDir and serves it until ctx is
-// done (then it unmounts) or the mount is unmounted from outside. Failures
-// before serving are also reported, with their gRPC code, on o.ReadyFD.
+// ServeSession mounts o.Source (or o.Dataset, through its workers) at
+// o.MountDir and serves it until ctx is done (then it unmounts) or the
+// mount is unmounted from outside. Failures before serving are also
+// reported, with their gRPC code, on o.ReadyFD.
 func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 	var ready *os.File
 	if o.ReadyFD > 0 {
@@ -60,12 +75,26 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 			ready.Close()
 		}()
 	}
-	if o.Source == "" || !filepath.IsAbs(o.MountDir) {
-		return fmt.Errorf("%w: serve-session needs --source and an absolute --mount-dir", errInvalid)
+	if (o.Source == "") == (o.Dataset == "") || (o.Dataset != "" && o.Workers == "") || !filepath.IsAbs(o.MountDir) {
+		return fmt.Errorf("%w: serve-session needs --source or --dataset with --workers, and an absolute --mount-dir", errInvalid)
 	}
 	reg := metrics.NewRegistry()
 	m := metrics.NewCache(reg)
-	rt, err := app.OpenRuntime(ctx, o.Source, &app.SourceFlags{}, &o.CacheFlags, nil, m, o.ProbeTime)
+	var wf *app.WorkerFlags
+	if o.Dataset != "" {
+		// Through the workers only: origin credentials stay with them.
+		wf = &app.WorkerFlags{Dataset: o.Dataset, TokenFile: o.WorkerTokenFile, Timeout: o.WorkerTimeout,
+			Refresh: 10 * time.Second}
+		if strings.HasPrefix(o.Workers, "http://") || strings.HasPrefix(o.Workers, "https://") {
+			wf.URLs = strings.Split(o.Workers, ",")
+		} else {
+			wf.DNS = o.Workers
+		}
+		if err := wf.Validate(); err != nil {
+			return fmt.Errorf("%w: %w", errInvalid, err)
+		}
+	}
+	rt, err := app.OpenRuntime(ctx, o.Source, &app.SourceFlags{}, &o.CacheFlags, wf, m, o.ProbeTime)
 	if err != nil {
 		return err
 	}

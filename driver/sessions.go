@@ -40,10 +40,14 @@ type ref struct {
 
 // sessionRecord is the state file of one FUSE session. It holds no
 // secrets: NeedsCreds says that a re-serve needs the volume's secrets,
-// which only the next NodeStageVolume (or NodePublishVolume) brings.
+// which only the next NodeStageVolume (or NodePublishVolume) brings. A
+// dataset session (Dataset and Workers instead of Source) reads through
+// the cache workers with the node's own token and never needs secrets.
 type sessionRecord struct {
 	Key        string `json:"key"`
-	Source     string `json:"source"`
+	Source     string `json:"source,omitempty"`
+	Dataset    string `json:"dataset,omitempty"` // namespace/name
+	Workers    string `json:"workers,omitempty"` // host:port of the Dataset's workers
 	CacheSize  string `json:"cacheSize,omitempty"`
 	Readahead  string `json:"readahead,omitempty"`
 	Dir        string `json:"dir"`
@@ -65,6 +69,15 @@ func (r *sessionRecord) mountDir() string {
 	}
 	return filepath.Join(r.Dir, "mnt")
 }
+
+// origin names what the session serves, for logs.
+func (r *sessionRecord) origin() string {
+	if r.Dataset != "" {
+		return "dataset " + r.Dataset
+	}
+	return r.Source
+}
+
 func (r *sessionRecord) statsSocket() string { return filepath.Join(r.Dir, "stats.sock") }
 func (r *sessionRecord) logFile() string     { return filepath.Join(r.Dir, "serve.log") }
 func (r *sessionRecord) stateFile() string   { return filepath.Join(r.Dir, "session.json") }
@@ -94,8 +107,9 @@ type session struct {
 // launcher starts and supervises serving processes (procLauncher; a fake
 // in unit tests).
 type launcher interface {
-	// start launches a child serving rec's source at rec.mountDir() and
-	// returns once it serves, recording its pid and start time in rec.
+	// start launches a child serving rec's source (or Dataset) at
+	// rec.mountDir() and returns once it serves, recording its pid and
+	// start time in rec.
 	start(ctx context.Context, rec *sessionRecord, creds credentials) error
 	// alive reports whether rec's child is running.
 	alive(rec *sessionRecord) bool
@@ -155,7 +169,7 @@ func (m *sessionManager) acquire(key string, spec *volumeSpec) *session {
 				return nil
 			}
 			s = &session{rec: sessionRecord{
-				Key: key, Source: spec.Source, CacheSize: spec.CacheSize, Readahead: spec.Readahead,
+				Key: key, Source: spec.Source, Dataset: spec.Dataset, CacheSize: spec.CacheSize, Readahead: spec.Readahead,
 				Dir: filepath.Join(m.dir, key),
 			}}
 			if m.cacheDir != "" {
@@ -266,7 +280,7 @@ func (m *sessionManager) ensureServing(ctx context.Context, s *session, creds cr
 		s.rec.Pid = 0
 		return err
 	}
-	klog.InfoS("Serving session", "session", s.rec.Key, "source", s.rec.Source, "pid", s.rec.Pid)
+	klog.InfoS("Serving session", "session", s.rec.Key, "source", s.rec.origin(), "pid", s.rec.Pid)
 	if err := m.save(s); err != nil {
 		return err
 	}
@@ -326,7 +340,7 @@ func (m *sessionManager) stop(ctx context.Context, s *session) error {
 	delete(m.sessions, s.rec.Key)
 	s.gone = true
 	m.mu.Unlock()
-	klog.InfoS("Session stopped", "session", s.rec.Key, "source", s.rec.Source)
+	klog.InfoS("Session stopped", "session", s.rec.Key, "source", s.rec.origin())
 	return nil
 }
 
@@ -400,13 +414,13 @@ func (m *sessionManager) reconcile(ctx context.Context) error {
 			klog.InfoS("Adopted a serving session", "session", s.rec.Key, "pid", s.rec.Pid, "refs", len(s.rec.Refs))
 		case s.rec.NeedsCreds:
 			klog.InfoS("Session needs its volume's secrets to serve again; waiting for NodeStageVolume",
-				"session", s.rec.Key, "source", s.rec.Source)
+				"session", s.rec.Key, "source", s.rec.origin())
 			s.rec.Pid = 0
 			if err = m.detachIfMounted(s.rec.mountDir()); err == nil {
 				err = m.save(s)
 			}
 		default:
-			klog.InfoS("Serving a session again after its process died", "session", s.rec.Key, "source", s.rec.Source)
+			klog.InfoS("Serving a session again after its process died", "session", s.rec.Key, "source", s.rec.origin())
 			err = m.ensureServing(ctx, s, credentials{})
 		}
 		s.op.Unlock()
