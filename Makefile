@@ -24,7 +24,7 @@ export SLUICE_BIN := $(BIN)/sluice
 export SLUICE_KUBE_APISERVER := $(K8S_BIN)/kube-apiserver
 
 .PHONY: all build tools test lint generate demo bench bench-fusermount3 clean kube-binaries etcd \
-	cluster-up cluster-down cluster-packages e2e-images e2e
+	cluster-up cluster-down cluster-packages e2e-images e2e image deploy
 
 all: build
 
@@ -105,8 +105,15 @@ cluster-up: kube-binaries etcd cluster-packages e2e-images
 cluster-down:
 	e2e/cluster/down.sh
 
+# The sluice OCI image (an OCI tarball, imported into the cluster's
+# containerd by cluster-up and deploy) and deploy/ applied to the cluster.
+image: e2e-images
+
+deploy: image
+	K8S_BIN=$(K8S_BIN) e2e/cluster/deploy.sh
+
 # End-to-end tests on that cluster (starts it when it is not up).
-e2e: build tools cluster-up
+e2e: build tools cluster-up deploy
 	$(GO) test -tags e2e -count=1 -timeout 20m -v ./e2e/
 
 cluster-packages:

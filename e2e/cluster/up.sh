@@ -105,7 +105,7 @@ for h in /sys/fs/cgroup/*/; do
 done
 cat >"$OUT/cni/conf/10-bridge.conflist" <<CNI
 {"cniVersion": "1.0.0", "name": "e2e", "plugins": [
-  {"type": "bridge", "bridge": "sluice-e2e0", "isGateway": true, "ipMasq": false,
+  {"type": "bridge", "bridge": "sluice-e2e0", "isGateway": true, "isDefaultGateway": true, "ipMasq": false,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "dataDir": "$OUT/cni/data"}},
   {"type": "portmap", "capabilities": {"portMappings": true}},
   {"type": "loopback"}]}

@@ -1,0 +1,378 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sluice-dev/sluice/cachectl"
+	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
+	"github.com/sluice-dev/sluice/internal/contract"
+)
+
+// Paths (3), (4) and (5) run on the components `make deploy` started as
+// pods: the webhook converts pods, their sluice-fuse sidecars read a
+// Dataset through the cache workers the controller runs, heartbeat to the
+// controller, and are told to exit once a Job's app is done.
+
+// nodeOrigin is the S3 origin `make cluster-up` runs on the node IP, which
+// pods (the cache workers) can reach.
+type nodeOrigin struct {
+	endpoint, access, secret string
+	client                   *minio.Client
+}
+
+func loadNodeOrigin(t *testing.T, out string) *nodeOrigin {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(out, "origin.env"))
+	if err != nil {
+		t.Fatalf("origin.env (make cluster-up writes it): %v", err)
+	}
+	o := &nodeOrigin{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "S3_ENDPOINT":
+			o.endpoint = v
+		case "AWS_ACCESS_KEY_ID":
+			o.access = v
+		case "AWS_SECRET_ACCESS_KEY":
+			o.secret = v
+		}
+	}
+	o.client, err = minio.New(strings.TrimPrefix(o.endpoint, "http://"), &minio.Options{
+		Creds: credentials.NewStaticV4(o.access, o.secret, ""), BucketLookup: minio.BucketLookupPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func (o *nodeOrigin) put(t *testing.T, bucket string, files map[string][]byte) {
+	t.Helper()
+	ctx := context.Background()
+	if err := o.client.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil && !strings.Contains(err.Error(), "own") {
+		t.Fatal(err)
+	}
+	for k, v := range files {
+		if _, err := o.client.PutObject(ctx, bucket, k, bytes.NewReader(v), int64(len(v)), minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// crClient reads and writes Datasets.
+func (e *env) crClient(t *testing.T) client.Client {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(e.out, "kubeconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: cachectl.NewScheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// dataset creates a Dataset of bucket on the node origin in ns and waits
+// until a cache worker serves it.
+func (e *env) dataset(t *testing.T, c client.Client, o *nodeOrigin, ns, name, bucket string, cache v1alpha1.CacheSpec) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := e.cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "node-origin"},
+		StringData: map[string]string{contract.EnvAccessKeyID: o.access, contract.EnvSecretAccessKey: o.secret}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ds := &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: v1alpha1.DatasetSpec{
+		Source: "s3://" + bucket, SecretRef: &corev1.LocalObjectReference{Name: "node-origin"},
+		Options: v1alpha1.SourceOptions{Endpoint: o.endpoint, PathStyle: true}, Cache: cache}}
+	if err := c.Create(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for deadline := start.Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		got := &v1alpha1.Dataset{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(ds), got); err == nil && got.Status.Phase == v1alpha1.PhaseReady {
+			t.Logf("Dataset %s/%s Ready in %s (%d worker, %s)", ns, name, time.Since(start).Round(time.Millisecond),
+				got.Status.ReadyWorkers, got.Status.Workers)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Dataset %s/%s not Ready within 3 minutes", ns, name)
+		}
+	}
+}
+
+func datasetVolume(name, dataset string) corev1.Volume {
+	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+		Driver: contract.DriverName, ReadOnly: ptr.To(true), VolumeAttributes: map[string]string{contract.AttrDataset: dataset}}}}
+}
+
+// labelNode sets (value != "") or removes a label of the real node.
+func (e *env) labelNode(t *testing.T, key, value string) {
+	t.Helper()
+	v := "null"
+	if value != "" {
+		v = fmt.Sprintf("%q", value)
+	}
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%s}}}`, key, v)
+	if _, err := e.cs.CoreV1().Nodes().Patch(context.Background(), "sluice-e2e", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Path (3): a pod that targets serverless nodes (nodeSelector + toleration
+// of the virtual-kubelet taint, no opt-in label) is converted by the
+// webhook; its native sidecar reads the Dataset through the cache workers.
+// Pods must run, so the real node carries the serverless label during this
+// test (virtual-e2e, the node object without a kubelet, is NotReady and
+// not scheduled to).
+func TestServerlessPodThroughWebhook(t *testing.T) {
+	e, ns := shared, "e2e-serverless"
+	e.namespace(t, ns)
+	o := loadNodeOrigin(t, e.out)
+	o.put(t, "serverless", e.files)
+	c := e.crClient(t)
+	e.dataset(t, c, o, ns, "models", "serverless", v1alpha1.CacheSpec{Memory: ptr.To(resource.MustParse("64Mi")),
+		Disk: ptr.To(resource.MustParse("1Gi"))})
+	e.labelNode(t, contract.ServerlessNodeLabelKey, contract.ServerlessNodeLabelValue)
+	t.Cleanup(func() { e.labelNode(t, contract.ServerlessNodeLabelKey, "") })
+
+	pod := e.checker("serverless-reader", datasetVolume("models", "models"))
+	pod.Spec.NodeSelector = map[string]string{contract.ServerlessNodeLabelKey: contract.ServerlessNodeLabelValue}
+	pod.Spec.Tolerations = []corev1.Toleration{{Key: contract.ServerlessTaintKey, Operator: corev1.TolerationOpExists}}
+	d := e.runToCompletion(t, ns, pod, 3*time.Minute)
+	got, err := e.cs.CoreV1().Pods(ns).Get(context.Background(), pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Annotations[contract.InjectedAnnotation] != "native-sidecar" || len(got.Spec.InitContainers) == 0 ||
+		got.Spec.InitContainers[0].Name != contract.SidecarName || got.Spec.Volumes[0].EmptyDir == nil {
+		t.Fatalf("pod not converted to a native sidecar over an emptyDir: annotations %v", got.Annotations)
+	}
+	t.Logf("serverless pod converted (native sidecar) and verified every file in %s; sidecar ready after %s",
+		d.Round(time.Millisecond), sidecarReady(got))
+}
+
+// sidecarReady is how long the sidecar took from its start until the app
+// container started (the kubelet starts the app once the startupProbe
+// passes).
+func sidecarReady(p *corev1.Pod) time.Duration {
+	var side, app time.Time
+	for _, s := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+		var started time.Time
+		switch {
+		case s.State.Running != nil:
+			started = s.State.Running.StartedAt.Time
+		case s.State.Terminated != nil:
+			started = s.State.Terminated.StartedAt.Time
+		}
+		if s.Name == contract.SidecarName {
+			side = started
+		} else if s.Name == "check" || s.Name == "app" {
+			app = started
+		}
+	}
+	return app.Sub(side)
+}
+
+// Path (4): a Job whose pod gets a non-native sidecar (postStart hook;
+// the annotation chooses it) completes: the reaper tells the sidecar to
+// exit once the app has exited.
+func TestJobWithSidecarCompletes(t *testing.T) {
+	e, ns := shared, "e2e-job"
+	e.namespace(t, ns)
+	o := loadNodeOrigin(t, e.out)
+	o.put(t, "jobs", e.files)
+	c := e.crClient(t)
+	e.dataset(t, c, o, ns, "models", "jobs", v1alpha1.CacheSpec{Memory: ptr.To(resource.MustParse("64Mi")),
+		Disk: ptr.To(resource.MustParse("1Gi"))})
+	tmpl := e.checker("", datasetVolume("models", "models"))
+	tmpl.Labels = map[string]string{contract.InjectLabel: "true"}
+	tmpl.Annotations = map[string]string{contract.NativeSidecarAnnotation: "false"}
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "reader"}, Spec: batchv1.JobSpec{BackoffLimit: ptr.To[int32](0),
+		Template: corev1.PodTemplateSpec{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}}}
+	job.Spec.Template.Spec.NodeSelector = map[string]string{"sluice.dev/e2e": "true"}
+	pods := e.runJob(t, ns, job, 1, 3*time.Minute)
+	p := pods[0]
+	if p.Annotations[contract.InjectedAnnotation] != "post-start" || p.Spec.Containers[0].Name != contract.SidecarName {
+		t.Fatalf("pod not converted to a postStart sidecar: %v", p.Annotations)
+	}
+	var appDone, sideDone time.Time
+	for _, s := range p.Status.ContainerStatuses {
+		if s.State.Terminated == nil {
+			t.Fatalf("container %s of a completed Job pod has not terminated", s.Name)
+		}
+		if s.Name == contract.SidecarName {
+			sideDone = s.State.Terminated.FinishedAt.Time
+			if s.State.Terminated.ExitCode != 0 {
+				t.Errorf("the sidecar exited %d, want 0", s.State.Terminated.ExitCode)
+			}
+		} else {
+			appDone = s.State.Terminated.FinishedAt.Time
+		}
+	}
+	lag := sideDone.Sub(appDone)
+	t.Logf("Job completed; the sidecar exited %s after the app (heartbeat → reaper → exit)", lag)
+	if lag > 10*time.Second {
+		t.Errorf("the sidecar outlived the app by %s; want within 10 s", lag)
+	}
+}
+
+// runJob creates job and waits until it completes with n succeeded pods,
+// returning them.
+func (e *env) runJob(t *testing.T, ns string, job *batchv1.Job, n int, timeout time.Duration) []corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := e.cs.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(timeout); ; time.Sleep(time.Second) {
+		j, err := e.cs.BatchV1().Jobs(ns).Get(ctx, job.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range j.Status.Conditions {
+			if c.Type == batchv1.JobFailed && c.Status == corev1.ConditionTrue {
+				t.Fatalf("Job %s failed: %s %s", job.Name, c.Reason, c.Message)
+			}
+		}
+		if int(j.Status.Succeeded) >= n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Job %s: %d of %d pods succeeded within %s", job.Name, j.Status.Succeeded, n, timeout)
+		}
+	}
+	pods, err := e.cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "job-name=" + job.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pods.Items
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// workerOriginBytes sums sluice_origin_bytes_total over the Dataset's
+// worker pods (their metrics port; pod IPs are reachable from the node).
+func (e *env) workerOriginBytes(t *testing.T, ns, dataset string) (float64, int) {
+	t.Helper()
+	pods, err := e.cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: cachectl.LabelDataset + "=" + dataset})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total float64
+	n := 0
+	for _, p := range pods.Items {
+		if p.Status.PodIP == "" {
+			continue
+		}
+		resp, err := http.Get("http://" + p.Status.PodIP + ":9090/metrics")
+		if err != nil {
+			t.Logf("worker %s metrics: %v", p.Name, err)
+			continue
+		}
+		var buf bytes.Buffer
+		buf.ReadFrom(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(buf.String(), "\n") {
+			if v, ok := strings.CutPrefix(line, "sluice_origin_bytes_total "); ok {
+				var f float64
+				fmt.Sscan(v, &f)
+				total += f
+				n++
+			}
+		}
+	}
+	return total, n
+}
+
+// Path (5): a burst of 16 Job pods, each converted by the webhook, reads
+// one 96 MiB file of a Dataset through its cache workers. The origin is
+// read about once (the workers' origin bytes over the file size), the
+// controller scales the workers up on the sidecars' heartbeats during the
+// burst and back down after it.
+func TestBurstReadsOriginOnce(t *testing.T) {
+	e, ns := shared, "e2e-burst"
+	e.namespace(t, ns)
+	o := loadNodeOrigin(t, e.out)
+	data := pattern(96 << 20)
+	o.put(t, "burst", map[string][]byte{"shard.bin": data})
+	c := e.crClient(t)
+	e.dataset(t, c, o, ns, "shard", "burst", v1alpha1.CacheSpec{Memory: ptr.To(resource.MustParse("128Mi")),
+		Disk: ptr.To(resource.MustParse("1Gi")), MinWorkers: ptr.To[int32](1), MaxWorkers: ptr.To[int32](3),
+		TargetThroughputPerWorker: ptr.To(resource.MustParse("8Mi")), ScaleDownDelay: &metav1.Duration{Duration: 15 * time.Second}})
+	const n = 16
+	script := fmt.Sprintf(`echo "%s  /data/shard.bin" | sha256sum -c - || exit 1`, sha256Hex(data))
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "burst"}, Spec: batchv1.JobSpec{
+		Parallelism: ptr.To[int32](n), Completions: ptr.To[int32](n), BackoffLimit: ptr.To[int32](0),
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{contract.InjectLabel: "true"}},
+			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, NodeSelector: map[string]string{"sluice.dev/e2e": "true"},
+				Volumes: []corev1.Volume{datasetVolume("data", "shard")},
+				Containers: []corev1.Container{{Name: "app", Image: "sluice.local/busybox:e2e", ImagePullPolicy: corev1.PullNever,
+					Command: []string{"sh", "-c", script}, VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data", ReadOnly: true}}}}}}}}
+	// Watch the workers' StatefulSet while the burst runs.
+	ctx, stop := context.WithCancel(context.Background())
+	peak := make(chan int32, 1)
+	go func() {
+		var p int32
+		defer func() { peak <- p }()
+		for ctx.Err() == nil {
+			if s, err := e.cs.AppsV1().StatefulSets(ns).Get(ctx, cachectl.WorkersName("shard"), metav1.GetOptions{}); err == nil {
+				p = max(p, *s.Spec.Replicas)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+	start := time.Now()
+	e.runJob(t, ns, job, n, 8*time.Minute)
+	took := time.Since(start)
+	origin, workers := e.workerOriginBytes(t, ns, "shard")
+	stop()
+	p := <-peak
+	ratio := origin / float64(len(data))
+	t.Logf("%d pods verified %d MiB each in %s; the origin served %.2f× the file (%d workers' sluice_origin_bytes_total); workers peaked at %d",
+		n, len(data)>>20, took.Round(time.Millisecond), ratio, workers, p)
+	if ratio > 2 {
+		t.Errorf("the origin served %.2f× the file to %d pods; want about once", ratio, n)
+	}
+	if p < 2 {
+		t.Errorf("the workers never scaled up during the burst (peak %d)", p)
+	}
+	downAt := time.Now()
+	for deadline := downAt.Add(3 * time.Minute); ; time.Sleep(time.Second) {
+		s, err := e.cs.AppsV1().StatefulSets(ns).Get(context.Background(), cachectl.WorkersName("shard"), metav1.GetOptions{})
+		if err == nil && *s.Spec.Replicas == 1 {
+			t.Logf("workers back to 1 %s after the burst (demand window 30 s + scale-down delay 15 s)", time.Since(downAt).Round(time.Second))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("workers did not scale back down to 1 within 3 minutes of the burst")
+		}
+	}
+}
