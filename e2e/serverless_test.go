@@ -376,3 +376,34 @@ func TestBurstReadsOriginOnce(t *testing.T) {
 		}
 	}
 }
+
+// The device plugin (deployed as a DaemonSet) advertises sluice.dev/fuse
+// on the real kubelet; a pod that asks for one gets /dev/fuse without
+// being privileged (what the webhook's platform profiles rely on).
+func TestDevicePluginOnKubelet(t *testing.T) {
+	e, ns := shared, "e2e-fuse-device"
+	e.namespace(t, ns)
+	ctx := context.Background()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		n, err := e.cs.CoreV1().Nodes().Get(ctx, "sluice-e2e", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q, ok := n.Status.Allocatable[contract.FuseResource]; ok && q.Value() > 0 {
+			t.Logf("node advertises %s: %s", contract.FuseResource, q.String())
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the kubelet does not advertise %s (allocatable %v)", contract.FuseResource, n.Status.Allocatable)
+		}
+	}
+	one := corev1.ResourceList{contract.FuseResource: resource.MustParse("1")}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "fuse-user"}, Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever,
+		NodeSelector: map[string]string{"sluice.dev/e2e": "true"},
+		Containers: []corev1.Container{{Name: "app", Image: "sluice.local/busybox:e2e", ImagePullPolicy: corev1.PullNever,
+			Command:         []string{"sh", "-c", "test -c /dev/fuse"},
+			Resources:       corev1.ResourceRequirements{Requests: one, Limits: one},
+			SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(false), AllowPrivilegeEscalation: ptr.To(false)}}}}}
+	d := e.runToCompletion(t, ns, pod, 2*time.Minute)
+	t.Logf("an unprivileged pod with %s: 1 found /dev/fuse (%s)", contract.FuseResource, d.Round(time.Millisecond))
+}
