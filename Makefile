@@ -22,6 +22,7 @@ OUT := $(CURDIR)/_output
 export SLUICE_VERSITYGW := $(BIN)/versitygw
 export SLUICE_BIN := $(BIN)/sluice
 export SLUICE_KUBE_APISERVER := $(K8S_BIN)/kube-apiserver
+export SLUICE_KUBECTL := $(K8S_BIN)/kubectl
 
 .PHONY: all build tools test lint generate demo bench bench-fusermount3 clean kube-binaries etcd \
 	cluster-up cluster-down cluster-packages e2e-images e2e image deploy

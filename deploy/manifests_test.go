@@ -190,6 +190,11 @@ func sluiceArgs(t *testing.T, file string, u *obj) []any {
 
 var checks = map[string]func(t *testing.T, file string, u *obj){
 	"Namespace": func(*testing.T, string, *obj) {},
+	"Dataset": func(t *testing.T, file string, u *obj) {
+		if str(u, "spec", "source") == "" || u.GetAPIVersion() != contract.Group+"/"+contract.Version {
+			t.Errorf("%s: a Dataset needs spec.source and apiVersion %s/%s", file, contract.Group, contract.Version)
+		}
+	},
 	"CustomResourceDefinition": func(t *testing.T, file string, u *obj) {
 		if u.GetName() != "datasets."+contract.Group || str(u, "spec", "names", "kind") != contract.DatasetKind {
 			t.Errorf("%s: CRD %s, want datasets.%s of kind %s", file, u.GetName(), contract.Group, contract.DatasetKind)
