@@ -64,10 +64,12 @@ func TestControllerOnAPIServer(t *testing.T) {
 	hbAddr := freeAddr(t)
 	o := &Options{WorkerImage: "sluice.local/sluice:test", PullPolicy: "Never", ClusterDomain: "cluster.local",
 		HeartbeatAddr: hbAddr, MetricsAddr: "0", HealthAddr: "0", Resync: 200 * time.Millisecond,
-		DemandWindow: 3 * time.Second, LeaderElect: true, LeaderNS: "sluice-system"}
+		DemandWindow: 3 * time.Second, LeaderElect: true, LeaderNS: "sluice-system", Preload: true}
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	worker := startWorker(t)
+	o.preloadOpen = worker.open
 	// The controller runs with exactly the permissions deploy/ grants it.
 	mgr, err := o.NewManager(controllerIdentity(ctx, t, srv, cl))
 	if err != nil {
@@ -160,6 +162,8 @@ func TestControllerOnAPIServer(t *testing.T) {
 	t.Run("reaper answers exit once the app is done", func(t *testing.T) {
 		testReaper(ctx, t, srv, cl, "http://"+hbAddr+contract.HeartbeatPath)
 	})
+
+	t.Run("preload warms the workers, each block once", func(t *testing.T) { testPreload(ctx, t, cl, worker) })
 
 	t.Run("deleting the Dataset removes what it owns", func(t *testing.T) {
 		if err := cl.Delete(ctx, ds, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {

@@ -48,9 +48,12 @@ type DatasetReconciler struct {
 	// Stats reads the workers' cache statistics (nil: not reported).
 	Stats func(ctx context.Context, pods []corev1.Pod) (WorkerStats, error)
 	Now   func() time.Time
+	// Preloader warms the workers with spec.preload (nil: preload is off).
+	Preloader *Preloader
 
-	mu      sync.Mutex
-	scalers map[types.NamespacedName]*Scaler
+	mu       sync.Mutex
+	scalers  map[types.NamespacedName]*Scaler
+	preloads map[types.NamespacedName]context.CancelFunc // running
 }
 
 // WorkerStats is what the workers report about their caches.
@@ -97,6 +100,7 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	ds := &v1alpha1.Dataset{}
 	if err := r.Client.Get(ctx, req.NamespacedName, ds); err != nil {
 		if apierrors.IsNotFound(err) {
+			r.cancelPreload(req.NamespacedName)
 			r.mu.Lock()
 			delete(r.scalers, req.NamespacedName)
 			r.mu.Unlock()
@@ -143,6 +147,9 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	if err := r.updateStatus(ctx, ds, sts, desired, demand, clients); err != nil {
 		return ctrl.Result{}, err
+	}
+	if r.Preloader != nil && preloadDue(ds, desired, r.preloadRunning(req.NamespacedName), r.now()) {
+		r.startPreload(ds, desired)
 	}
 	resync := r.Resync
 	if resync <= 0 {
@@ -242,6 +249,7 @@ func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Datas
 	} else {
 		setCondition(st, v1alpha1.ConditionScaling, metav1.ConditionFalse, "Stable", fmt.Sprintf("%d workers", desired), gen)
 	}
+	preloadCondition(st, r.preloadRunning(client.ObjectKeyFromObject(ds)), gen)
 	if equalStatus(before.Status, ds.Status) {
 		return nil
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
 	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/kubeauth"
+	"github.com/sluice-dev/sluice/internal/source"
 )
 
 // Options are the options of `sluice controller`.
@@ -52,7 +53,11 @@ type Options struct {
 	DemandWindow   time.Duration
 	WorkerNodeSel  map[string]string
 	Trusted        []string
+	TokenFile      string
+	Preload        bool
 	templateParsed WorkerTemplate
+	// preloadOpen replaces the workers' source of preloads (tests).
+	preloadOpen func(ctx context.Context, ds *v1alpha1.Dataset) (source.Source, func(), error)
 }
 
 // AddFlags registers the flags.
@@ -69,8 +74,10 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.WorkersAsRoot, "workers-as-root", false, "run cache workers as root (default: UID 65532)")
 	fs.DurationVar(&o.Resync, "resync", 10*time.Second, "how often each Dataset's demand is looked at again")
 	fs.DurationVar(&o.DemandWindow, "demand-window", 30*time.Second, "how long a sidecar's last heartbeat counts")
-	fs.StringSliceVar(&o.Trusted, "trusted-service-accounts", []string{"sluice-system/sluice-csi-node"},
-		"service accounts (namespace/name) the cache workers admit from any namespace: the CSI node plugin, which checks each pod's access itself")
+	fs.StringSliceVar(&o.Trusted, "trusted-service-accounts", []string{"sluice-system/sluice-csi-node", "sluice-system/sluice-controller"},
+		"service accounts (namespace/name) the cache workers admit from any namespace: the CSI node plugin, which checks each pod's access itself, and the controller (preload)")
+	fs.StringVar(&o.TokenFile, "worker-token-file", "/var/run/secrets/sluice.dev/token", "the controller's projected token (audience sluice.dev), presented to the workers when preloading")
+	fs.BoolVar(&o.Preload, "preload", true, "warm the workers with each Dataset's spec.preload")
 	fs.StringToStringVar(&o.WorkerNodeSel, "worker-node-selector", nil, "node selector of the cache workers (k=v,...)")
 }
 
@@ -158,6 +165,13 @@ func (o *Options) NewManager(cfg *rest.Config) (manager.Manager, error) {
 	rec := mgr.GetEventRecorder("sluice-controller")
 	r := &DatasetReconciler{Client: mgr.GetClient(), Recorder: rec, Template: o.templateParsed, Demand: demand,
 		Resync: o.Resync, Wake: wake, Stats: ScrapeStats(&http.Client{})}
+	if o.Preload {
+		open := o.preloadOpen
+		if open == nil {
+			open = WorkersSource(o.ClusterDomain, o.TokenFile)
+		}
+		r.Preloader = &Preloader{Open: open}
+	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, err
 	}

@@ -234,6 +234,9 @@ type PreloadStatus struct {
 	StartTime *metav1.Time `json:"startTime,omitempty"`
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+	// Error is why the last preload stopped, if it failed.
+	// +optional
+	Error string `json:"error,omitempty"`
 }
 
 // DatasetList is a list of Datasets.
