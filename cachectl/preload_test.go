@@ -168,4 +168,3 @@ func conditionTrue(cs []metav1.Condition, typ string) bool {
 	}
 	return false
 }
-
