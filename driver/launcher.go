@@ -32,6 +32,9 @@ type procLauncher struct {
 	// tokenFile is the node's projected service-account token (audience
 	// sluice.dev) that dataset sessions present to the cache workers.
 	tokenFile string
+	// cgroup, when set, is the cgroup (below cgroupRoot's hierarchies)
+	// each child is moved into, out of the plugin's container.
+	cgroup, cgroupRoot string
 }
 
 var _ launcher = (*procLauncher)(nil)
@@ -71,6 +74,12 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 	w.Close()
 	if err != nil {
 		return fmt.Errorf("starting the serving process: %w", err)
+	}
+	if l.cgroup != "" {
+		if err := escapeCgroup(l.cgroupRoot, l.cgroup, cmd.Process.Pid); err != nil {
+			// It serves; only a restart of the plugin's container would end it.
+			klog.ErrorS(err, "Cannot move the serving process out of the plugin's cgroup", "pid", cmd.Process.Pid)
+		}
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }() // reaps our own child

@@ -39,6 +39,9 @@ type Options struct {
 	// WorkerTokenFile is the node's projected service-account token
 	// (audience sluice.dev) that dataset sessions present to the workers.
 	WorkerTokenFile string
+	// SessionCgroup moves serving children into this cgroup (below
+	// CgroupRoot), so they outlive the plugin's container.
+	SessionCgroup, CgroupRoot string
 	// Provision makes the controller provision PVCs itself (no
 	// csi-provisioner sidecar).
 	Provision bool
@@ -66,6 +69,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig for API access: Datasets of dataset volumes, and --provision "+
 		"(in-cluster config when empty; outside a cluster without it, dataset volumes fail)")
 	fs.StringVar(&o.ClusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain (completes the Dataset workers' Service names)")
+	fs.StringVar(&o.SessionCgroup, "session-cgroup", "", "node: move each FUSE session into this cgroup at the root of every hierarchy under --cgroup-root, "+
+		"so sessions outlive a restart of the plugin's container (with hostPID); empty: sessions stay with the plugin")
+	fs.StringVar(&o.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "where the host's cgroup hierarchies are mounted (in a container: a hostPath)")
 	fs.StringVar(&o.WorkerTokenFile, "worker-token-file", contract.TokenDir+"/"+contract.TokenFile,
 		"node: projected service-account token (audience "+contract.TokenAudience+") that dataset volumes present to the cache workers")
 	fs.BoolVar(&o.Provision, "provision", false, "controller: provision PVCs of StorageClasses with provisioner "+
@@ -116,6 +122,9 @@ func (o *Options) Validate() error {
 	if o.Mode != ModeController && !filepath.IsAbs(o.WorkerTokenFile) {
 		return fmt.Errorf("--worker-token-file %q: want an absolute path", o.WorkerTokenFile)
 	}
+	if o.SessionCgroup != "" && (filepath.Base(o.SessionCgroup) != o.SessionCgroup || o.SessionCgroup == ".." || !filepath.IsAbs(o.CgroupRoot)) {
+		return fmt.Errorf("--session-cgroup %q with --cgroup-root %q: want a plain cgroup name and an absolute root", o.SessionCgroup, o.CgroupRoot)
+	}
 	if o.ServeWait <= 0 {
 		return fmt.Errorf("--serve-timeout %s: must be positive", o.ServeWait)
 	}
@@ -156,6 +165,7 @@ func (o *Options) Run(ctx context.Context) error {
 			}
 		}
 		l := &procLauncher{binary: bin, wait: o.ServeWait, tokenFile: o.WorkerTokenFile,
+			cgroup: o.SessionCgroup, cgroupRoot: o.CgroupRoot,
 			args: append([]string{"--cache-memory", o.CacheMemory}, o.ChildArgs...)}
 		n, err := newNodeServer(o.NodeID, o.StateDir, o.CacheDir, l, mount.NewWithoutSystemd(""), mountutil.Unmount)
 		if err != nil {

@@ -9,19 +9,15 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -35,52 +31,6 @@ import (
 // pods: the webhook converts pods, their sluice-fuse sidecars read a
 // Dataset through the cache workers the controller runs, heartbeat to the
 // controller, and are told to exit once a Job's app is done.
-
-// nodeOrigin is the S3 origin `make cluster-up` runs on the node IP, which
-// pods (the cache workers) can reach.
-type nodeOrigin struct {
-	endpoint, access, secret string
-	client                   *minio.Client
-}
-
-func loadNodeOrigin(t *testing.T, out string) *nodeOrigin {
-	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(out, "origin.env"))
-	if err != nil {
-		t.Fatalf("origin.env (make cluster-up writes it): %v", err)
-	}
-	o := &nodeOrigin{}
-	for _, line := range strings.Split(string(raw), "\n") {
-		k, v, _ := strings.Cut(line, "=")
-		switch k {
-		case "S3_ENDPOINT":
-			o.endpoint = v
-		case "AWS_ACCESS_KEY_ID":
-			o.access = v
-		case "AWS_SECRET_ACCESS_KEY":
-			o.secret = v
-		}
-	}
-	o.client, err = minio.New(strings.TrimPrefix(o.endpoint, "http://"), &minio.Options{
-		Creds: credentials.NewStaticV4(o.access, o.secret, ""), BucketLookup: minio.BucketLookupPath})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return o
-}
-
-func (o *nodeOrigin) put(t *testing.T, bucket string, files map[string][]byte) {
-	t.Helper()
-	ctx := context.Background()
-	if err := o.client.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil && !strings.Contains(err.Error(), "own") {
-		t.Fatal(err)
-	}
-	for k, v := range files {
-		if _, err := o.client.PutObject(ctx, bucket, k, bytes.NewReader(v), int64(len(v)), minio.PutObjectOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 // crClient reads and writes Datasets.
 func (e *env) crClient(t *testing.T) client.Client {
@@ -130,38 +80,22 @@ func datasetVolume(name, dataset string) corev1.Volume {
 		Driver: contract.DriverName, ReadOnly: ptr.To(true), VolumeAttributes: map[string]string{contract.AttrDataset: dataset}}}}
 }
 
-// labelNode sets (value != "") or removes a label of the real node.
-func (e *env) labelNode(t *testing.T, key, value string) {
-	t.Helper()
-	v := "null"
-	if value != "" {
-		v = fmt.Sprintf("%q", value)
-	}
-	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%s}}}`, key, v)
-	if _, err := e.cs.CoreV1().Nodes().Patch(context.Background(), "sluice-e2e", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// Path (3): a pod that targets serverless nodes (nodeSelector + toleration
-// of the virtual-kubelet taint, no opt-in label) is converted by the
-// webhook; its native sidecar reads the Dataset through the cache workers.
-// Pods must run, so the real node carries the serverless label during this
-// test (virtual-e2e, the node object without a kubelet, is NotReady and
-// not scheduled to).
+// Path (3): a pod that targets serverless nodes by scheduling intent (a
+// toleration of the virtual-kubelet taint, no opt-in label) is converted
+// by the webhook; its native sidecar reads the Dataset through the cache
+// workers. The pod must run, so it may land on the real node: virtual-e2e,
+// the node object without a kubelet, is NotReady (a taint this pod does
+// not tolerate). Relabelling the real node as serverless instead would
+// evict the CSI and device plugins, which stay off serverless nodes.
 func TestServerlessPodThroughWebhook(t *testing.T) {
 	e, ns := shared, "e2e-serverless"
 	e.namespace(t, ns)
-	o := loadNodeOrigin(t, e.out)
+	o := e.origin
 	o.put(t, "serverless", e.files)
 	c := e.crClient(t)
 	e.dataset(t, c, o, ns, "models", "serverless", v1alpha1.CacheSpec{Memory: ptr.To(resource.MustParse("64Mi")),
 		Disk: ptr.To(resource.MustParse("1Gi"))})
-	e.labelNode(t, contract.ServerlessNodeLabelKey, contract.ServerlessNodeLabelValue)
-	t.Cleanup(func() { e.labelNode(t, contract.ServerlessNodeLabelKey, "") })
-
 	pod := e.checker("serverless-reader", datasetVolume("models", "models"))
-	pod.Spec.NodeSelector = map[string]string{contract.ServerlessNodeLabelKey: contract.ServerlessNodeLabelValue}
 	pod.Spec.Tolerations = []corev1.Toleration{{Key: contract.ServerlessTaintKey, Operator: corev1.TolerationOpExists}}
 	d := e.runToCompletion(t, ns, pod, 3*time.Minute)
 	got, err := e.cs.CoreV1().Pods(ns).Get(context.Background(), pod.Name, metav1.GetOptions{})
@@ -204,7 +138,7 @@ func sidecarReady(p *corev1.Pod) time.Duration {
 func TestJobWithSidecarCompletes(t *testing.T) {
 	e, ns := shared, "e2e-job"
 	e.namespace(t, ns)
-	o := loadNodeOrigin(t, e.out)
+	o := e.origin
 	o.put(t, "jobs", e.files)
 	c := e.crClient(t)
 	e.dataset(t, c, o, ns, "models", "jobs", v1alpha1.CacheSpec{Memory: ptr.To(resource.MustParse("64Mi")),
@@ -320,7 +254,7 @@ func (e *env) workerOriginBytes(t *testing.T, ns, dataset string) (float64, int)
 func TestBurstReadsOriginOnce(t *testing.T) {
 	e, ns := shared, "e2e-burst"
 	e.namespace(t, ns)
-	o := loadNodeOrigin(t, e.out)
+	o := e.origin
 	data := pattern(96 << 20)
 	o.put(t, "burst", map[string][]byte{"shard.bin": data})
 	c := e.crClient(t)

@@ -8,12 +8,14 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
-	"github.com/minio/minio-go/v7"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -21,18 +23,10 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/sluice-dev/sluice/internal/contract"
-	"github.com/sluice-dev/sluice/internal/testutil/s3server"
 )
 
-func makeBucketOpts() minio.MakeBucketOptions { return minio.MakeBucketOptions{} }
-
-func putObject(ctx context.Context, s *s3server.Server, bucket, key string, data []byte) error {
-	_, err := s.Client().PutObject(ctx, bucket, key, strings.NewReader(string(data)), int64(len(data)), minio.PutObjectOptions{})
-	return err
-}
-
 func (e *env) sourceURL() string {
-	return "s3://data?pathStyle=true&endpoint=" + e.origin.Endpoint
+	return "s3://data?pathStyle=true&endpoint=" + e.origin.endpoint
 }
 
 // namespace creates a test namespace with its default service account and
@@ -51,7 +45,7 @@ func (e *env) namespace(t *testing.T, name string) {
 		}
 	}
 	_, err := e.cs.CoreV1().Secrets(name).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "origin"},
-		StringData: map[string]string{"AWS_ACCESS_KEY_ID": e.origin.AccessKey, "AWS_SECRET_ACCESS_KEY": e.origin.SecretKey}}, metav1.CreateOptions{})
+		StringData: map[string]string{"AWS_ACCESS_KEY_ID": e.origin.access, "AWS_SECRET_ACCESS_KEY": e.origin.secret}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,9 +179,10 @@ func TestInlineVolume(t *testing.T) {
 	t.Logf("pod verified every file through an inline volume in %s", d.Round(time.Millisecond))
 }
 
-// Path (6): the CSI node plugin crashes (SIGKILL) and restarts while a pod
-// reads its volume in a loop: the pod sees no error (the FUSE session is
-// served by a child that outlives the driver).
+// Path (6): the CSI node plugin pod's process is killed (SIGKILL) and its
+// container restarts while a pod reads its volume in a loop: the pod sees
+// no error (the FUSE session is served by a child that was moved out of
+// the container's cgroup and is adopted by the restarted plugin).
 func TestDriverCrashDuringReads(t *testing.T) {
 	e, ns := shared, "e2e-restart"
 	e.namespace(t, ns)
@@ -216,10 +211,8 @@ func TestDriverCrashDuringReads(t *testing.T) {
 		}
 	}
 	time.Sleep(2 * time.Second)
-	if err := e.csi.crash(); err != nil {
-		t.Fatal(err)
-	}
-	t.Log("killed sluice csi (SIGKILL) and started it again while the pod reads")
+	restarted := e.killNodePlugin(t)
+	t.Logf("killed the CSI node plugin's process (SIGKILL) while the pod reads; its container restarted in %s", restarted.Round(time.Millisecond))
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
 		p, err := e.cs.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
 		if err != nil {
@@ -234,6 +227,41 @@ func TestDriverCrashDuringReads(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the looper did not finish")
+		}
+	}
+}
+
+// killNodePlugin SIGKILLs the main process of the CSI node plugin's
+// container (the node runs in the host PID namespace: hostPID) and waits
+// until the kubelet has restarted it and it is ready again.
+func (e *env) killNodePlugin(t *testing.T) time.Duration {
+	t.Helper()
+	ctx := context.Background()
+	pods, err := e.cs.CoreV1().Pods("sluice-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=sluice-csi-node"})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("the CSI node plugin pod: %v (%d pods)", err, len(pods.Items))
+	}
+	restarts := pods.Items[0].Status.ContainerStatuses[0].RestartCount
+	out, err := exec.Command("pgrep", "-f", "sluice csi --mode=node").Output()
+	pids := strings.Fields(string(out))
+	if err != nil || len(pids) != 1 {
+		t.Fatalf("finding the node plugin's process: %v %q", err, out)
+	}
+	pid, _ := strconv.Atoi(pids[0])
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for deadline := start.Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		p, err := e.cs.CoreV1().Pods("sluice-system").Get(ctx, pods.Items[0].Name, metav1.GetOptions{})
+		if err == nil && len(p.Status.ContainerStatuses) == 1 {
+			s := p.Status.ContainerStatuses[0]
+			if s.RestartCount > restarts && s.Ready {
+				return time.Since(start)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node plugin did not come back within 2 minutes")
 		}
 	}
 }

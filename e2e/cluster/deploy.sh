@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# make deploy: apply deploy/ (kustomize, through kubectl -k) to the cluster
-# of `make cluster-up`, with the local sluice image, and wait until every
-# component serves. Components that run as pods here: the controller, the
-# webhook (certificate from the cluster CA; the API server reaches it at
-# the node IP through a hostPort, as no kube-proxy runs) and the device
-# plugin; the controller starts cache workers per Dataset.
+# make deploy: apply deploy/ (kustomize, rendered by kubectl) to the
+# cluster of `make cluster-up`, with the local sluice image, and wait until
+# every component serves. All of sluice runs as pods: the CSI driver
+# (controller Deployment, node DaemonSet; this kubelet's root directory is
+# _output/e2e/kubelet/root, so /var/lib/kubelet is rewritten to it), the
+# controller, the webhook (certificate from the cluster CA; the API server
+# reaches it at the node IP through a hostPort, as no kube-proxy runs) and
+# the device plugin; the controller starts cache workers per Dataset.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=$ROOT/_output/e2e
@@ -37,6 +39,7 @@ apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 namespace: sluice-system
 resources:
+  - ../../../deploy/base
   - ../../../deploy/controller
   - ../../../deploy/webhook
   - ../../../deploy/deviceplugin
@@ -95,10 +98,14 @@ patches:
           controllerURL: http://sluice-controller.sluice-system.svc:8090
           startupTimeoutSeconds: 120
 K
-kubectl apply -k "$D" >/dev/null
+# The kubelet's root directory here is not /var/lib/kubelet (its device
+# plugin directory is, hard-coded in the kubelet).
+kubectl kustomize "$D" | sed -E -e "s#/var/lib/kubelet/device-plugins#@DP@#g" \
+  -e "s#/var/lib/kubelet#$OUT/kubelet/root#g" -e "s#@DP@#/var/lib/kubelet/device-plugins#g" \
+  -e "s#/var/cache/sluice#$OUT/csi-cache#g" | kubectl apply -f - >/dev/null
 # A changed config or image: restart what runs it.
-kubectl -n sluice-system rollout restart deployment/sluice-controller deployment/sluice-webhook daemonset/sluice-device-plugin >/dev/null
-kubectl -n sluice-system rollout status deployment/sluice-controller --timeout=180s
-kubectl -n sluice-system rollout status deployment/sluice-webhook --timeout=180s
-kubectl -n sluice-system rollout status daemonset/sluice-device-plugin --timeout=180s
-echo "deploy: sluice runs in namespace sluice-system (controller, webhook, device plugin)"
+WORKLOADS="deployment/sluice-csi-controller daemonset/sluice-csi-node deployment/sluice-controller deployment/sluice-webhook daemonset/sluice-device-plugin"
+# shellcheck disable=SC2086
+kubectl -n sluice-system rollout restart $WORKLOADS >/dev/null
+for w in $WORKLOADS; do kubectl -n sluice-system rollout status "$w" --timeout=180s; done
+echo "deploy: sluice runs in namespace sluice-system (CSI controller and node, controller, webhook, device plugin)"

@@ -19,6 +19,12 @@ for p in origin kubelet; do stop $p; done
 # Pods' containers: containerd-shim processes started under our state dir.
 pkill -f "containerd-shim.*$OUT/containerd" 2>/dev/null
 stop containerd
+# FUSE sessions of the CSI node plugin live outside its container (their
+# own cgroup, the host PID namespace): stop them, then their cgroups.
+pkill -f "serve-session.*$OUT" 2>/dev/null
+for i in $(seq 1 50); do pgrep -f "serve-session.*$OUT" >/dev/null || break; sleep 0.1; done
+pkill -9 -f "serve-session.*$OUT" 2>/dev/null
+for d in /sys/fs/cgroup/*/sluice-csi-sessions /sys/fs/cgroup/sluice-csi-sessions; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
 # The API server goes before etcd (else it hangs).
 for p in dns kube-scheduler kube-controller-manager kube-apiserver etcd; do stop $p; done
 for chain in PREROUTING OUTPUT; do

@@ -37,8 +37,11 @@ func main() {
 		fail(err)
 	}
 	images := map[string][]file{
-		"sluice.local/pause:e2e":   {{path: "pause", src: *pause, mode: 0o755}},
-		"sluice.local/sluice:e2e":  {{path: "usr/local/bin/sluice", src: *sluice, mode: 0o755}, {path: "tmp/", mode: 0o1777}},
+		"sluice.local/pause:e2e": {{path: "pause", src: *pause, mode: 0o755}},
+		// k8s.io/mount-utils (the CSI node plugin's bind mounts) runs
+		// mount and umount: busybox's, as the only other files.
+		"sluice.local/sluice:e2e": {{path: "usr/local/bin/sluice", src: *sluice, mode: 0o755}, {path: "tmp/", mode: 0o1777},
+			{path: "bin/busybox", src: *busybox, mode: 0o755}, {path: "bin/mount", link: "busybox"}, {path: "bin/umount", link: "busybox"}},
 		"sluice.local/busybox:e2e": busyboxFiles(*busybox),
 	}
 	entry := map[string][]string{"sluice.local/pause:e2e": {"/pause"}, "sluice.local/sluice:e2e": {"/usr/local/bin/sluice"},
