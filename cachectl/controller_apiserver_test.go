@@ -21,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -164,6 +165,12 @@ func TestControllerOnAPIServer(t *testing.T) {
 	})
 
 	t.Run("preload warms the workers, each block once", func(t *testing.T) { testPreload(ctx, t, cl, worker) })
+
+	t.Run("an external scaler drives /scale", func(t *testing.T) { testExternalScale(ctx, t, srv, cl) })
+
+	t.Run("scale to zero, and a heartbeat wakes it", func(t *testing.T) {
+		testScaleFromZero(ctx, t, srv, cl, "http://"+hbAddr+contract.HeartbeatPath)
+	})
 
 	t.Run("deleting the Dataset removes what it owns", func(t *testing.T) {
 		if err := cl.Delete(ctx, ds, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
@@ -427,4 +434,62 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+func testExternalScale(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl client.Client) {
+	ds := &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: "hpa", Namespace: "ml"}, Spec: v1alpha1.DatasetSpec{
+		Source: "s3://bucket", Cache: v1alpha1.CacheSpec{Scaler: v1alpha1.ScalerExternal, MaxWorkers: ptr.To[int32](5)}}}
+	if err := cl.Create(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	key := client.ObjectKey{Namespace: "ml", Name: WorkersName("hpa")}
+	replicas := func() int32 {
+		sts := &appsv1.StatefulSet{}
+		if cl.Get(ctx, key, sts) != nil {
+			return -1
+		}
+		return *sts.Spec.Replicas
+	}
+	eventually(t, 10*time.Second, "minWorkers (1) before anyone scales", func() bool { return replicas() == 1 })
+	// What an HPA does: write spec.replicas through the scale subresource.
+	cs := kubernetes.NewForConfigOrDie(srv.Config)
+	body := []byte(`{"spec":{"replicas":3}}`)
+	if err := cs.RESTClient().Patch(types.MergePatchType).AbsPath("/apis/sluice.dev/v1alpha1/namespaces/ml/datasets/hpa/scale").
+		Body(body).Do(ctx).Error(); err != nil {
+		t.Fatalf("patching /scale: %v", err)
+	}
+	eventually(t, 10*time.Second, "the StatefulSet to follow /scale to 3", func() bool { return replicas() == 3 })
+	raw, err := cs.RESTClient().Get().AbsPath("/apis/sluice.dev/v1alpha1/namespaces/ml/datasets/hpa/scale").DoRaw(ctx)
+	if err != nil || !strings.Contains(string(raw), `"replicas":3`) || !strings.Contains(string(raw), "sluice.dev/dataset=hpa") {
+		t.Errorf("GET /scale: %v %s; want spec.replicas 3 and the workers' selector", err, raw)
+	}
+	_ = cl.Delete(ctx, ds)
+}
+
+func testScaleFromZero(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl client.Client, url string) {
+	ds := &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: "idle", Namespace: "ml"}, Spec: v1alpha1.DatasetSpec{
+		Source: "s3://bucket", Cache: v1alpha1.CacheSpec{MinWorkers: ptr.To[int32](0), MaxWorkers: ptr.To[int32](2),
+			ScaleDownDelay: &metav1.Duration{Duration: time.Second}}}}
+	if err := cl.Create(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	key := client.ObjectKey{Namespace: "ml", Name: WorkersName("idle")}
+	replicas := func() int32 {
+		sts := &appsv1.StatefulSet{}
+		if cl.Get(ctx, key, sts) != nil {
+			return -1
+		}
+		return *sts.Spec.Replicas
+	}
+	got := &v1alpha1.Dataset{}
+	eventually(t, 10*time.Second, "0 workers and phase Idle", func() bool {
+		return replicas() == 0 && cl.Get(ctx, client.ObjectKeyFromObject(ds), got) == nil && got.Status.Phase == v1alpha1.PhaseIdle
+	})
+	createConvertedPod(ctx, t, cl, "ml", "waker", corev1.RestartPolicyAlways)
+	tok, uid := srv.PodToken(t, "ml", "waker", contract.TokenAudience)
+	start := time.Now()
+	postHeartbeat(t, url, tok, contract.Heartbeat{PodUID: uid, Namespace: "ml", Name: "waker", Datasets: []string{"ml/idle"}})
+	eventually(t, 5*time.Second, "one worker after the first heartbeat", func() bool { return replicas() == 1 })
+	t.Logf("a heartbeat woke the scaled-to-zero Dataset: 1 worker after %s", time.Since(start).Round(time.Millisecond))
+	_ = cl.Delete(ctx, ds)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -186,7 +187,7 @@ func (o *Options) NewManager(cfg *rest.Config) (manager.Manager, error) {
 		return nil, err
 	}
 	hb := &HeartbeatHandler{
-		Auth: &kubeauth.TokenReviewer{Client: cs}, Pods: cachedPods{mgr.GetClient()}, Demand: demand,
+		Auth: &kubeauth.TokenReviewer{Client: cs}, Pods: cachedPods{mgr.GetClient(), mgr.GetAPIReader()}, Demand: demand,
 		Sidecar: contract.SidecarName, Refused: refused.Inc,
 		Notify: func(datasets []string) { wakeDatasets(wake, datasets) },
 		Overdue: func(id Identity, since time.Duration) {
@@ -247,12 +248,18 @@ func heartbeatMux(hb http.Handler) http.Handler {
 	return mux
 }
 
-// cachedPods reads converted pods from the manager's cache.
-type cachedPods struct{ c client.Client }
+// cachedPods reads converted pods from the manager's cache; a pod the
+// cache does not know yet (it was just created) is read from the API
+// server before "not found" tells its sidecar to exit.
+type cachedPods struct{ c, api client.Reader }
 
 func (p cachedPods) GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 	pod := &corev1.Pod{}
-	err := p.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, pod)
+	key := client.ObjectKey{Namespace: namespace, Name: name}
+	err := p.c.Get(ctx, key, pod)
+	if apierrors.IsNotFound(err) {
+		err = p.api.Get(ctx, key, pod)
+	}
 	return pod, err
 }
 

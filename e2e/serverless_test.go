@@ -341,3 +341,41 @@ func TestDevicePluginOnKubelet(t *testing.T) {
 	d := e.runToCompletion(t, ns, pod, 2*time.Minute)
 	t.Logf("an unprivileged pod with %s: 1 found /dev/fuse (%s)", contract.FuseResource, d.Round(time.Millisecond))
 }
+
+// A Dataset scaled to zero (minWorkers 0) has no workers until a client
+// asks: the converted pod's sidecar heartbeats before it mounts, the
+// controller starts a worker, and the mount waits for it instead of
+// failing.
+func TestScaleFromZero(t *testing.T) {
+	e, ns := shared, "e2e-zero"
+	e.namespace(t, ns)
+	o := e.origin
+	o.put(t, "zero", e.files)
+	c := e.crClient(t)
+	ctx := context.Background()
+	if _, err := e.cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "node-origin"},
+		StringData: map[string]string{contract.EnvAccessKeyID: o.access, contract.EnvSecretAccessKey: o.secret}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ds := &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: "idle", Namespace: ns}, Spec: v1alpha1.DatasetSpec{
+		Source: "s3://zero", SecretRef: &corev1.LocalObjectReference{Name: "node-origin"},
+		Options: v1alpha1.SourceOptions{Endpoint: o.endpoint, PathStyle: true},
+		Cache:   v1alpha1.CacheSpec{MinWorkers: ptr.To[int32](0), Memory: ptr.To(resource.MustParse("64Mi")), Disk: ptr.To(resource.MustParse("1Gi"))}}}
+	if err := c.Create(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		got := &v1alpha1.Dataset{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(ds), got); err == nil && got.Status.Phase == v1alpha1.PhaseIdle {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the Dataset did not settle at 0 workers (phase Idle)")
+		}
+	}
+	pod := e.checker("first-reader", datasetVolume("models", "idle"))
+	pod.Labels = map[string]string{contract.InjectLabel: "true"}
+	pod.Spec.NodeSelector = map[string]string{"sluice.dev/e2e": "true"}
+	d := e.runToCompletion(t, ns, pod, 3*time.Minute)
+	t.Logf("a pod of a Dataset with 0 workers verified every file in %s (its heartbeat started the first worker)", d.Round(time.Millisecond))
+}

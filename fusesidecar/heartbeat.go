@@ -38,11 +38,15 @@ func (h *heartbeater) run(ctx context.Context) bool {
 	last := time.Now()
 	t := time.NewTicker(h.interval)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
+	for first := true; ; first = false {
+		// The first heartbeat goes at once: it may be what starts the
+		// first cache worker of a Dataset scaled to zero.
+		if !first {
+			select {
+			case <-ctx.Done():
+				return false
+			case <-t.C:
+			}
 		}
 		now := time.Now()
 		hb := h.beat(lastBytes, now.Sub(last))

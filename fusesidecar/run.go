@@ -49,6 +49,19 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
+	// Heartbeats start before the mounts: a Dataset scaled to zero gets its
+	// first worker from this pod's first heartbeat, while the mount waits
+	// (bounded by --probe-timeout) for it.
+	if o.ControllerURL != "" {
+		hb := &heartbeater{url: strings.TrimSuffix(o.ControllerURL, "/") + contract.HeartbeatPath, tokenFile: o.TokenFile,
+			interval: o.HeartbeatInterval, reg: reg, volumes: o.Volumes}
+		go func() {
+			if hb.run(ctx) {
+				cancel(errors.New("the controller asked the sidecar to exit"))
+			}
+		}()
+	}
+
 	var mounts []*served
 	defer func() { unmountAll(mounts) }()
 	for _, v := range o.Volumes {
@@ -74,15 +87,6 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 		go func() {
 			s.mnt.Wait()
 			cancel(fmt.Errorf("volume %q was unmounted from outside", s.vol.Name))
-		}()
-	}
-	if o.ControllerURL != "" {
-		hb := &heartbeater{url: strings.TrimSuffix(o.ControllerURL, "/") + contract.HeartbeatPath, tokenFile: o.TokenFile,
-			interval: o.HeartbeatInterval, reg: reg, volumes: o.Volumes}
-		go func() {
-			if hb.run(ctx) {
-				cancel(errors.New("the controller asked the sidecar to exit"))
-			}
 		}()
 	}
 	<-ctx.Done()

@@ -105,10 +105,23 @@ func OpenRuntime(ctx context.Context, rawURL string, sf *SourceFlags, cf *CacheF
 	if err != nil {
 		return nil, err
 	}
+	// Probe until the deadline: an origin that is still starting, or cache
+	// workers that are being scaled up from zero, answer within it.
 	pctx, cancel := context.WithTimeout(ctx, probe)
 	defer cancel()
-	if _, err := src.Stat(pctx, ""); err != nil {
-		return nil, fmt.Errorf("cannot read %s: %w", src.ID(), err)
+	for {
+		_, err := src.Stat(pctx, "")
+		if err == nil {
+			break
+		}
+		if source.IsPermanent(err) || pctx.Err() != nil {
+			return nil, fmt.Errorf("cannot read %s: %w", src.ID(), err)
+		}
+		select {
+		case <-pctx.Done():
+			return nil, fmt.Errorf("cannot read %s: %w", src.ID(), err)
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 	cfg.Getter = blockcache.OriginGetter{Source: src}
 	cfg.Metrics = m
