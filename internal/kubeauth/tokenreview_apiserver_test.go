@@ -18,7 +18,7 @@ func TestTokenReviewerWithARealAPIServer(t *testing.T) {
 	ctx := context.Background()
 	tok, uid := api.PodToken(t, "ml", "job-1", contract.TokenAudience)
 	id, err := r.Authenticate(ctx, tok)
-	if err != nil || id != (Identity{Namespace: "ml", PodName: "job-1", PodUID: uid}) {
+	if err != nil || id != (Identity{Namespace: "ml", PodName: "job-1", PodUID: uid, ServiceAccount: "default"}) {
 		t.Fatalf("pod-bound sluice token: %+v, %v", id, err)
 	}
 	other, _ := api.PodToken(t, "ml", "job-1", "some-other-audience")

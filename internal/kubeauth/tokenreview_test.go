@@ -47,7 +47,7 @@ func TestTokenReviewer(t *testing.T) {
 		want    Identity
 		wantErr string
 	}{
-		{"pod", Identity{Namespace: "ml", PodName: "job-1", PodUID: "u1"}, ""},
+		{"pod", Identity{Namespace: "ml", PodName: "job-1", PodUID: "u1", ServiceAccount: "default"}, ""},
 		{"unbound", Identity{}, "not bound to a pod"},
 		{"user", Identity{}, "not bound to a pod"},
 		{"bad", Identity{}, "invalid bearer token"},
