@@ -54,12 +54,58 @@ type DatasetReconciler struct {
 	mu       sync.Mutex
 	scalers  map[types.NamespacedName]*Scaler
 	preloads map[types.NamespacedName]context.CancelFunc // running
+	served   map[types.NamespacedName]servedSample
 }
 
 // WorkerStats is what the workers report about their caches.
 type WorkerStats struct {
 	CachedBytes int64
 	HitRatio    int32 // percent
+	// ServedBytes is the bytes the workers have served (their counters'
+	// sum; a new worker starts at 0).
+	ServedBytes int64
+}
+
+// workerStats scrapes the ready workers of ds (nil when there are none or
+// no scraper) and returns, with them, the rate at which they serve bytes
+// since the previous scrape.
+func (r *DatasetReconciler) workerStats(ctx context.Context, ds *v1alpha1.Dataset, sts *appsv1.StatefulSet) (*WorkerStats, float64) {
+	if r.Stats == nil || sts.Status.ReadyReplicas == 0 {
+		return nil, 0
+	}
+	pods := &corev1.PodList{}
+	if err := r.Client.List(ctx, pods, client.InNamespace(ds.Namespace), client.MatchingLabels(selectorLabels(ds))); err != nil {
+		return nil, 0
+	}
+	ws, err := r.Stats(ctx, pods.Items)
+	if err != nil { // a partial sum would fake a rate: skip this sample
+		klog.V(2).InfoS("Reading the workers' statistics failed", "dataset", klog.KObj(ds), "err", err)
+		return nil, 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.served == nil {
+		r.served = map[types.NamespacedName]servedSample{}
+	}
+	key := client.ObjectKeyFromObject(ds)
+	rate := r.served[key].rate(ws.ServedBytes, r.now())
+	r.served[key] = servedSample{bytes: ws.ServedBytes, at: r.now()}
+	return &ws, rate
+}
+
+type servedSample struct {
+	bytes int64
+	at    time.Time
+}
+
+// rate is bytes/s from s to (bytes, now); 0 without a previous sample or
+// when the counters went back (a worker restarted or went away).
+func (s servedSample) rate(bytes int64, now time.Time) float64 {
+	dt := now.Sub(s.at).Seconds()
+	if s.at.IsZero() || dt <= 0 || bytes < s.bytes {
+		return 0
+	}
+	return float64(bytes-s.bytes) / dt
 }
 
 // SetupWithManager registers the reconciler.
@@ -129,7 +175,8 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	} else if err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
-	desired, demand, clients, err := r.desired(ctx, ds, current)
+	ws, served := r.workerStats(ctx, ds, sts)
+	desired, demand, clients, err := r.desired(ctx, ds, current, served)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -145,7 +192,7 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		klog.InfoS("Scaled cache workers", "dataset", klog.KObj(ds), "from", current, "to", desired,
 			"bytesPerSecond", int64(demand), "clients", clients)
 	}
-	if err := r.updateStatus(ctx, ds, sts, desired, demand, clients); err != nil {
+	if err := r.updateStatus(ctx, ds, sts, desired, demand, clients, ws); err != nil {
 		return ctrl.Result{}, err
 	}
 	if r.Preloader != nil && preloadDue(ds, desired, r.preloadRunning(req.NamespacedName), r.now()) {
@@ -161,9 +208,12 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 // desired decides the worker count. Builtin: the scaler on the clients'
 // throughput, written to spec.replicas so /scale shows it. External:
 // whatever spec.replicas says (an HPA or KEDA sets it).
-func (r *DatasetReconciler) desired(ctx context.Context, ds *v1alpha1.Dataset, current int32) (int32, float64, int, error) {
+func (r *DatasetReconciler) desired(ctx context.Context, ds *v1alpha1.Dataset, current int32, served float64) (int32, float64, int, error) {
 	cfg := Scaling(ds)
 	demand, clients := r.Demand.Of(ds.Namespace+"/"+ds.Name, r.now())
+	// Clients that do not heartbeat (CSI node mounts) show in what the
+	// workers serve.
+	demand = max(demand, served)
 	if ds.Spec.Cache.Scaler == v1alpha1.ScalerExternal {
 		if ds.Spec.Replicas != nil {
 			return *ds.Spec.Replicas, demand, clients, nil
@@ -206,7 +256,7 @@ func (r *DatasetReconciler) ensureIdentity(ctx context.Context, ns string) error
 }
 
 func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Dataset, sts *appsv1.StatefulSet,
-	desired int32, demand float64, clients int) error {
+	desired int32, demand float64, clients int, ws *WorkerStats) error {
 	before := ds.DeepCopy()
 	st := &ds.Status
 	st.ObservedGeneration = ds.Generation
@@ -217,15 +267,8 @@ func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Datas
 	st.Workers = v1alpha1.ServiceAddress(ds.Namespace, ds.Name, r.Template.ClusterDomain)
 	st.Clients = int32(clients)
 	st.Throughput = int64(demand)
-	if r.Stats != nil && st.ReadyWorkers > 0 {
-		pods := &corev1.PodList{}
-		if err := r.Client.List(ctx, pods, client.InNamespace(ds.Namespace), client.MatchingLabels(selectorLabels(ds))); err == nil {
-			if ws, err := r.Stats(ctx, pods.Items); err == nil {
-				st.CachedBytes, st.HitRatio = ws.CachedBytes, ws.HitRatio
-			} else {
-				klog.V(2).InfoS("Reading the workers' statistics failed", "dataset", klog.KObj(ds), "err", err)
-			}
-		}
+	if ws != nil {
+		st.CachedBytes, st.HitRatio = ws.CachedBytes, ws.HitRatio
 	}
 	gen := ds.Generation
 	switch {

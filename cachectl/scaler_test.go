@@ -48,3 +48,26 @@ func TestScalerSeries(t *testing.T) {
 		})
 	}
 }
+
+func TestServedRate(t *testing.T) {
+	t0 := time.Unix(100, 0)
+	tests := []struct {
+		name  string
+		prev  servedSample
+		bytes int64
+		now   time.Time
+		want  float64
+	}{
+		{"no previous sample", servedSample{}, 1 << 30, t0, 0},
+		{"100 MB in 10 s", servedSample{bytes: 50e6, at: t0}, 150e6, t0.Add(10 * time.Second), 10e6},
+		{"a worker restarted (counters went back)", servedSample{bytes: 50e6, at: t0}, 10e6, t0.Add(10 * time.Second), 0},
+		{"same instant", servedSample{bytes: 1, at: t0}, 5, t0, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.prev.rate(tc.bytes, tc.now); got != tc.want {
+				t.Errorf("rate = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -34,6 +34,7 @@ func ScrapeStats(hc *http.Client) func(ctx context.Context, pods []corev1.Pod) (
 				continue
 			}
 			ws.CachedBytes += int64(sum(fams["sluice_cache_memory_bytes"]) + sum(fams["sluice_cache_disk_bytes"]))
+			ws.ServedBytes += int64(sum(fams["sluice_bytes_served_total"]))
 			hits += sum(fams["sluice_cache_hits_total"])
 			fetches += sum(fams["sluice_fetch_duration_seconds"])
 		}
