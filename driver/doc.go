@@ -62,35 +62,44 @@
 // whose child died, and re-binds its paths: new opens succeed again, while
 // reads in flight at the moment of the crash fail (ENOTCONN).
 //
-// In Kubernetes a container restart kills every process of the container,
-// children included. For the node plugin to survive its own restart there
-// the serving children must live outside its container; the fd-retention
-// design below removes that need.
+// In Kubernetes a container restart kills every process of the
+// container's cgroup (and, without hostPID, of its PID namespace),
+// children included. With --session-cgroup the launcher moves each child,
+// right after it starts, into that cgroup at the root of every hierarchy
+// under --cgroup-root (the host's, mounted into the pod), and the node pod
+// runs with hostPID (deploy/base/node.yaml): a restart of the plugin's
+// container — kill -9 of its process included — leaves the sessions
+// serving, and the restarted plugin adopts them from the state directory.
+// The e2e suite kills the plugin's process while a pod reads its volume
+// 60 times; no read fails.
 //
 // # File-descriptor retention (design, not implemented yet)
 //
-// Goal: killing either the gRPC process or a serving child never makes a
-// mount answer ENOTCONN, and no mount is ever replaced.
+// What is left: a serving child that dies is replaced by a new mount at
+// the same path, so files opened on the old mount fail (ENOTCONN) and
+// reads in flight fail. The design that removes this:
 //
-//   - The serving child opens /dev/fuse and mounts itself (the
-//     mount(2) "fd=N" option), instead of go-fuse's fusermount path, so
-//     that it owns the connection's file descriptor from the start.
-//   - It passes a duplicate of that descriptor to a keeper over a unix
-//     socket (SCM_RIGHTS, internal/mountutil). The keeper is the node
-//     process, or — so that a container restart is survived too — a tiny
-//     `sluice csi fd-keeper` process in a second container of the node pod
-//     that only holds descriptors and answers "give me the fd of session K".
-//     While any process holds the descriptor the kernel keeps the FUSE
-//     connection; requests queue in the kernel instead of failing.
-//   - A replacement child asks the keeper for the descriptor and serves the
-//     same connection: no remount, same mount point, same binds. Requests
-//     the dead child had read but not answered are lost (the kernel does not
-//     replay them); the replacement must answer FUSE_INIT-less, so go-fuse's
-//     server has to start in "already initialised" mode, and the kernel's
-//     node ids (handed out by the dead child) must resolve: each child keeps
-//     a node-id → path table in a memory-backed file next to the
-//     descriptor, and the new child loads it before serving (go-fuse
-//     inode numbers are derived from path and version already, fusefs.ino).
-//   - Symmetrically, when the keeper restarts, each live child sends it its
-//     descriptor again.
+//   - The keeper (the node process, or a tiny fd-keeper container of the
+//     node pod) opens /dev/fuse, mounts with mount(2) "fd=N", and holds
+//     the descriptor for the session's whole life: while any process holds
+//     it the kernel keeps the connection and queues requests.
+//   - The serving child does not read /dev/fuse itself: the keeper relays
+//     messages over a SOCK_SEQPACKET socketpair (message boundaries kept),
+//     whose other end the child serves as go-fuse's "/dev/fd/N" mount
+//     point. The keeper records the FUSE_INIT request, and every request
+//     read but not answered (by unique id).
+//   - A replacement child gets a new socketpair end (SCM_RIGHTS); the
+//     keeper replays the recorded INIT (discarding the second INIT reply)
+//     and then every unanswered request — all idempotent on a read-only
+//     file system — so nothing in flight is lost and nothing is remounted.
+//   - The kernel's node ids and file handles were handed out by the dead
+//     child, and go-fuse's bridge panics on unknown ones. Inode numbers
+//     are already stable (fusefs: hash of path and version) and go-fuse
+//     uses them as node ids, so the keeper, which sees LOOKUP replies
+//     (node id ↔ parent, name) and OPEN replies (handle ↔ node id), sends
+//     the new child a LOOKUP "." (go-fuse's NodeLookupNoder) for each node
+//     id before its first use, re-opens each handle, rewrites handles in
+//     requests, and trims FORGET counts to what the new child has seen.
+//   - Costs: one copy per message through the keeper, and no FUSE
+//     passthrough for relayed sessions (its ioctl needs the /dev/fuse fd).
 package driver

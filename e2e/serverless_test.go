@@ -379,3 +379,58 @@ func TestScaleFromZero(t *testing.T) {
 	d := e.runToCompletion(t, ns, pod, 3*time.Minute)
 	t.Logf("a pod of a Dataset with 0 workers verified every file in %s (its heartbeat started the first worker)", d.Round(time.Millisecond))
 }
+
+// A dataset volume on a node with the CSI driver: the node plugin reads
+// the Dataset through its cache workers with its own token (the workers
+// trust its service account) and admits each pod by namespace: a pod of a
+// namespace the Dataset does not list fails to mount with the reason.
+func TestCSIDatasetVolume(t *testing.T) {
+	e, ns := shared, "e2e-csi-dataset"
+	e.namespace(t, ns)
+	e.origin.put(t, "csi-dataset", e.files)
+	c := e.crClient(t)
+	e.dataset(t, c, e.origin, ns, "models", "csi-dataset", v1alpha1.CacheSpec{Memory: ptr.To(resource.MustParse("64Mi")),
+		Disk: ptr.To(resource.MustParse("1Gi"))})
+	pod := e.checker("csi-reader", datasetVolume("models", "models"))
+	pod.Spec.NodeSelector = map[string]string{"sluice.dev/e2e": "true"}
+	d := e.runToCompletion(t, ns, pod, 3*time.Minute)
+	got, err := e.cs.CoreV1().Pods(ns).Get(context.Background(), pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, converted := got.Annotations[contract.InjectedAnnotation]; converted || got.Spec.Volumes[0].CSI == nil {
+		t.Fatal("the pod was converted; it should have used the CSI driver")
+	}
+	t.Logf("a pod read the Dataset through the CSI node plugin and the cache workers in %s", d.Round(time.Millisecond))
+
+	// Another namespace, not in spec.access.namespaces.
+	other := "e2e-csi-intruder"
+	e.namespace(t, other)
+	bad := e.checker("intruder", datasetVolume("models", ns+"/models"))
+	bad.Spec.NodeSelector = map[string]string{"sluice.dev/e2e": "true"}
+	ctx := context.Background()
+	if _, err := e.cs.CoreV1().Pods(other).Create(ctx, bad, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
+		evs, _ := e.cs.CoreV1().Events(other).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=intruder"})
+		found := ""
+		for _, ev := range evs.Items {
+			if ev.Reason == "FailedMount" && strings.Contains(ev.Message, "PermissionDenied") {
+				found = ev.Message
+			}
+		}
+		if found != "" {
+			t.Logf("refused: %s", found)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no FailedMount/PermissionDenied event for a pod of a namespace the Dataset does not list")
+		}
+	}
+	p, _ := e.cs.CoreV1().Pods(other).Get(ctx, bad.Name, metav1.GetOptions{})
+	if p.Status.Phase != corev1.PodPending {
+		t.Errorf("the refused pod is %s, want Pending", p.Status.Phase)
+	}
+	e.cs.CoreV1().Pods(other).Delete(ctx, bad.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+}
