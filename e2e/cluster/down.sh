@@ -39,9 +39,16 @@ grep -F " $OUT" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -
 ip link delete sluice-e2e0 2>/dev/null
 for chain in $(iptables-save 2>/dev/null | grep -o '^:KUBE-[A-Z0-9-]*' | tr -d ':'); do
   iptables -F "$chain" 2>/dev/null; done
+# The kubelet's KUBE-* chains and the CNI portmap plugin's CNI-* chains
+# (hostPorts): a stale hostPort rule would send the next cluster's traffic
+# to a pod IP that no longer exists.
 for t in filter nat mangle; do
-  for chain in $(iptables -t $t -S 2>/dev/null | awk '/^-N KUBE-/{print $2}'); do
-    iptables -t $t -F "$chain" 2>/dev/null; iptables -t $t -X "$chain" 2>/dev/null; done
+  iptables -t $t -S 2>/dev/null | grep -E '^-A (PREROUTING|INPUT|OUTPUT|POSTROUTING|FORWARD) .*-j CNI-' | sed 's/^-A /-D /' |
+    while read -r rule; do eval iptables -t $t "$rule" 2>/dev/null; done
+  for chain in $(iptables -t $t -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/{print $2}'); do
+    iptables -t $t -F "$chain" 2>/dev/null; done
+  for chain in $(iptables -t $t -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/{print $2}'); do
+    iptables -t $t -X "$chain" 2>/dev/null; done
 done
 if [ -f "$OUT/sysctl.orig" ]; then
   while IFS= read -r kv; do sysctl -qw "$kv"; done <"$OUT/sysctl.orig"
