@@ -18,6 +18,11 @@ stop() {
 for p in origin kubelet; do stop $p; done
 # Pods' containers: containerd-shim processes started under our state dir.
 pkill -f "containerd-shim.*$OUT/containerd" 2>/dev/null
+# Container processes a dead shim left behind: everything in the cluster's
+# cgroups (the kubelet's cgroupRoot).
+for procs in $(find /sys/fs/cgroup/*/sluice-e2e -name cgroup.procs 2>/dev/null); do
+  xargs -r kill -9 <"$procs" 2>/dev/null
+done
 stop containerd
 # FUSE sessions of the CSI node plugin live outside its container (their
 # own cgroup, the host PID namespace): stop them, then their cgroups.
