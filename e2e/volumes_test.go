@@ -18,6 +18,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -33,6 +34,16 @@ func (e *env) sourceURL() string {
 // the origin credentials as a Secret.
 func (e *env) namespace(t *testing.T, name string) {
 	ctx := context.Background()
+	// A namespace left by an interrupted run goes first.
+	if err := e.cs.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err == nil || !apierrors.IsNotFound(err) {
+		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
+			if _, err := e.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+				break
+			} else if time.Now().After(deadline) {
+				t.Fatalf("namespace %s left by an earlier run is still there", name)
+			}
+		}
+	}
 	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
