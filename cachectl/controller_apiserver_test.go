@@ -135,6 +135,35 @@ func TestControllerOnAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("a failing worker's reason reaches the status", func(t *testing.T) {
+		pod := &corev1.Pod{}
+		eventually(t, 20*time.Second, "worker pod 0 from the StatefulSet controller", func() bool {
+			return cl.Get(ctx, client.ObjectKey{Namespace: "ml", Name: WorkersName("imagenet") + "-0"}, pod) == nil
+		})
+		// What the kubelet reports for a worker that exits at start
+		// (terminationMessagePolicy FallbackToLogsOnError).
+		msg := `sluice: cannot read s3://datasets/imagenet/: permission denied: AccessDenied`
+		pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "worker", Image: "sluice.local/sluice:test",
+			State:                corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}},
+			LastTerminationState: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 1, Message: msg}}}}
+		if err := cl.Status().Update(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		got := &v1alpha1.Dataset{}
+		eventually(t, 10*time.Second, "SourceReachable False with the worker's message", func() bool {
+			if cl.Get(ctx, client.ObjectKeyFromObject(ds), got) != nil {
+				return false
+			}
+			for _, c := range got.Status.Conditions {
+				if c.Type == v1alpha1.ConditionSourceReachable && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, msg) {
+					t.Logf("condition: %s: %s", c.Reason, c.Message)
+					return true
+				}
+			}
+			return false
+		})
+	})
+
 	t.Run("spec changes reach the workers", func(t *testing.T) {
 		got := &v1alpha1.Dataset{}
 		if err := cl.Get(ctx, client.ObjectKeyFromObject(ds), got); err != nil {

@@ -35,7 +35,10 @@ import (
 // Owned objects carry owner references, so deleting a Dataset removes them;
 // the origin is never touched.
 type DatasetReconciler struct {
-	Client   client.Client
+	Client client.Client
+	// Pods lists the workers' pods (the API server: the manager's cache
+	// holds converted pods only).
+	Pods     client.Reader
 	Recorder recorder.EventRecorder
 	Template WorkerTemplate
 	Demand   *Demand
@@ -55,57 +58,6 @@ type DatasetReconciler struct {
 	scalers  map[types.NamespacedName]*Scaler
 	preloads map[types.NamespacedName]context.CancelFunc // running
 	served   map[types.NamespacedName]servedSample
-}
-
-// WorkerStats is what the workers report about their caches.
-type WorkerStats struct {
-	CachedBytes int64
-	HitRatio    int32 // percent
-	// ServedBytes is the bytes the workers have served (their counters'
-	// sum; a new worker starts at 0).
-	ServedBytes int64
-}
-
-// workerStats scrapes the ready workers of ds (nil when there are none or
-// no scraper) and returns, with them, the rate at which they serve bytes
-// since the previous scrape.
-func (r *DatasetReconciler) workerStats(ctx context.Context, ds *v1alpha1.Dataset, sts *appsv1.StatefulSet) (*WorkerStats, float64) {
-	if r.Stats == nil || sts.Status.ReadyReplicas == 0 {
-		return nil, 0
-	}
-	pods := &corev1.PodList{}
-	if err := r.Client.List(ctx, pods, client.InNamespace(ds.Namespace), client.MatchingLabels(selectorLabels(ds))); err != nil {
-		return nil, 0
-	}
-	ws, err := r.Stats(ctx, pods.Items)
-	if err != nil { // a partial sum would fake a rate: skip this sample
-		klog.V(2).InfoS("Reading the workers' statistics failed", "dataset", klog.KObj(ds), "err", err)
-		return nil, 0
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.served == nil {
-		r.served = map[types.NamespacedName]servedSample{}
-	}
-	key := client.ObjectKeyFromObject(ds)
-	rate := r.served[key].rate(ws.ServedBytes, r.now())
-	r.served[key] = servedSample{bytes: ws.ServedBytes, at: r.now()}
-	return &ws, rate
-}
-
-type servedSample struct {
-	bytes int64
-	at    time.Time
-}
-
-// rate is bytes/s from s to (bytes, now); 0 without a previous sample or
-// when the counters went back (a worker restarted or went away).
-func (s servedSample) rate(bytes int64, now time.Time) float64 {
-	dt := now.Sub(s.at).Seconds()
-	if s.at.IsZero() || dt <= 0 || bytes < s.bytes {
-		return 0
-	}
-	return float64(bytes-s.bytes) / dt
 }
 
 // SetupWithManager registers the reconciler.
@@ -175,7 +127,8 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	} else if err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
-	ws, served := r.workerStats(ctx, ds, sts)
+	pods := r.workerPods(ctx, ds, current)
+	ws, served := r.workerStats(ctx, ds, sts, pods)
 	desired, demand, clients, err := r.desired(ctx, ds, current, served)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -192,7 +145,7 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		klog.InfoS("Scaled cache workers", "dataset", klog.KObj(ds), "from", current, "to", desired,
 			"bytesPerSecond", int64(demand), "clients", clients)
 	}
-	if err := r.updateStatus(ctx, ds, sts, desired, demand, clients, ws); err != nil {
+	if err := r.updateStatus(ctx, ds, sts, desired, demand, clients, ws, pods); err != nil {
 		return ctrl.Result{}, err
 	}
 	if r.Preloader != nil && preloadDue(ds, desired, r.preloadRunning(req.NamespacedName), r.now()) {
@@ -256,7 +209,7 @@ func (r *DatasetReconciler) ensureIdentity(ctx context.Context, ns string) error
 }
 
 func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Dataset, sts *appsv1.StatefulSet,
-	desired int32, demand float64, clients int, ws *WorkerStats) error {
+	desired int32, demand float64, clients int, ws *WorkerStats, pods []corev1.Pod) error {
 	before := ds.DeepCopy()
 	st := &ds.Status
 	st.ObservedGeneration = ds.Generation
@@ -285,6 +238,11 @@ func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Datas
 		st.Phase = v1alpha1.PhasePending
 		setCondition(st, v1alpha1.ConditionReady, metav1.ConditionFalse, "WorkersStarting",
 			fmt.Sprintf("0 of %d cache workers serve yet", desired), gen)
+		// A worker that exits at start says why (it could not read the
+		// origin: bad URL, credentials, endpoint) in its termination message.
+		if msg := workerFailure(pods); msg != "" {
+			setCondition(st, v1alpha1.ConditionSourceReachable, metav1.ConditionFalse, "WorkerFailing", msg, gen)
+		}
 	}
 	if st.Replicas != desired || st.ReadyWorkers != desired {
 		setCondition(st, v1alpha1.ConditionScaling, metav1.ConditionTrue, "Scaling",

@@ -164,7 +164,7 @@ func (o *Options) NewManager(cfg *rest.Config) (manager.Manager, error) {
 	demand := &Demand{Window: o.DemandWindow}
 	wake := make(chan event.GenericEvent, 256)
 	rec := mgr.GetEventRecorder("sluice-controller")
-	r := &DatasetReconciler{Client: mgr.GetClient(), Recorder: rec, Template: o.templateParsed, Demand: demand,
+	r := &DatasetReconciler{Client: mgr.GetClient(), Pods: mgr.GetAPIReader(), Recorder: rec, Template: o.templateParsed, Demand: demand,
 		Resync: o.Resync, Wake: wake, Stats: ScrapeStats(&http.Client{})}
 	if o.Preload {
 		open := o.preloadOpen

@@ -7,12 +7,19 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
 )
 
 // ScrapeStats reads the cache statistics of the ready worker pods from
@@ -90,4 +97,84 @@ func podReady(p *corev1.Pod) bool {
 		}
 	}
 	return false
+}
+
+// WorkerStats is what the workers report about their caches.
+type WorkerStats struct {
+	CachedBytes int64
+	HitRatio    int32 // percent
+	// ServedBytes is the bytes the workers have served (their counters'
+	// sum; a new worker starts at 0).
+	ServedBytes int64
+}
+
+// workerStats scrapes the ready workers of ds (nil when there are none or
+// no scraper) and returns, with them, the rate at which they serve bytes
+// since the previous scrape.
+func (r *DatasetReconciler) workerStats(ctx context.Context, ds *v1alpha1.Dataset, sts *appsv1.StatefulSet, pods []corev1.Pod) (*WorkerStats, float64) {
+	if r.Stats == nil || sts.Status.ReadyReplicas == 0 {
+		return nil, 0
+	}
+	ws, err := r.Stats(ctx, pods)
+	if err != nil { // a partial sum would fake a rate: skip this sample
+		klog.V(2).InfoS("Reading the workers' statistics failed", "dataset", klog.KObj(ds), "err", err)
+		return nil, 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.served == nil {
+		r.served = map[types.NamespacedName]servedSample{}
+	}
+	key := client.ObjectKeyFromObject(ds)
+	rate := r.served[key].rate(ws.ServedBytes, r.now())
+	r.served[key] = servedSample{bytes: ws.ServedBytes, at: r.now()}
+	return &ws, rate
+}
+
+type servedSample struct {
+	bytes int64
+	at    time.Time
+}
+
+// rate is bytes/s from s to (bytes, now); 0 without a previous sample or
+// when the counters went back (a worker restarted or went away).
+func (s servedSample) rate(bytes int64, now time.Time) float64 {
+	dt := now.Sub(s.at).Seconds()
+	if s.at.IsZero() || dt <= 0 || bytes < s.bytes {
+		return 0
+	}
+	return float64(bytes-s.bytes) / dt
+}
+
+// workerPods lists ds's worker pods from the API server (none when no
+// worker is wanted or Pods is unset).
+func (r *DatasetReconciler) workerPods(ctx context.Context, ds *v1alpha1.Dataset, current int32) []corev1.Pod {
+	if r.Pods == nil || current <= 0 {
+		return nil
+	}
+	pods := &corev1.PodList{}
+	if err := r.Pods.List(ctx, pods, client.InNamespace(ds.Namespace), client.MatchingLabels(selectorLabels(ds))); err != nil {
+		klog.V(2).InfoS("Listing the workers failed", "dataset", klog.KObj(ds), "err", err)
+		return nil
+	}
+	return pods.Items
+}
+
+// workerFailure is the last termination message of a worker container
+// that exited with an error, if any (at most 512 bytes).
+func workerFailure(pods []corev1.Pod) string {
+	for _, p := range pods {
+		for _, c := range p.Status.ContainerStatuses {
+			for _, t := range []*corev1.ContainerStateTerminated{c.State.Terminated, c.LastTerminationState.Terminated} {
+				if t != nil && t.ExitCode != 0 && strings.TrimSpace(t.Message) != "" {
+					msg := strings.TrimSpace(t.Message)
+					if len(msg) > 512 {
+						msg = msg[len(msg)-512:]
+					}
+					return fmt.Sprintf("worker %s exited %d: %s", p.Name, t.ExitCode, msg)
+				}
+			}
+		}
+	}
+	return ""
 }

@@ -173,6 +173,9 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 			TerminationGracePeriodSeconds: ptr.To[int64](45), // > the workers' 30 s drain
 			Containers: []corev1.Container{{
 				Name: "worker", Image: t.Image, ImagePullPolicy: t.ImagePullPolicy, Args: args, Env: env,
+				// A worker that cannot reach the origin says why in its
+				// last log lines; the Dataset's status shows them.
+				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: contract.WorkersPort},
 					{Name: "metrics", ContainerPort: metricsPort}},
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{

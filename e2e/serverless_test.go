@@ -298,6 +298,18 @@ func TestBurstReadsOriginOnce(t *testing.T) {
 	if p < 2 {
 		t.Errorf("the workers never scaled up during the burst (peak %d)", p)
 	}
+	// The controller reports what the workers hold (scraped from them).
+	for deadline := time.Now().Add(40 * time.Second); ; time.Sleep(time.Second) {
+		got := &v1alpha1.Dataset{}
+		if err := c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "shard"}, got); err == nil && got.Status.CachedBytes >= int64(len(data)) {
+			t.Logf("Dataset status: %d bytes cached in the workers, hit ratio %d%%", got.Status.CachedBytes, got.Status.HitRatio)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the Dataset's status.cachedBytes never reached the file's size")
+			break
+		}
+	}
 	downAt := time.Now()
 	for deadline := downAt.Add(3 * time.Minute); ; time.Sleep(time.Second) {
 		s, err := e.cs.AppsV1().StatefulSets(ns).Get(context.Background(), cachectl.WorkersName("shard"), metav1.GetOptions{})
