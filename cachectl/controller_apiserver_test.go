@@ -209,6 +209,11 @@ func TestControllerOnAPIServer(t *testing.T) {
 			return apierrors.IsNotFound(cl.Get(ctx, key, &appsv1.StatefulSet{})) &&
 				apierrors.IsNotFound(cl.Get(ctx, key, &corev1.Service{}))
 		})
+		// The last Dataset of the namespace: the workers' identity goes too.
+		eventually(t, 10*time.Second, "the workers' cluster role binding and service account to go", func() bool {
+			return apierrors.IsNotFound(cl.Get(ctx, client.ObjectKey{Name: WorkerRoleBindingName("ml")}, &rbacv1.ClusterRoleBinding{})) &&
+				apierrors.IsNotFound(cl.Get(ctx, client.ObjectKey{Namespace: "ml", Name: WorkerServiceAccount}, &corev1.ServiceAccount{}))
+		})
 	})
 }
 

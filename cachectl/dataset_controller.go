@@ -101,8 +101,9 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			r.cancelPreload(req.NamespacedName)
 			r.mu.Lock()
 			delete(r.scalers, req.NamespacedName)
+			delete(r.served, req.NamespacedName)
 			r.mu.Unlock()
-			return ctrl.Result{}, nil
+			return ctrl.Result{}, r.dropIdentity(ctx, req.Namespace)
 		}
 		return ctrl.Result{}, err
 	}
@@ -204,6 +205,25 @@ func (r *DatasetReconciler) ensureIdentity(ctx context.Context, ns string) error
 		return nil
 	}); err != nil {
 		return fmt.Errorf("cluster role binding %s: %w", crb.Name, err)
+	}
+	return nil
+}
+
+// dropIdentity removes the workers' service account and cluster role
+// binding of namespace ns once no Dataset is left there (the binding is
+// cluster-scoped: no Dataset can own it).
+func (r *DatasetReconciler) dropIdentity(ctx context.Context, ns string) error {
+	list := &v1alpha1.DatasetList{}
+	if err := r.Client.List(ctx, list, client.InNamespace(ns)); err != nil || len(list.Items) > 0 {
+		return err
+	}
+	for _, obj := range []client.Object{
+		&rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: WorkerRoleBindingName(ns)}},
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: WorkerServiceAccount, Namespace: ns}},
+	} {
+		if err := r.Client.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("removing %s: %w", obj.GetName(), err)
+		}
 	}
 	return nil
 }
