@@ -266,13 +266,7 @@ func testScaling(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl clie
 		tok, uid := srv.PodToken(t, "ml", name, contract.TokenAudience)
 		sidecars = append(sidecars, sidecar{tok, uid, name})
 	}
-	replicas := func() int32 {
-		sts := &appsv1.StatefulSet{}
-		if cl.Get(ctx, key, sts) != nil {
-			return -1
-		}
-		return *sts.Spec.Replicas
-	}
+	replicas := func() int32 { return stsReplicas(ctx, cl, key) }
 	beat := func(rate float64) {
 		for _, s := range sidecars {
 			action := postHeartbeat(t, url, s.token, contract.Heartbeat{PodUID: s.uid, Namespace: "ml", Name: s.name,
@@ -477,13 +471,7 @@ func testExternalScale(ctx context.Context, t *testing.T, srv *kubeapi.Server, c
 		t.Fatal(err)
 	}
 	key := client.ObjectKey{Namespace: "ml", Name: WorkersName("hpa")}
-	replicas := func() int32 {
-		sts := &appsv1.StatefulSet{}
-		if cl.Get(ctx, key, sts) != nil {
-			return -1
-		}
-		return *sts.Spec.Replicas
-	}
+	replicas := func() int32 { return stsReplicas(ctx, cl, key) }
 	eventually(t, 10*time.Second, "minWorkers (1) before anyone scales", func() bool { return replicas() == 1 })
 	// What an HPA does: write spec.replicas through the scale subresource.
 	cs := kubernetes.NewForConfigOrDie(srv.Config)
@@ -508,13 +496,7 @@ func testScaleFromZero(ctx context.Context, t *testing.T, srv *kubeapi.Server, c
 		t.Fatal(err)
 	}
 	key := client.ObjectKey{Namespace: "ml", Name: WorkersName("idle")}
-	replicas := func() int32 {
-		sts := &appsv1.StatefulSet{}
-		if cl.Get(ctx, key, sts) != nil {
-			return -1
-		}
-		return *sts.Spec.Replicas
-	}
+	replicas := func() int32 { return stsReplicas(ctx, cl, key) }
 	got := &v1alpha1.Dataset{}
 	eventually(t, 10*time.Second, "0 workers and phase Idle", func() bool {
 		return replicas() == 0 && cl.Get(ctx, client.ObjectKeyFromObject(ds), got) == nil && got.Status.Phase == v1alpha1.PhaseIdle
@@ -526,4 +508,13 @@ func testScaleFromZero(ctx context.Context, t *testing.T, srv *kubeapi.Server, c
 	eventually(t, 5*time.Second, "one worker after the first heartbeat", func() bool { return replicas() == 1 })
 	t.Logf("a heartbeat woke the scaled-to-zero Dataset: 1 worker after %s", time.Since(start).Round(time.Millisecond))
 	_ = cl.Delete(ctx, ds)
+}
+
+// stsReplicas is the StatefulSet's spec.replicas (-1 when it is missing).
+func stsReplicas(ctx context.Context, cl client.Client, key client.ObjectKey) int32 {
+	sts := &appsv1.StatefulSet{}
+	if cl.Get(ctx, key, sts) != nil {
+		return -1
+	}
+	return *sts.Spec.Replicas
 }

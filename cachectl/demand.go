@@ -33,13 +33,6 @@ func (d *Demand) Record(podUID string, datasets []string, bytesPerSec float64, n
 	d.pods[podUID] = report{datasets: append([]string(nil), datasets...), rate: max(bytesPerSec, 0), at: now}
 }
 
-// Forget drops a pod (it was deleted).
-func (d *Demand) Forget(podUID string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	delete(d.pods, podUID)
-}
-
 // Of returns the aggregate throughput of dataset ("namespace/name") and the
 // number of pods reading it. A pod reading several datasets counts its rate
 // against each (it cannot say which one served the bytes).

@@ -141,6 +141,12 @@ func (h *HeartbeatHandler) decide(ctx context.Context, hb contract.Heartbeat, no
 	}
 	t, seen := h.told[hb.PodUID]
 	if !seen {
+		// Sidecars told long ago are gone (or reported): forget them.
+		for uid, old := range h.told {
+			if now.Sub(old.at) > 10*ExitGrace {
+				delete(h.told, uid)
+			}
+		}
 		h.told[hb.PodUID] = told{at: now}
 		klog.InfoS("Telling a FUSE sidecar to exit: the pod's app containers are done", "pod", klog.KObj(pod))
 	} else if since := now.Sub(t.at); since >= ExitGrace && !t.reported {
@@ -151,12 +157,4 @@ func (h *HeartbeatHandler) decide(ctx context.Context, hb contract.Heartbeat, no
 		}
 	}
 	return contract.HeartbeatExit, nil
-}
-
-// Forget drops what the handler knows of a deleted pod.
-func (h *HeartbeatHandler) Forget(podUID string) {
-	h.mu.Lock()
-	delete(h.told, podUID)
-	h.mu.Unlock()
-	h.Demand.Forget(podUID)
 }

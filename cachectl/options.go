@@ -92,10 +92,8 @@ func (o *Options) Validate() error {
 	default:
 		return fmt.Errorf("--worker-image-pull-policy %q: want Always, IfNotPresent or Never", o.PullPolicy)
 	}
-	for flag, addr := range map[string]string{"--heartbeat-addr": o.HeartbeatAddr} {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return fmt.Errorf("%s %q: %w", flag, addr, err)
-		}
+	if _, _, err := net.SplitHostPort(o.HeartbeatAddr); err != nil {
+		return fmt.Errorf("--heartbeat-addr %q: %w", o.HeartbeatAddr, err)
 	}
 	for _, sa := range o.Trusted {
 		if ns, name, ok := strings.Cut(sa, "/"); !ok || ns == "" || name == "" {

@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,17 +29,7 @@ func TestKubectlDryRun(t *testing.T) {
 		t.Skip("needs kubectl (make kube-binaries)")
 	}
 	srv := kubeapi.Start(t)
-	kc := filepath.Join(t.TempDir(), "kubeconfig")
-	cfg := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters: [{name: t, cluster: {server: %q, insecure-skip-tls-verify: true}}]
-users: [{name: t, user: {token: %q}}]
-contexts: [{name: t, context: {cluster: t, user: t}}]
-current-context: t
-`, srv.Host, srv.Config.BearerToken)
-	if err := os.WriteFile(kc, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kc := srv.WriteKubeconfig(t)
 	run := func(args ...string) (string, error) {
 		cmd := exec.Command(kubectl, append([]string{"--kubeconfig", kc}, args...)...)
 		out, err := cmd.CombinedOutput()

@@ -47,7 +47,8 @@ func (e *env) crClient(t *testing.T) client.Client {
 }
 
 // dataset creates a Dataset of bucket on the node origin in ns and waits
-// until a cache worker serves it.
+// until a cache worker serves it (phase Ready), or, with minWorkers 0,
+// until it settles at no worker (phase Idle).
 func (e *env) dataset(t *testing.T, c client.Client, o *nodeOrigin, ns, name, bucket string, cache v1alpha1.CacheSpec) {
 	t.Helper()
 	ctx := context.Background()
@@ -61,16 +62,20 @@ func (e *env) dataset(t *testing.T, c client.Client, o *nodeOrigin, ns, name, bu
 	if err := c.Create(ctx, ds); err != nil {
 		t.Fatal(err)
 	}
+	want := v1alpha1.PhaseReady
+	if cache.MinWorkers != nil && *cache.MinWorkers == 0 {
+		want = v1alpha1.PhaseIdle
+	}
 	start := time.Now()
 	for deadline := start.Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
 		got := &v1alpha1.Dataset{}
-		if err := c.Get(ctx, client.ObjectKeyFromObject(ds), got); err == nil && got.Status.Phase == v1alpha1.PhaseReady {
-			t.Logf("Dataset %s/%s Ready in %s (%d worker, %s)", ns, name, time.Since(start).Round(time.Millisecond),
+		if err := c.Get(ctx, client.ObjectKeyFromObject(ds), got); err == nil && got.Status.Phase == want {
+			t.Logf("Dataset %s/%s %s in %s (%d workers, %s)", ns, name, want, time.Since(start).Round(time.Millisecond),
 				got.Status.ReadyWorkers, got.Status.Workers)
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Dataset %s/%s not Ready within 3 minutes", ns, name)
+			t.Fatalf("Dataset %s/%s not %s within 3 minutes", ns, name, want)
 		}
 	}
 }
@@ -363,28 +368,8 @@ func TestScaleFromZero(t *testing.T) {
 	e.namespace(t, ns)
 	o := e.origin
 	o.put(t, "zero", e.files)
-	c := e.crClient(t)
-	ctx := context.Background()
-	if _, err := e.cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "node-origin"},
-		StringData: map[string]string{contract.EnvAccessKeyID: o.access, contract.EnvSecretAccessKey: o.secret}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	ds := &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: "idle", Namespace: ns}, Spec: v1alpha1.DatasetSpec{
-		Source: "s3://zero", SecretRef: &corev1.LocalObjectReference{Name: "node-origin"},
-		Options: v1alpha1.SourceOptions{Endpoint: o.endpoint, PathStyle: true},
-		Cache:   v1alpha1.CacheSpec{MinWorkers: ptr.To[int32](0), Memory: ptr.To(resource.MustParse("64Mi")), Disk: ptr.To(resource.MustParse("1Gi"))}}}
-	if err := c.Create(ctx, ds); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
-		got := &v1alpha1.Dataset{}
-		if err := c.Get(ctx, client.ObjectKeyFromObject(ds), got); err == nil && got.Status.Phase == v1alpha1.PhaseIdle {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the Dataset did not settle at 0 workers (phase Idle)")
-		}
-	}
+	e.dataset(t, e.crClient(t), o, ns, "idle", "zero", v1alpha1.CacheSpec{MinWorkers: ptr.To[int32](0),
+		Memory: ptr.To(resource.MustParse("64Mi")), Disk: ptr.To(resource.MustParse("1Gi"))})
 	pod := e.checker("first-reader", datasetVolume("models", "idle"))
 	pod.Labels = map[string]string{contract.InjectLabel: "true"}
 	pod.Spec.NodeSelector = map[string]string{"sluice.dev/e2e": "true"}

@@ -255,6 +255,24 @@ func (s *Server) PodToken(t testing.TB, ns, name, audience string) (token, uid s
 	return tr.Status.Token, string(pod.UID)
 }
 
+// WriteKubeconfig writes a kubeconfig for the admin (for kubectl and the
+// Kubernetes binaries) and returns its path.
+func (s *Server) WriteKubeconfig(t testing.TB) string {
+	t.Helper()
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: t, cluster: {server: %q, insecure-skip-tls-verify: true}}]
+users: [{name: t, user: {token: %q}}]
+contexts: [{name: t, context: {cluster: t, user: t}}]
+current-context: t
+`, s.Host, adminToken)
+	if err := os.WriteFile(kc, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kc
+}
+
 // StartControllerManager runs kube-controller-manager (from the same build
 // as the API server) with just the named controllers, e.g.
 // "garbagecollector", "statefulset", and stops it at cleanup. Without a
@@ -270,17 +288,7 @@ func (s *Server) StartControllerManager(t testing.TB, controllers ...string) {
 		t.Fatalf("kube-controller-manager next to kube-apiserver (make kube-binaries): %v", err)
 	}
 	dir := t.TempDir()
-	kc := filepath.Join(dir, "kubeconfig")
-	cfg := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters: [{name: t, cluster: {server: %q, insecure-skip-tls-verify: true}}]
-users: [{name: t, user: {token: %q}}]
-contexts: [{name: t, context: {cluster: t, user: t}}]
-current-context: t
-`, s.Host, adminToken)
-	if err := os.WriteFile(kc, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kc := s.WriteKubeconfig(t)
 	cm := launch(t, "kube-controller-manager", bin, dir, "--kubeconfig", kc, "--leader-elect=false",
 		"--secure-port=0", "--controllers", strings.Join(controllers, ","))
 	t.Cleanup(func() {
