@@ -53,9 +53,10 @@ type Options struct {
 
 // FS is the file system: namespace for names, cache for bytes.
 type FS struct {
-	ns    *namespace.Cache
-	cache *blockcache.Cache
-	opts  Options
+	ns     *namespace.Cache
+	cache  *blockcache.Cache
+	opts   Options
+	inodes *inodeLog // nil unless served for a keeper (ServeFD)
 }
 
 // New returns a file system over ns and cache.
@@ -70,6 +71,49 @@ func New(ns *namespace.Cache, cache *blockcache.Cache, opts Options) *FS {
 type Mount struct {
 	Dir    string
 	server *fuse.Server
+	// byFD: served on a descriptor a keeper mounted (ServeFD); go-fuse
+	// does not know Dir, so unmounting is done here.
+	byFD    bool
+	closers []func() error
+}
+
+// mountOptions are go-fuse's options for this file system; mountFD gives
+// the kernel the same ones when a keeper mounts for a serving process.
+func (f *FS) mountOptions() fuse.MountOptions {
+	return mountOptions(f.opts)
+}
+
+func mountOptions(o Options) fuse.MountOptions {
+	mo := fuse.MountOptions{
+		FsName:        o.FsName,
+		Name:          contract.FSName,
+		MaxWrite:      1 << 20,
+		DisableSplice: true,
+		AllowOther:    o.AllowOther,
+		Debug:         o.Debug,
+		MaxBackground: 64,
+		// READDIRPLUS hands out node ids inside directory listings,
+		// where handoverFS cannot count them.
+		DisableReadDirPlus: true,
+	}
+	if !o.Passthrough {
+		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
+	}
+	return mo
+}
+
+// rawFS is the node bridge behind handoverFS, node id = inode number.
+func (f *FS) rawFS(generation uint16) *handoverFS {
+	ttl := f.ns.TTL()
+	root := &dirNode{fsys: f}
+	bridge := fs.NewNodeFS(root, &fs.Options{
+		EntryTimeout:    &ttl,
+		AttrTimeout:     &ttl,
+		NegativeTimeout: &ttl,
+		ExternalNodeID:  true,
+		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
+	})
+	return newHandoverFS(bridge, generation)
 }
 
 // Mount mounts the file system at dir and serves it in the background.
@@ -78,33 +122,19 @@ func (f *FS) Mount(dir string) (*Mount, error) {
 	if err := mountutil.PrepareTarget(dir); err != nil {
 		return nil, err
 	}
-	ttl := f.ns.TTL()
-	mo := fuse.MountOptions{
-		FsName:        f.opts.FsName,
-		Name:          contract.FSName,
-		MaxWrite:      1 << 20,
-		DisableSplice: true,
-		AllowOther:    f.opts.AllowOther,
-		Debug:         f.opts.Debug,
-		MaxBackground: 64,
-	}
+	mo := f.mountOptions()
 	if os.Geteuid() == 0 {
 		mo.DirectMountStrict = true
-		mo.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
+		mo.DirectMountFlags = mountFlags
 	} else {
 		mo.Options = append(mo.Options, "ro")
 	}
-	if !f.opts.Passthrough {
-		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
-	}
-	root := &dirNode{fsys: f}
-	server, err := fs.Mount(dir, root, &fs.Options{
-		MountOptions:    mo,
-		EntryTimeout:    &ttl,
-		AttrTimeout:     &ttl,
-		NegativeTimeout: &ttl,
-	})
+	server, err := fuse.NewServer(f.rawFS(1), dir, &mo)
 	if err != nil {
+		return nil, fmt.Errorf("mounting %s: %w", dir, err)
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
 		return nil, fmt.Errorf("mounting %s: %w", dir, err)
 	}
 	if err := mountutil.SetReadAheadKB(dir, f.opts.ReadAheadKB); err != nil {
@@ -117,7 +147,12 @@ func (f *FS) Mount(dir string) (*Mount, error) {
 func (m *Mount) Unmount() error {
 	var err error
 	for i := 0; i < 20; i++ {
-		if err = m.server.Unmount(); err == nil {
+		if m.byFD {
+			err = syscall.Unmount(m.Dir, 0)
+		} else {
+			err = m.server.Unmount()
+		}
+		if err == nil {
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -132,6 +167,11 @@ func (m *Mount) Wait() { m.server.Wait() }
 // ServeUntil serves until ctx is done, then unmounts, or until the mount is
 // unmounted from outside (then it returns nil at once).
 func (m *Mount) ServeUntil(ctx context.Context) error {
+	defer func() {
+		for _, c := range m.closers {
+			_ = c()
+		}
+	}()
 	done := make(chan struct{})
 	go func() { m.Wait(); close(done) }()
 	select {

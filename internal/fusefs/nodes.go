@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -26,6 +27,7 @@ var (
 	_ = (fs.NodeLookuper)((*dirNode)(nil))
 	_ = (fs.NodeReaddirer)((*dirNode)(nil))
 	_ = (fs.NodeGetattrer)((*dirNode)(nil))
+	_ = (fs.NodeLookupNoder)((*dirNode)(nil))
 )
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -33,14 +35,46 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if err != nil {
 		return nil, errno(err)
 	}
-	p := path.Join(d.path, name)
+	return d.newChild(ctx, path.Join(d.path, name), e, out), 0
+}
+
+// newChild makes the node of entry e at p, recording its path in the
+// inode log for a process that may take the connection over.
+func (d *dirNode) newChild(ctx context.Context, p string, e source.Entry, out *fuse.EntryOut) *fs.Inode {
 	setAttr(&out.Attr, e)
+	var ops fs.InodeEmbedder = &fileNode{fsys: d.fsys, path: p, entry: e}
+	attr := fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino(p, e.Version)}
 	if e.IsDir {
-		return d.NewInode(ctx, &dirNode{fsys: d.fsys, path: p},
-			fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino(p, "")}), 0
+		ops, attr = &dirNode{fsys: d.fsys, path: p}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino(p, "")}
 	}
-	return d.NewInode(ctx, &fileNode{fsys: d.fsys, path: p, entry: e},
-		fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino(p, e.Version)}), 0
+	if err := d.fsys.inodes.record(attr.Ino, e.IsDir, p); err != nil {
+		klog.ErrorS(err, "Could not record a node's path", "path", p)
+	}
+	return d.NewInode(ctx, ops, attr)
+}
+
+// LookupNode (called on the root) finds a node by its id alone, for a
+// process that took over a connection whose kernel holds ids handed out
+// by the one before: the inode log gives the path, the namespace the
+// entry. An object changed since is stale.
+func (d *dirNode) LookupNode(ctx context.Context, id uint64, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	rec, ok := d.fsys.inodes.resolve(id)
+	if !ok {
+		return nil, syscall.ESTALE
+	}
+	parent, name := path.Split(rec.path)
+	e, err := d.fsys.ns.Lookup(ctx, strings.TrimSuffix(parent, "/"), name)
+	if err != nil {
+		return nil, errno(err)
+	}
+	if e.IsDir != rec.dir {
+		return nil, syscall.ESTALE
+	}
+	n := d.newChild(ctx, rec.path, e, out)
+	if n.StableAttr().Ino != id {
+		return nil, syscall.ESTALE
+	}
+	return n, 0
 }
 
 func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {

@@ -1,0 +1,306 @@
+package fusefs
+
+import (
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// handoverFS sits between go-fuse's server and its node bridge so that a
+// process can take over a live FUSE connection from one that died. The
+// kernel then holds node ids and file handles this process never handed
+// out, and lookup counts it never saw; the bridge panics on all three.
+//
+//   - Node ids: the bridge's lookup count of every node id is mirrored in
+//     counts (all LOOKUP replies pass here; READDIRPLUS is off). Before a
+//     request on an id with no count, the id is looked up as "." — the
+//     bridge asks the root's LookupNode, which finds the path in the inode
+//     log. FORGET is trimmed to the count, so the kernel's references from
+//     the dead process never underflow the bridge.
+//   - File handles: handles given to the kernel carry this process's
+//     generation in their top 16 bits and map to the bridge's. A handle of
+//     another generation is opened again on first use; its RELEASE is
+//     answered here.
+type handoverFS struct {
+	fuse.RawFileSystem
+	gen uint64 // << 48
+
+	mu     sync.Mutex
+	counts map[uint64]uint64 // node id → lookups the bridge holds
+	fhs    map[uint64]uint64 // kernel handle → bridge handle
+	nextFh uint64
+}
+
+func newHandoverFS(inner fuse.RawFileSystem, generation uint16) *handoverFS {
+	return &handoverFS{
+		RawFileSystem: inner,
+		gen:           uint64(generation) << 48,
+		counts:        map[uint64]uint64{fuse.FUSE_ROOT_ID: 1},
+		fhs:           map[uint64]uint64{},
+	}
+}
+
+// ensure makes node id known to the bridge.
+func (h *handoverFS) ensure(cancel <-chan struct{}, hdr *fuse.InHeader) fuse.Status {
+	h.mu.Lock()
+	known := hdr.NodeId == fuse.FUSE_ROOT_ID || h.counts[hdr.NodeId] > 0
+	h.mu.Unlock()
+	if known {
+		return fuse.OK
+	}
+	var out fuse.EntryOut
+	in := fuse.InHeader{NodeId: hdr.NodeId, Caller: hdr.Caller}
+	st := h.RawFileSystem.Lookup(cancel, &in, ".", &out)
+	if st.Ok() {
+		h.counted(out.NodeId)
+	}
+	return st
+}
+
+func (h *handoverFS) counted(id uint64) {
+	h.mu.Lock()
+	h.counts[id]++
+	h.mu.Unlock()
+}
+
+// handle maps a kernel handle to the bridge's, opening the node again for
+// a handle of another generation.
+func (h *handoverFS) handle(cancel <-chan struct{}, hdr *fuse.InHeader, fh uint64, dir bool) (uint64, fuse.Status) {
+	if fh == 0 {
+		return 0, fuse.OK
+	}
+	h.mu.Lock()
+	inner, ok := h.fhs[fh]
+	h.mu.Unlock()
+	if ok {
+		return inner, fuse.OK
+	}
+	if fh&^(1<<48-1) == h.gen {
+		return 0, fuse.EBADF // ours, and released
+	}
+	in := fuse.OpenIn{InHeader: *hdr, Flags: syscall.O_RDONLY}
+	var out fuse.OpenOut
+	open := h.RawFileSystem.Open
+	if dir {
+		open = h.RawFileSystem.OpenDir
+	}
+	if st := open(cancel, &in, &out); !st.Ok() {
+		return 0, st
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if prev, ok := h.fhs[fh]; ok { // a concurrent request opened it too
+		h.releaseLocked(out.Fh, dir)
+		return prev, fuse.OK
+	}
+	h.fhs[fh] = out.Fh
+	return out.Fh, fuse.OK
+}
+
+func (h *handoverFS) releaseLocked(fh uint64, dir bool) {
+	in := fuse.ReleaseIn{Fh: fh}
+	if dir {
+		go h.RawFileSystem.ReleaseDir(&in)
+	} else {
+		go h.RawFileSystem.Release(nil, &in)
+	}
+}
+
+// issue gives the kernel a handle for the bridge's fh.
+func (h *handoverFS) issue(out *fuse.OpenOut) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.nextFh++
+	k := h.gen | h.nextFh
+	h.fhs[k] = out.Fh
+	out.Fh = k
+}
+
+// forgetHandle drops a kernel handle, returning the bridge's (0: none).
+func (h *handoverFS) forgetHandle(fh uint64) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	inner := h.fhs[fh]
+	delete(h.fhs, fh)
+	return inner
+}
+
+func (h *handoverFS) Lookup(cancel <-chan struct{}, hdr *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	if st := h.ensure(cancel, hdr); !st.Ok() {
+		return st
+	}
+	st := h.RawFileSystem.Lookup(cancel, hdr, name, out)
+	if st.Ok() && out.NodeId != 0 {
+		h.counted(out.NodeId)
+	}
+	return st
+}
+
+func (h *handoverFS) Forget(nodeID, nlookup uint64) {
+	h.mu.Lock()
+	n := min(nlookup, h.counts[nodeID])
+	if n == h.counts[nodeID] {
+		delete(h.counts, nodeID)
+	} else {
+		h.counts[nodeID] -= n
+	}
+	h.mu.Unlock()
+	if n > 0 {
+		h.RawFileSystem.Forget(nodeID, n)
+	}
+}
+
+func (h *handoverFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
+		return st
+	}
+	if in.Flags_&fuse.FUSE_GETATTR_FH != 0 {
+		fh, st := h.handle(cancel, &in.InHeader, in.Fh_, false)
+		if !st.Ok() {
+			return st
+		}
+		in.Fh_ = fh
+	}
+	return h.RawFileSystem.GetAttr(cancel, in, out)
+}
+
+func (h *handoverFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
+		return st
+	}
+	st := h.RawFileSystem.Open(cancel, in, out)
+	if st.Ok() {
+		h.issue(out)
+	}
+	return st
+}
+
+func (h *handoverFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
+		return st
+	}
+	st := h.RawFileSystem.OpenDir(cancel, in, out)
+	if st.Ok() {
+		h.issue(out)
+	}
+	return st
+}
+
+func (h *handoverFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
+		return nil, st
+	}
+	fh, st := h.handle(cancel, &in.InHeader, in.Fh, false)
+	if !st.Ok() {
+		return nil, st
+	}
+	in.Fh = fh
+	return h.RawFileSystem.Read(cancel, in, buf)
+}
+
+func (h *handoverFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
+		return st
+	}
+	fh, st := h.handle(cancel, &in.InHeader, in.Fh, true)
+	if !st.Ok() {
+		return st
+	}
+	in.Fh = fh
+	return h.RawFileSystem.ReadDir(cancel, in, out)
+}
+
+func (h *handoverFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return fuse.ENOSYS // off (MountOptions.DisableReadDirPlus): its entries would escape counts
+}
+
+func (h *handoverFS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
+	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
+		return st
+	}
+	fh, st := h.handle(cancel, &in.InHeader, in.Fh, false)
+	if !st.Ok() {
+		return st
+	}
+	in.Fh = fh
+	return h.RawFileSystem.Lseek(cancel, in, out)
+}
+
+func (h *handoverFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	h.mu.Lock()
+	fh, ok := h.fhs[in.Fh]
+	h.mu.Unlock()
+	if !ok {
+		return fuse.OK // another generation's handle, not opened again: nothing to flush
+	}
+	in.Fh = fh
+	return h.RawFileSystem.Flush(cancel, in)
+}
+
+func (h *handoverFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	if fh := h.forgetHandle(in.Fh); fh != 0 {
+		in.Fh = fh
+		h.RawFileSystem.Release(cancel, in)
+	}
+}
+
+func (h *handoverFS) ReleaseDir(in *fuse.ReleaseIn) {
+	if fh := h.forgetHandle(in.Fh); fh != 0 {
+		in.Fh = fh
+		h.RawFileSystem.ReleaseDir(in)
+	}
+}
+
+func (h *handoverFS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status    { return fuse.OK }
+func (h *handoverFS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status { return fuse.OK }
+
+func (h *handoverFS) Statx(cancel <-chan struct{}, in *fuse.StatxIn, out *fuse.StatxOut) fuse.Status {
+	return fuse.ENOSYS // the kernel falls back to GETATTR
+}
+
+func (h *handoverFS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
+	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
+		return st
+	}
+	return h.RawFileSystem.Access(cancel, in)
+}
+
+func (h *handoverFS) Readlink(cancel <-chan struct{}, hdr *fuse.InHeader) ([]byte, fuse.Status) {
+	if st := h.ensure(cancel, hdr); !st.Ok() {
+		return nil, st
+	}
+	return h.RawFileSystem.Readlink(cancel, hdr)
+}
+
+func (h *handoverFS) GetXAttr(cancel <-chan struct{}, hdr *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+	if st := h.ensure(cancel, hdr); !st.Ok() {
+		return 0, st
+	}
+	return h.RawFileSystem.GetXAttr(cancel, hdr, attr, dest)
+}
+
+func (h *handoverFS) ListXAttr(cancel <-chan struct{}, hdr *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
+	if st := h.ensure(cancel, hdr); !st.Ok() {
+		return 0, st
+	}
+	return h.RawFileSystem.ListXAttr(cancel, hdr, dest)
+}
+
+func (h *handoverFS) StatFs(cancel <-chan struct{}, hdr *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
+	if st := h.ensure(cancel, hdr); !st.Ok() {
+		return st
+	}
+	return h.RawFileSystem.StatFs(cancel, hdr, out)
+}
+
+// Locks and ioctls are not negotiated on this read-only file system; the
+// kernel answers them itself.
+func (h *handoverFS) GetLk(cancel <-chan struct{}, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
+	return fuse.ENOSYS
+}
+func (h *handoverFS) SetLk(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status  { return fuse.ENOSYS }
+func (h *handoverFS) SetLkw(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status { return fuse.ENOSYS }
+func (h *handoverFS) Ioctl(cancel <-chan struct{}, in *fuse.IoctlIn, inbuf []byte, out *fuse.IoctlOut, outbuf []byte) fuse.Status {
+	return fuse.ENOSYS
+}
