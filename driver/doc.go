@@ -46,21 +46,60 @@
 //
 // # Surviving restarts
 //
-// The serving child runs in its own session (setsid) with its output in a
-// log file and readiness reported on a pipe that it closes once serving:
-// nothing ties it to the `sluice csi` process, so that process may be
-// restarted — kill -9 included — without a reader noticing. The node
-// records each session in <state-dir>/sessions/<key>/session.json (source,
-// or Dataset and workers' address; pid and start time, the staging paths
-// and targets bound to it; never a secret; NeedsCreds says whether it had
-// any). On start it reconciles:
-// live children (pid and start time match) are adopted and their
-// credentials read back from /proc/PID/environ into memory; dead ones are
-// served again and every recorded path re-bound when they need no secrets,
-// else they wait for the next NodeStageVolume, which brings the secrets.
-// While running, a watch serves again within about a second any session
-// whose child died, and re-binds its paths: new opens succeed again, while
-// reads in flight at the moment of the crash fail (ENOTCONN).
+// Two processes serve a session, and either may die without a reader
+// noticing:
+//
+//   - The keeper, this `sluice csi` node process, opens /dev/fuse and
+//     mounts it (mount(2) with fd=N, fusefs.MountFD), then starts the
+//     serving child with the descriptor inherited, and keeps its own
+//     copy for the connection's life (keeper.go). The kernel keeps a FUSE
+//     connection while any process holds its descriptor.
+//   - The serving child, `sluice csi serve-session --fuse-fd 4`, serves
+//     that descriptor (fusefs.ServeFD). It runs in its own session
+//     (setsid), logs to a file and reports readiness on a pipe: nothing
+//     ties it to the node process.
+//
+// The node process dies (kill -9 included): the child keeps serving. The
+// restarted node reads <state-dir>/sessions/<key>/session.json (source or
+// Dataset, pid and start time, generation, the paths bound; never a
+// secret), adopts each live child, reads its credentials back from
+// /proc/PID/environ, and takes the descriptor back over the child's
+// handback socket (fuse.sock in the session directory, SCM_RIGHTS, root
+// only).
+//
+// The child dies (kill -9 included): the kernel, whose connection the
+// keeper's descriptor holds open, queues the readers' requests; within a
+// second the node's watch starts a new child with the same descriptor and
+// --resume, which takes the connection over — same mount, same binds,
+// no ENOTCONN:
+//
+//   - INIT. go-fuse reads INIT first, and the kernel sends it once. The
+//     first child records the INIT it got (fuse-init); a successor gives
+//     its go-fuse server that INIT on a socket pair, drops the reply (the
+//     same options negotiate the same), and dup's the FUSE descriptor over
+//     the socket before serving.
+//   - Requests in flight. The successor sends FUSE_NOTIFY_RESEND (Linux
+//     >= 6.9): the kernel queues again every request the dead child had
+//     read but not answered. All are idempotent on a read-only file system.
+//   - Node ids. A node id is the inode number (a hash of path and object
+//     version). Every child appends the path of each node it hands the
+//     kernel to an inode log (inodes); a request on an id the successor
+//     does not know makes it look the id up ("." through go-fuse's
+//     NodeLookupNoder), which finds the path in the log and the entry in
+//     the namespace (an object changed since is ESTALE). FORGET counts are
+//     trimmed to what the successor handed out; READDIRPLUS is off so that
+//     every node id passes through LOOKUP.
+//   - File handles carry the child's generation in their top bits; a
+//     handle of an earlier generation is opened again on first use.
+//   - Passthrough is off for these sessions: an inode with files open in
+//     passthrough mode accepts new opens only with the backing file the
+//     dead child registered, whose id the successor cannot know.
+//
+// If the node process and the child die together (the node pod deleted),
+// the connection ends; the restarted node detaches the stale mount, serves
+// again and re-binds every recorded path (new opens work; files open on
+// the old mount get ENOTCONN). A session that needs secrets waits for the
+// next NodeStageVolume, which brings them.
 //
 // In Kubernetes a container restart kills every process of the
 // container's cgroup (and, without hostPID, of its PID namespace),
@@ -70,36 +109,4 @@
 // runs with hostPID (deploy/base/node.yaml): a restart of the plugin's
 // container — kill -9 of its process included — leaves the sessions
 // serving, and the restarted plugin adopts them from the state directory.
-// The e2e suite kills the plugin's process while a pod reads its volume
-// 60 times; no read fails.
-//
-// # File-descriptor retention (design, not implemented yet)
-//
-// What is left: a serving child that dies is replaced by a new mount at
-// the same path, so files opened on the old mount fail (ENOTCONN) and
-// reads in flight fail. The design that removes this:
-//
-//   - The keeper (the node process, or a tiny fd-keeper container of the
-//     node pod) opens /dev/fuse, mounts with mount(2) "fd=N", and holds
-//     the descriptor for the session's whole life: while any process holds
-//     it the kernel keeps the connection and queues requests.
-//   - The serving child does not read /dev/fuse itself: the keeper relays
-//     messages over a SOCK_SEQPACKET socketpair (message boundaries kept),
-//     whose other end the child serves as go-fuse's "/dev/fd/N" mount
-//     point. The keeper records the FUSE_INIT request, and every request
-//     read but not answered (by unique id).
-//   - A replacement child gets a new socketpair end (SCM_RIGHTS); the
-//     keeper replays the recorded INIT (discarding the second INIT reply)
-//     and then every unanswered request — all idempotent on a read-only
-//     file system — so nothing in flight is lost and nothing is remounted.
-//   - The kernel's node ids and file handles were handed out by the dead
-//     child, and go-fuse's bridge panics on unknown ones. Inode numbers
-//     are already stable (fusefs: hash of path and version) and go-fuse
-//     uses them as node ids, so the keeper, which sees LOOKUP replies
-//     (node id ↔ parent, name) and OPEN replies (handle ↔ node id), sends
-//     the new child a LOOKUP "." (go-fuse's NodeLookupNoder) for each node
-//     id before its first use, re-opens each handle, rewrites handles in
-//     requests, and trims FORGET counts to what the new child has seen.
-//   - Costs: one copy per message through the keeper, and no FUSE
-//     passthrough for relayed sessions (its ioctl needs the /dev/fuse fd).
 package driver

@@ -17,6 +17,9 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/cacheserver"
+	"github.com/sluice-dev/sluice/internal/fusefs"
 )
 
 // procLauncher runs each session as `sluice csi serve-session` in its own
@@ -35,11 +38,39 @@ type procLauncher struct {
 	// cgroup, when set, is the cgroup (below cgroupRoot's hierarchies)
 	// each child is moved into, out of the plugin's container.
 	cgroup, cgroupRoot string
+	// keeper holds the sessions' FUSE descriptors: this process mounts
+	// and hands the descriptor to each child it starts.
+	keeper fdKeeper
 }
 
 var _ launcher = (*procLauncher)(nil)
 
-func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds credentials) error {
+func (l *procLauncher) holds(rec *sessionRecord) bool { return l.keeper.get(rec.Key) != nil }
+func (l *procLauncher) release(rec *sessionRecord)    { l.keeper.drop(rec.Key) }
+
+// start mounts rec's FUSE connection (unless this process still holds its
+// descriptor: then the new child takes the live connection over) and
+// starts a child serving it.
+func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds credentials) (err error) {
+	fuseFile, gen := l.keeper.get(rec.Key), rec.Generation+1
+	resume := fuseFile != nil
+	if !resume {
+		fsName := rec.Source
+		if rec.Dataset != "" {
+			_, name, _ := strings.Cut(rec.Dataset, "/")
+			fsName = cacheserver.WorkersID(name)
+		}
+		if fuseFile, err = fusefs.MountFD(rec.mountDir(), fusefs.Options{FsName: fsName, AllowOther: true}); err != nil {
+			return err
+		}
+		gen = 1
+		defer func() {
+			if err != nil {
+				_ = syscall.Unmount(rec.mountDir(), syscall.MNT_DETACH)
+				fuseFile.Close()
+			}
+		}()
+	}
 	logf, err := os.OpenFile(rec.logFile(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
@@ -51,7 +82,11 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 	}
 	defer r.Close()
 	args := []string{"csi", "serve-session", "--mount-dir", rec.mountDir(),
-		"--cache-dir", rec.CacheDir, "--stats-socket", rec.statsSocket(), "--ready-fd", "3"}
+		"--cache-dir", rec.CacheDir, "--stats-socket", rec.statsSocket(), "--ready-fd", "3",
+		"--fuse-fd", "4", "--handover-dir", rec.Dir, "--generation", strconv.Itoa(gen)}
+	if resume {
+		args = append(args, "--resume")
+	}
 	if rec.Dataset != "" {
 		// The workers serve a Dataset under its name.
 		_, name, _ := strings.Cut(rec.Dataset, "/")
@@ -68,7 +103,7 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 	cmd := exec.Command(l.binary, append(args, l.args...)...)
 	cmd.Env = childEnv(os.Environ(), creds)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.ExtraFiles = []*os.File{w, fuseFile}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()
 	w.Close()
@@ -86,7 +121,8 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 
 	line, err := readLine(ctx, r, l.wait)
 	if err == nil && line == "ready" {
-		rec.Pid = cmd.Process.Pid
+		rec.Pid, rec.Generation = cmd.Process.Pid, gen
+		l.keeper.put(rec.Key, fuseFile)
 		rec.StartTime, err = procStartTime(rec.Pid)
 		return err
 	}
@@ -184,10 +220,12 @@ func (l *procLauncher) alive(rec *sessionRecord) bool {
 	return err == nil && st == rec.StartTime
 }
 
-// adopt reads the credentials back from the child's environment
+// adopt takes the FUSE descriptor back from the child and reads the
+// credentials back from the child's environment
 // (/proc/PID/environ, readable by root only): they stay in memory, so the
 // watch can serve the session again should the child die later.
 func (l *procLauncher) adopt(rec *sessionRecord) credentials {
+	l.keeper.fetch(rec)
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(rec.Pid) + "/environ")
 	if err != nil {
 		return credentials{}
@@ -208,6 +246,7 @@ func (l *procLauncher) adopt(rec *sessionRecord) credentials {
 
 func (l *procLauncher) stop(ctx context.Context, rec *sessionRecord) error {
 	if !l.alive(rec) {
+		l.keeper.drop(rec.Key)
 		return nil
 	}
 	for _, step := range []struct {
@@ -226,6 +265,7 @@ func (l *procLauncher) stop(ctx context.Context, rec *sessionRecord) error {
 			}
 		}
 		if !l.alive(rec) {
+			l.keeper.drop(rec.Key)
 			return nil
 		}
 		klog.InfoS("Serving process did not exit", "pid", rec.Pid, "signal", step.sig)

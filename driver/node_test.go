@@ -78,6 +78,9 @@ func (l *fakeLauncher) running() int {
 	return len(l.live)
 }
 
+func (l *fakeLauncher) holds(*sessionRecord) bool { return false }
+func (l *fakeLauncher) release(*sessionRecord)    {}
+
 func (l *fakeLauncher) stats(context.Context, *sessionRecord) (sessionStats, error) {
 	return sessionStats{BytesServed: 10, OriginBytes: 5, MemoryBytes: 4, DiskBytes: 6, DiskLimit: 100}, nil
 }

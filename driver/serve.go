@@ -43,6 +43,13 @@ type ServeOptions struct {
 	CacheFlags      app.CacheFlags
 	Passthrough     bool
 	ProbeTime       time.Duration
+	// FuseFD is an inherited /dev/fuse descriptor that the node mounted
+	// at MountDir (0: mount here). HandoverDir keeps what a successor
+	// needs to take the connection over; Resume says this process is one.
+	FuseFD      int
+	HandoverDir string
+	Generation  int
+	Resume      bool
 }
 
 // AddFlags registers the serve-session flags.
@@ -56,8 +63,12 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.StatsSocket, "stats-socket", "", "unix socket serving /stats (JSON) and /metrics")
 	fs.IntVar(&o.ReadyFD, "ready-fd", 0, "inherited file descriptor that gets \"ready\" or \"error CODE MESSAGE\" (0: none)")
 	o.CacheFlags.AddFlags(fs)
-	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
+	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available (never with --fuse-fd)")
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin before giving up")
+	fs.IntVar(&o.FuseFD, "fuse-fd", 0, "inherited /dev/fuse descriptor already mounted at --mount-dir (0: mount here)")
+	fs.StringVar(&o.HandoverDir, "handover-dir", "", "with --fuse-fd: directory of the connection's INIT record, inode log and handback socket")
+	fs.IntVar(&o.Generation, "generation", 1, "with --fuse-fd: this process's number among the connection's servers")
+	fs.BoolVar(&o.Resume, "resume", false, "with --fuse-fd: take over a connection whose previous server died")
 }
 
 // ServeSession mounts o.Source (or o.Dataset, through its workers) at
@@ -77,6 +88,9 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 	}
 	if (o.Source == "") == (o.Dataset == "") || (o.Dataset != "" && o.Workers == "") || !filepath.IsAbs(o.MountDir) {
 		return fmt.Errorf("%w: serve-session needs --source or --dataset with --workers, and an absolute --mount-dir", errInvalid)
+	}
+	if o.FuseFD > 0 && (o.HandoverDir == "" || o.Generation < 1 || o.Generation > 1<<16-1) {
+		return fmt.Errorf("%w: --fuse-fd needs --handover-dir and a --generation from 1 to 65535", errInvalid)
 	}
 	reg := metrics.NewRegistry()
 	m := metrics.NewCache(reg)
@@ -102,7 +116,14 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 	fsys := fusefs.New(rt.Namespace, rt.Cache, fusefs.Options{
 		Passthrough: o.Passthrough, FsName: rt.Source.ID(), AllowOther: true,
 	})
-	mnt, err := fsys.Mount(o.MountDir)
+	var mnt *fusefs.Mount
+	if o.FuseFD > 0 {
+		h := handoverIn(o.HandoverDir)
+		h.FD, h.Generation, h.Resume = os.NewFile(uintptr(o.FuseFD), "/dev/fuse"), uint16(o.Generation), o.Resume
+		mnt, err = fsys.ServeFD(o.MountDir, h)
+	} else {
+		mnt, err = fsys.Mount(o.MountDir)
+	}
 	if err != nil {
 		return err
 	}
@@ -118,7 +139,8 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 		}
 		defer srv.Close()
 	}
-	klog.InfoS("Session serving", "source", rt.Source.ID(), "mountDir", o.MountDir, "pid", os.Getpid())
+	klog.InfoS("Session serving", "source", rt.Source.ID(), "mountDir", o.MountDir, "pid", os.Getpid(),
+		"generation", o.Generation, "resumed", o.Resume)
 	if ready != nil {
 		fmt.Fprintln(ready, "ready")
 		ready.Close()

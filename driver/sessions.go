@@ -14,6 +14,8 @@ import (
 
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
+
+	"github.com/sluice-dev/sluice/internal/fusefs"
 )
 
 // Lock order: session.op before sessionManager.mu. mu is held only for
@@ -44,18 +46,21 @@ type ref struct {
 // dataset session (Dataset and Workers instead of Source) reads through
 // the cache workers with the node's own token and never needs secrets.
 type sessionRecord struct {
-	Key        string `json:"key"`
-	Source     string `json:"source,omitempty"`
-	Dataset    string `json:"dataset,omitempty"` // namespace/name
-	Workers    string `json:"workers,omitempty"` // host:port of the Dataset's workers
-	CacheSize  string `json:"cacheSize,omitempty"`
-	Readahead  string `json:"readahead,omitempty"`
-	Dir        string `json:"dir"`
-	CacheDir   string `json:"cacheDir"`
-	Pid        int    `json:"pid"`
-	StartTime  uint64 `json:"startTime"`
-	NeedsCreds bool   `json:"needsCredentials"`
-	Refs       []ref  `json:"refs"`
+	Key       string `json:"key"`
+	Source    string `json:"source,omitempty"`
+	Dataset   string `json:"dataset,omitempty"` // namespace/name
+	Workers   string `json:"workers,omitempty"` // host:port of the Dataset's workers
+	CacheSize string `json:"cacheSize,omitempty"`
+	Readahead string `json:"readahead,omitempty"`
+	Dir       string `json:"dir"`
+	CacheDir  string `json:"cacheDir"`
+	Pid       int    `json:"pid"`
+	StartTime uint64 `json:"startTime"`
+	// Generation counts the children that served the current FUSE
+	// connection (1: the one that mounted it).
+	Generation int   `json:"generation,omitempty"`
+	NeedsCreds bool  `json:"needsCredentials"`
+	Refs       []ref `json:"refs"`
 	// MountAt, when set, is where the child mounts: the staging path of a
 	// staged volume. The kubelet unstages a volume only when no other
 	// mount of its device exists (GetDeviceMountRefs), so a staged
@@ -81,6 +86,20 @@ func (r *sessionRecord) origin() string {
 func (r *sessionRecord) statsSocket() string { return filepath.Join(r.Dir, "stats.sock") }
 func (r *sessionRecord) logFile() string     { return filepath.Join(r.Dir, "serve.log") }
 func (r *sessionRecord) stateFile() string   { return filepath.Join(r.Dir, "session.json") }
+
+// The serving child's handover files (fusefs.Handover), in the session's
+// directory: the connection's INIT, the inode log and the handback socket.
+func (r *sessionRecord) handoverFiles() []string {
+	h := handoverIn(r.Dir)
+	return []string{h.InitFile, h.InodeLog, h.HandbackSocket}
+}
+func (r *sessionRecord) handbackSocket() string { return handoverIn(r.Dir).HandbackSocket }
+
+// handoverIn names the handover files in a session directory.
+func handoverIn(dir string) fusefs.Handover {
+	return fusefs.Handover{InitFile: filepath.Join(dir, "fuse-init"), InodeLog: filepath.Join(dir, "inodes"),
+		HandbackSocket: filepath.Join(dir, "fuse.sock")}
+}
 
 // refAt returns the ref at path, if any.
 func (r *sessionRecord) refAt(path string) (ref, bool) {
@@ -121,6 +140,12 @@ type launcher interface {
 	adopt(rec *sessionRecord) credentials
 	// stats asks rec's child for its counters.
 	stats(ctx context.Context, rec *sessionRecord) (sessionStats, error)
+	// holds reports whether the launcher holds rec's live FUSE connection
+	// (its /dev/fuse descriptor): then start hands it to the new child,
+	// and nothing is mounted or bound again.
+	holds(rec *sessionRecord) bool
+	// release closes rec's FUSE descriptor.
+	release(rec *sessionRecord)
 }
 
 // sessionStats are a session's counters.
@@ -263,6 +288,17 @@ func (m *sessionManager) ensureServing(ctx context.Context, s *session, creds cr
 		return fmt.Errorf("%w: session %s needs the volume's secrets to be served again", errPrecondition, s.rec.Key)
 	}
 	s.rec.NeedsCreds = !s.creds.empty()
+	if m.launcher.holds(&s.rec) {
+		// The connection lived on: its readers wait for the new child.
+		err := m.launcher.start(ctx, &s.rec, s.creds)
+		if err == nil {
+			klog.InfoS("Serving process took the FUSE connection over", "session", s.rec.Key, "pid", s.rec.Pid,
+				"generation", s.rec.Generation)
+			return m.save(s)
+		}
+		klog.ErrorS(err, "Taking the FUSE connection over failed; mounting again", "session", s.rec.Key)
+		m.launcher.release(&s.rec)
+	}
 	if err := m.detachIfMounted(s.rec.mountDir()); err != nil {
 		return err
 	}
@@ -327,7 +363,7 @@ func (m *sessionManager) stop(ctx context.Context, s *session) error {
 	if err := m.detachIfMounted(s.rec.mountDir()); err != nil {
 		return err
 	}
-	files := []string{s.rec.statsSocket(), s.rec.logFile(), s.rec.stateFile(), s.rec.Dir}
+	files := append(s.rec.handoverFiles(), s.rec.statsSocket(), s.rec.logFile(), s.rec.stateFile(), s.rec.Dir)
 	if s.rec.MountAt == "" {
 		files = append([]string{s.rec.mountDir()}, files...) // a staging path is the kubelet's to remove
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -199,7 +200,7 @@ func TestDriverCrashDuringReads(t *testing.T) {
 	e.namespace(t, ns)
 	ctx := context.Background()
 	sum := sha256.Sum256(e.files["models/weights.bin"])
-	script := fmt.Sprintf(`i=0; while [ $i -lt 60 ]; do echo "%s  /data/models/weights.bin" | sha256sum -c - >/dev/null || exit 1; i=$((i+1)); sleep 0.25; done; echo read 60 times`,
+	script := fmt.Sprintf(`i=0; while [ $i -lt 80 ]; do echo "%s  /data/models/weights.bin" | sha256sum -c - >/dev/null || exit 1; i=$((i+1)); sleep 0.25; done; echo read 80 times`,
 		hex.EncodeToString(sum[:]))
 	pod := e.checker("looper", corev1.Volume{Name: "models", VolumeSource: corev1.VolumeSource{
 		CSI: &corev1.CSIVolumeSource{Driver: contract.DriverName, ReadOnly: ptr.To(true),
@@ -224,13 +225,22 @@ func TestDriverCrashDuringReads(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	restarted := e.killNodePlugin(t)
 	t.Logf("killed the CSI node plugin's process (SIGKILL) while the pod reads; its container restarted in %s", restarted.Round(time.Millisecond))
+	// The restarted plugin took the FUSE descriptor back from the serving
+	// process; now kill that one: a successor takes the connection over.
+	time.Sleep(time.Second)
+	for _, pid := range e.servingPids(t, "--source "+e.sourceURL()) {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("killed the serving process %d (SIGKILL) while the pod reads", pid)
+	}
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
 		p, err := e.cs.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if p.Status.Phase == corev1.PodSucceeded {
-			t.Log("the pod checked its volume 60 times across the crash and exited 0")
+			t.Log("the pod checked its volume 80 times across both kills and exited 0")
 			return
 		}
 		if p.Status.Phase == corev1.PodFailed {
@@ -240,6 +250,24 @@ func TestDriverCrashDuringReads(t *testing.T) {
 			t.Fatal("the looper did not finish")
 		}
 	}
+}
+
+// servingPids are the pids of the CSI sessions' serving processes whose
+// command line contains match (the node runs them in the host PID
+// namespace).
+func (e *env) servingPids(t *testing.T, match string) []int {
+	t.Helper()
+	out, err := exec.Command("pgrep", "-f", "serve-session.*"+regexp.QuoteMeta(match)).Output()
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) == 0 {
+		t.Fatalf("no serving process matches %q: %v", match, err)
+	}
+	return pids
 }
 
 // killNodePlugin SIGKILLs the main process of the CSI node plugin's

@@ -60,7 +60,7 @@ func (w *WorkerFlags) open(ctx context.Context, rawURL string, sf *SourceFlags, 
 		return nil, err
 	}
 	go pool.Run(ctx)
-	id := "workers://" + w.Dataset
+	id := cacheserver.WorkersID(w.Dataset)
 	var fallback source.Source
 	if origin, err := sf.Open(rawURL); err == nil {
 		id = origin.ID()

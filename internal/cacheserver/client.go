@@ -31,6 +31,10 @@ type Source struct {
 
 var _ source.Source = (*Source)(nil)
 
+// WorkersID is the source ID of a Dataset read through its workers alone
+// (the file system's name in /proc/mounts).
+func WorkersID(dataset string) string { return "workers://" + dataset }
+
 // NewSource returns a Source over pool. id names the dataset in local cache
 // keys; use the origin's ID when known so the local disk cache is shared
 // with origin mode.

@@ -78,11 +78,17 @@ type Handover struct {
 	HandbackSocket string
 }
 
-// ServeFD serves the file system on h.FD, mounted at dir by a keeper.
+// ServeFD serves the file system on h.FD, mounted at dir by a keeper,
+// without FUSE passthrough.
 func (f *FS) ServeFD(dir string, h Handover) (m *Mount, err error) {
 	if h.FD == nil || h.Generation == 0 || h.InitFile == "" {
 		return nil, errors.New("serving a descriptor needs the descriptor, a generation and an INIT file")
 	}
+	// No passthrough: an inode with files open in passthrough mode takes
+	// new opens only with the same backing file, which the kernel knows by
+	// an id the dead server registered and this one cannot know; any
+	// other reply is EIO to the reader.
+	f.opts.Passthrough = false
 	var closers []func() error
 	defer func() {
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"k8s.io/klog/v2"
 )
 
 // handoverFS sits between go-fuse's server and its node bridge so that a
@@ -54,6 +55,8 @@ func (h *handoverFS) ensure(cancel <-chan struct{}, hdr *fuse.InHeader) fuse.Sta
 	st := h.RawFileSystem.Lookup(cancel, &in, ".", &out)
 	if st.Ok() {
 		h.counted(out.NodeId)
+	} else {
+		klog.InfoS("A node id from the previous server could not be resolved", "nodeID", hdr.NodeId, "status", st)
 	}
 	return st
 }
@@ -86,6 +89,7 @@ func (h *handoverFS) handle(cancel <-chan struct{}, hdr *fuse.InHeader, fh uint6
 		open = h.RawFileSystem.OpenDir
 	}
 	if st := open(cancel, &in, &out); !st.Ok() {
+		klog.InfoS("A file handle from the previous server could not be opened again", "nodeID", hdr.NodeId, "status", st)
 		return 0, st
 	}
 	h.mu.Lock()
