@@ -82,3 +82,38 @@ func TestStaleMountIsReplacedNotStacked(t *testing.T) {
 		t.Fatal("mounting over a live mount succeeded, want an error")
 	}
 }
+
+// TestPassthroughWhileOpenUncached: a file opened before it was cached
+// stays open while the cache fills; the next open must not ask for
+// passthrough (the kernel refuses it, EIO, while the inode has files open
+// in cached mode), and passthrough engages once those are closed.
+func TestPassthroughWhileOpenUncached(t *testing.T) {
+	files := map[string][]byte{"f": randBytes(4*testBlock+3, 9)}
+	m := mountSource(t, fileBackend(t, files), mountConfig{blockSize: testBlock, passthrough: true})
+	p := filepath.Join(m.dir, "f")
+	held, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(files["f"]))
+	if _, err := held.ReadAt(got, 0); err != nil || !bytes.Equal(got, files["f"]) {
+		t.Fatalf("cold read: %v", err)
+	}
+	for i := 0; i < 2; i++ {
+		if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, files["f"]) {
+			t.Fatalf("open %d while a cached-mode open is held: %v", i+2, err)
+		}
+	}
+	held.Close()
+	served := testutil.CounterValue(t, m.metrics.BytesServed)
+	if f, err := os.Open(p); err == nil {
+		fadviseDontNeed(f)
+		f.Close()
+	}
+	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, files["f"]) {
+		t.Fatalf("open after the held file closed: %v", err)
+	}
+	if after := testutil.CounterValue(t, m.metrics.BytesServed); after != served {
+		t.Errorf("FUSE served %v more bytes after the cached-mode file closed; want passthrough", after-served)
+	}
+}

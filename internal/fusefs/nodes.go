@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -104,6 +105,12 @@ type fileNode struct {
 	fsys  *FS
 	path  string
 	entry source.Entry
+
+	// cachedOpens counts this node's handles opened without passthrough.
+	// While any is open the kernel refuses a passthrough open of the
+	// inode (EIO to the reader), so new opens stay in cached mode too.
+	mu          sync.Mutex
+	cachedOpens int
 }
 
 var (
@@ -122,8 +129,18 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	}
 	obj := blockcache.ObjectRef{Source: f.fsys.ns.Source().ID(), Path: f.path, Version: f.entry.Version, Size: f.entry.Size}
 	h := &handle{r: f.fsys.cache.NewReader(obj)}
-	if f.fsys.opts.Passthrough {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fsys.opts.Passthrough && f.cachedOpens == 0 {
 		h.file, h.release, _ = f.fsys.cache.OpenLocal(obj)
+	}
+	if h.file == nil {
+		f.cachedOpens++
+		h.release = func() {
+			f.mu.Lock()
+			f.cachedOpens--
+			f.mu.Unlock()
+		}
 	}
 	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
