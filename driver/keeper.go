@@ -15,6 +15,11 @@ import (
 // restarts" in doc.go): while it is held, the kernel keeps the connection,
 // and every bind of it, across the death of the serving child, and queues
 // the readers' requests for the child that takes over.
+//
+// The keeper must never hold a file open on one of its mounts: starting a
+// child closes the child's copies of such files at exec, each close is a
+// FLUSH, and with the server dead that FLUSH would block the start of the
+// very child that answers it.
 type fdKeeper struct {
 	mu  sync.Mutex
 	fds map[string]*os.File // session key → descriptor

@@ -171,12 +171,19 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	var procs []*servingProc
+	keepers := []*os.File{fd}
+	var held []*os.File // closed last: with no server, a close (FLUSH) would wait forever
 	t.Cleanup(func() {
 		_ = syscall.Unmount(mnt, syscall.MNT_DETACH)
 		for _, p := range procs {
 			p.kill()
 		}
-		fd.Close()
+		for _, k := range keepers {
+			k.Close() // the connection ends: the files below close at once
+		}
+		for _, f := range held {
+			f.Close()
+		}
 	})
 	procs = append(procs, startServing(t, fd, srcDir, mnt, state, 1, false))
 
@@ -185,7 +192,7 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	held = append(held, f)
 	// No kernel readahead: the read below must be in flight, not done.
 	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
 		t.Fatal(err)
@@ -198,7 +205,7 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
+	held = append(held, d)
 	if _, err := os.Stat(filepath.Join(mnt, "dir", "sub", "c")); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +269,7 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer fd2.Close()
+	keepers = append(keepers, fd2)
 	next = startServing(t, fd2, srcDir, mnt, state, 3, true)
 	procs = append(procs, next)
 	procs[1].kill()
