@@ -91,9 +91,15 @@
 //     every node id passes through LOOKUP.
 //   - File handles carry the child's generation in their top bits; a
 //     handle of an earlier generation is opened again on first use.
-//   - Passthrough is off for these sessions: an inode with files open in
-//     passthrough mode accepts new opens only with the backing file the
-//     dead child registered, whose id the successor cannot know.
+//   - IO modes. The kernel refuses (EIO) an open whose io mode differs
+//     from the inode's open files' — passthrough while files are open in
+//     cached mode, cached mode while passthrough files are open, or
+//     another backing file. Every child records each file handle it hands
+//     out, its node, mode and backing id, and each release, in an open log
+//     (opens); a successor counts those files with its own and answers
+//     every open to match, reusing the dead child's backing id (still
+//     registered: the id is closed only after its last release is
+//     recorded).
 //
 // If the node process and the child die together (the node pod deleted),
 // the connection ends; the restarted node detaches the stale mount, serves

@@ -63,7 +63,7 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.StatsSocket, "stats-socket", "", "unix socket serving /stats (JSON) and /metrics")
 	fs.IntVar(&o.ReadyFD, "ready-fd", 0, "inherited file descriptor that gets \"ready\" or \"error CODE MESSAGE\" (0: none)")
 	o.CacheFlags.AddFlags(fs)
-	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available (never with --fuse-fd)")
+	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin before giving up")
 	fs.IntVar(&o.FuseFD, "fuse-fd", 0, "inherited /dev/fuse descriptor already mounted at --mount-dir (0: mount here)")
 	fs.StringVar(&o.HandoverDir, "handover-dir", "", "with --fuse-fd: directory of the connection's INIT record, inode log and handback socket")

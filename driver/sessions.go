@@ -91,14 +91,14 @@ func (r *sessionRecord) stateFile() string   { return filepath.Join(r.Dir, "sess
 // directory: the connection's INIT, the inode log and the handback socket.
 func (r *sessionRecord) handoverFiles() []string {
 	h := handoverIn(r.Dir)
-	return []string{h.InitFile, h.InodeLog, h.HandbackSocket}
+	return []string{h.InitFile, h.InodeLog, h.OpenLog, h.HandbackSocket}
 }
 func (r *sessionRecord) handbackSocket() string { return handoverIn(r.Dir).HandbackSocket }
 
 // handoverIn names the handover files in a session directory.
 func handoverIn(dir string) fusefs.Handover {
 	return fusefs.Handover{InitFile: filepath.Join(dir, "fuse-init"), InodeLog: filepath.Join(dir, "inodes"),
-		HandbackSocket: filepath.Join(dir, "fuse.sock")}
+		OpenLog: filepath.Join(dir, "opens"), HandbackSocket: filepath.Join(dir, "fuse.sock")}
 }
 
 // refAt returns the ref at path, if any.

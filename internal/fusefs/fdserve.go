@@ -68,6 +68,9 @@ type Handover struct {
 	InitFile string
 	// InodeLog records the path behind each node id given to the kernel.
 	InodeLog string
+	// OpenLog records the files the kernel has open and their io mode
+	// (passthrough or cached), which a successor's opens must agree with.
+	OpenLog string
 	// Resume: another process served this connection and died. INIT is
 	// replayed from InitFile and the kernel is asked (FUSE_NOTIFY_RESEND,
 	// Linux >= 6.9) to queue again the requests the dead process had read
@@ -78,17 +81,11 @@ type Handover struct {
 	HandbackSocket string
 }
 
-// ServeFD serves the file system on h.FD, mounted at dir by a keeper,
-// without FUSE passthrough.
+// ServeFD serves the file system on h.FD, mounted at dir by a keeper.
 func (f *FS) ServeFD(dir string, h Handover) (m *Mount, err error) {
 	if h.FD == nil || h.Generation == 0 || h.InitFile == "" {
 		return nil, errors.New("serving a descriptor needs the descriptor, a generation and an INIT file")
 	}
-	// No passthrough: an inode with files open in passthrough mode takes
-	// new opens only with the same backing file, which the kernel knows by
-	// an id the dead server registered and this one cannot know; any
-	// other reply is EIO to the reader.
-	f.opts.Passthrough = false
 	var closers []func() error
 	defer func() {
 		if err != nil {
@@ -103,6 +100,13 @@ func (f *FS) ServeFD(dir string, h Handover) (m *Mount, err error) {
 		}
 		closers = append(closers, f.inodes.close)
 	}
+	var opens *openLog
+	if h.OpenLog != "" {
+		if opens, err = openOpenLog(h.OpenLog); err != nil {
+			return nil, err
+		}
+		closers = append(closers, opens.close)
+	}
 	// go-fuse owns the descriptor it serves; the handback keeps h.FD.
 	fuseFD, err := unix.FcntlInt(h.FD.Fd(), unix.F_DUPFD_CLOEXEC, 3)
 	if err != nil {
@@ -111,9 +115,9 @@ func (f *FS) ServeFD(dir string, h Handover) (m *Mount, err error) {
 	mo := f.mountOptions()
 	var server *fuse.Server
 	if h.Resume {
-		server, err = resumeServer(f.rawFS(h.Generation), &mo, fuseFD, h.InitFile)
+		server, err = resumeServer(f.rawFS(h.Generation, opens), &mo, fuseFD, h.InitFile)
 	} else {
-		server, err = fuse.NewServer(f.rawFS(h.Generation), fmt.Sprintf("/dev/fd/%d", fuseFD), &mo)
+		server, err = fuse.NewServer(f.rawFS(h.Generation, opens), fmt.Sprintf("/dev/fd/%d", fuseFD), &mo)
 		if err == nil { // else go-fuse closed fuseFD
 			err = writeInit(h.InitFile, server.KernelSettings())
 		}

@@ -103,7 +103,7 @@ func mountOptions(o Options) fuse.MountOptions {
 }
 
 // rawFS is the node bridge behind handoverFS, node id = inode number.
-func (f *FS) rawFS(generation uint16) *handoverFS {
+func (f *FS) rawFS(generation uint16, opens *openLog) *handoverFS {
 	ttl := f.ns.TTL()
 	root := &dirNode{fsys: f}
 	bridge := fs.NewNodeFS(root, &fs.Options{
@@ -113,7 +113,7 @@ func (f *FS) rawFS(generation uint16) *handoverFS {
 		ExternalNodeID:  true,
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 	})
-	return newHandoverFS(bridge, generation)
+	return newHandoverFS(bridge, generation, opens)
 }
 
 // Mount mounts the file system at dir and serves it in the background.
@@ -129,7 +129,7 @@ func (f *FS) Mount(dir string) (*Mount, error) {
 	} else {
 		mo.Options = append(mo.Options, "ro")
 	}
-	server, err := fuse.NewServer(f.rawFS(1), dir, &mo)
+	server, err := fuse.NewServer(f.rawFS(1, nil), dir, &mo)
 	if err != nil {
 		return nil, fmt.Errorf("mounting %s: %w", dir, err)
 	}

@@ -23,23 +23,82 @@ import (
 //     generation in their top 16 bits and map to the bridge's. A handle of
 //     another generation is opened again on first use; its RELEASE is
 //     answered here.
+//   - IO modes: the kernel refuses (EIO) to open a file in passthrough
+//     mode while the inode has files open in cached mode, or with another
+//     backing file than its open passthrough files, and to open it in
+//     cached mode while it has passthrough files open. The mode of every
+//     file the kernel has open, this process's and the dead one's (from
+//     the open log), is counted per node, and each open answered to match.
 type handoverFS struct {
 	fuse.RawFileSystem
-	gen uint64 // << 48
+	gen   uint64   // << 48
+	opens *openLog // nil: not taken over, nor to be
 
-	mu     sync.Mutex
-	counts map[uint64]uint64 // node id → lookups the bridge holds
-	fhs    map[uint64]uint64 // kernel handle → bridge handle
-	nextFh uint64
+	mu      sync.Mutex
+	counts  map[uint64]uint64     // node id → lookups the bridge holds
+	fhs     map[uint64]uint64     // kernel handle → bridge handle
+	handles map[uint64]openRecord // kernel file handle → its open
+	modes   map[uint64]*ioMode    // node id → its open files' io mode
+	nextFh  uint64
 }
 
-func newHandoverFS(inner fuse.RawFileSystem, generation uint16) *handoverFS {
-	return &handoverFS{
+// ioMode counts a node's files open in each io mode.
+type ioMode struct {
+	cached, passthrough int
+	backing             int32
+}
+
+func newHandoverFS(inner fuse.RawFileSystem, generation uint16, opens *openLog) *handoverFS {
+	h := &handoverFS{
 		RawFileSystem: inner,
 		gen:           uint64(generation) << 48,
+		opens:         opens,
 		counts:        map[uint64]uint64{fuse.FUSE_ROOT_ID: 1},
 		fhs:           map[uint64]uint64{},
+		handles:       map[uint64]openRecord{},
+		modes:         map[uint64]*ioMode{},
 	}
+	for fh, r := range opens.snapshot() { // the files an earlier process opened
+		h.handles[fh] = r
+		h.countMode(r, 1)
+	}
+	return h
+}
+
+func (h *handoverFS) countMode(r openRecord, d int) {
+	m := h.modes[r.node]
+	if m == nil {
+		m = &ioMode{}
+		h.modes[r.node] = m
+	}
+	if r.backing != 0 {
+		m.passthrough += d
+		m.backing = r.backing
+	} else {
+		m.cached += d
+	}
+	if m.passthrough <= 0 && m.cached <= 0 {
+		delete(h.modes, r.node)
+	}
+}
+
+// settleMode makes an open of node agree with the files the kernel has
+// open on it, and counts it.
+func (h *handoverFS) settleMode(node uint64, out *fuse.OpenOut) openRecord {
+	switch m := h.modes[node]; {
+	case m != nil && m.passthrough > 0:
+		out.OpenFlags = out.OpenFlags&^fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_PASSTHROUGH
+		out.BackingID = m.backing
+	case m != nil && m.cached > 0:
+		out.OpenFlags = out.OpenFlags&^fuse.FOPEN_PASSTHROUGH | fuse.FOPEN_KEEP_CACHE
+		out.BackingID = 0
+	}
+	r := openRecord{node: node}
+	if out.OpenFlags&fuse.FOPEN_PASSTHROUGH != 0 {
+		r.backing = out.BackingID
+	}
+	h.countMode(r, 1)
+	return r
 }
 
 // ensure makes node id known to the bridge.
@@ -115,6 +174,10 @@ func (h *handoverFS) releaseLocked(fh uint64, dir bool) {
 func (h *handoverFS) issue(out *fuse.OpenOut) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.issueLocked(out)
+}
+
+func (h *handoverFS) issueLocked(out *fuse.OpenOut) {
 	h.nextFh++
 	k := h.gen | h.nextFh
 	h.fhs[k] = out.Fh
@@ -174,8 +237,16 @@ func (h *handoverFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.Ope
 		return st
 	}
 	st := h.RawFileSystem.Open(cancel, in, out)
-	if st.Ok() {
-		h.issue(out)
+	if !st.Ok() {
+		return st
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.settleMode(in.NodeId, out)
+	h.issueLocked(out)
+	h.handles[out.Fh] = r
+	if err := h.opens.opened(out.Fh, r); err != nil { // before the reply hands it out
+		klog.ErrorS(err, "Could not record an open file")
 	}
 	return st
 }
@@ -243,6 +314,16 @@ func (h *handoverFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status
 }
 
 func (h *handoverFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	h.mu.Lock()
+	if r, ok := h.handles[in.Fh]; ok {
+		delete(h.handles, in.Fh)
+		h.countMode(r, -1)
+	}
+	h.mu.Unlock()
+	// Recorded before the bridge may close the backing id.
+	if err := h.opens.released(in.Fh); err != nil {
+		klog.ErrorS(err, "Could not record a released file")
+	}
 	if fh := h.forgetHandle(in.Fh); fh != 0 {
 		in.Fh = fh
 		h.RawFileSystem.Release(cancel, in)

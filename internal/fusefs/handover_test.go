@@ -64,13 +64,14 @@ func serveForTest(cfg string) error {
 		}
 	}
 	cache, err := blockcache.New(blockcache.Config{BlockSize: 64 << 10, MemoryBytes: 8 << 20, Readahead: -1,
+		DiskDir: filepath.Join(f[2], "cache"), DiskBytes: 64 << 20,
 		Getter: slowGetter{blockcache.OriginGetter{Source: src}, 300 * time.Millisecond}})
 	if err != nil {
 		return err
 	}
-	fsys := New(namespace.New(src, 200*time.Millisecond), cache, Options{FsName: "test", AllowOther: true})
+	fsys := New(namespace.New(src, 200*time.Millisecond), cache, Options{FsName: "test", AllowOther: true, Passthrough: true})
 	_, err = fsys.ServeFD(f[1], Handover{FD: os.NewFile(3, "fuse"), Generation: uint16(gen), Resume: f[4] == "resume",
-		InitFile: filepath.Join(f[2], "init"), InodeLog: filepath.Join(f[2], "inodes"),
+		InitFile: filepath.Join(f[2], "init"), InodeLog: filepath.Join(f[2], "inodes"), OpenLog: filepath.Join(f[2], "opens"),
 		HandbackSocket: filepath.Join(f[2], "fd.sock")})
 	if err != nil {
 		return err
@@ -163,7 +164,8 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	srcDir, state := t.TempDir(), t.TempDir()
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	a, b := randBytes(16<<16, 7), randBytes(3<<16+11, 8)
-	for p, data := range map[string][]byte{"dir/a.bin": a, "dir/b.bin": b, "dir/sub/c": []byte("c")} {
+	pt := randBytes(3<<16, 9)
+	for p, data := range map[string][]byte{"dir/a.bin": a, "dir/b.bin": b, "dir/p.bin": pt, "dir/sub/c": []byte("c")} {
 		mustWriteFile(t, filepath.Join(srcDir, p), data)
 	}
 	fd, err := MountFD(mnt, Options{FsName: "test", AllowOther: true})
@@ -209,6 +211,18 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(mnt, "dir", "sub", "c")); err != nil {
 		t.Fatal(err)
 	}
+	// A fully cached file held open in passthrough mode (or in cached mode,
+	// had the disk tier not kept it): the successor must open it again in
+	// the same mode, with the same backing file, or the kernel says EIO.
+	ptPath := filepath.Join(mnt, "dir", "p.bin")
+	if got, err := os.ReadFile(ptPath); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("reading p.bin: %v", err)
+	}
+	ptFile, err := os.Open(ptPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held = append(held, ptFile)
 
 	// A read in flight when gen 1 is killed (each origin block takes 300 ms).
 	var wg sync.WaitGroup
@@ -244,11 +258,19 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	if st, err := f.Stat(); err != nil || st.Size() != int64(len(a)) {
 		t.Fatalf("fstat on a file opened before the kill: %v", err)
 	}
-	if names, err := d.Readdirnames(-1); err != nil || len(names) != 3 {
+	if names, err := d.Readdirnames(-1); err != nil || len(names) != 4 {
 		t.Fatalf("directory opened before the kill: %v %v", names, err)
 	}
 	if got, err := os.ReadFile(filepath.Join(mnt, "dir", "b.bin")); err != nil || !bytes.Equal(got, b) {
 		t.Fatalf("new open after the kill: %v", err)
+	}
+	if got, err := os.ReadFile(ptPath); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("new open of a file held open across the kill: %v", err)
+	}
+	fadviseDontNeed(ptFile)
+	got := make([]byte, len(pt))
+	if _, err := ptFile.ReadAt(got, 0); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("read on p.bin held open across the kill: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(mnt, "dir", "sub", "c")); err != nil {
 		t.Fatalf("cached name after the kill: %v", err)
@@ -256,6 +278,7 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	// The kernel forgets gen 1's nodes at gen 2: no lookup-count underflow.
 	f.Close()
 	d.Close()
+	ptFile.Close()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("2"), 0o200); err != nil {
 		t.Logf("drop_caches: %v", err)
 	}

@@ -18,6 +18,9 @@ type recordingFS struct {
 	released []uint64
 	opens    int
 	nextFh   uint64
+	// openFlags and backing are what the next Open answers.
+	openFlags uint32
+	backing   int32
 }
 
 func (r *recordingFS) Lookup(_ <-chan struct{}, hdr *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
@@ -40,7 +43,7 @@ func (r *recordingFS) Open(_ <-chan struct{}, _ *fuse.OpenIn, out *fuse.OpenOut)
 	defer r.mu.Unlock()
 	r.opens++
 	r.nextFh++
-	out.Fh = r.nextFh
+	out.Fh, out.OpenFlags, out.BackingID = r.nextFh, r.openFlags, r.backing
 	return fuse.OK
 }
 
@@ -56,7 +59,7 @@ func (r *recordingFS) Release(_ <-chan struct{}, in *fuse.ReleaseIn) {
 
 func TestHandoverFSCountsAndHandles(t *testing.T) {
 	inner := &recordingFS{forgets: map[uint64]uint64{}}
-	h := newHandoverFS(inner, 2)
+	h := newHandoverFS(inner, 2, nil)
 	var e fuse.EntryOut
 	h.Lookup(nil, &fuse.InHeader{NodeId: 1}, "abc", &e) // node 103, count 1
 	h.Lookup(nil, &fuse.InHeader{NodeId: 1}, "abc", &e) // count 2
@@ -129,5 +132,102 @@ func TestInodeLogSkipsTornLines(t *testing.T) {
 	}
 	if _, ok := l.resolve(12); ok {
 		t.Error("a torn record was loaded")
+	}
+}
+
+func TestHandoverFSSettlesIOModes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "opens")
+	prev, err := openOpenLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Generation 1 left node 7 open in passthrough mode (backing 5) and
+	// node 8 in cached mode, then died.
+	prev.opened(1<<48|1, openRecord{node: 7, backing: 5})
+	prev.opened(1<<48|2, openRecord{node: 8})
+	prev.opened(1<<48|3, openRecord{node: 9})
+	prev.released(1<<48 | 3)
+	prev.close()
+	opens, err := openOpenLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer opens.close()
+	inner := &recordingFS{forgets: map[uint64]uint64{}}
+	h := newHandoverFS(inner, 2, opens)
+	const pt, keep = fuse.FOPEN_PASSTHROUGH, fuse.FOPEN_KEEP_CACHE
+	tests := []struct {
+		name         string
+		node         uint64
+		flags        uint32 // the bridge's answer
+		backing      int32
+		wantFlags    uint32
+		wantBacking  int32
+		releaseFirst uint64 // a kernel handle released before this open
+	}{
+		{"open in passthrough: its backing file, whatever the bridge says", 7, keep, 0, pt, 5, 0},
+		{"open in cached mode: no passthrough", 8, pt, 9, keep, 0, 0},
+		{"released in generation 1: the bridge decides", 9, pt, 11, pt, 11, 0},
+		{"cached mode again while the first is open", 8, pt, 9, keep, 0, 1<<48 | 2},
+	}
+	var ours []uint64
+	for _, tc := range tests {
+		if tc.releaseFirst != 0 {
+			h.Release(nil, &fuse.ReleaseIn{InHeader: fuse.InHeader{NodeId: tc.node}, Fh: tc.releaseFirst})
+		}
+		inner.openFlags, inner.backing = tc.flags, tc.backing
+		var out fuse.OpenOut
+		if st := h.Open(nil, &fuse.OpenIn{InHeader: fuse.InHeader{NodeId: tc.node}}, &out); !st.Ok() {
+			t.Fatalf("%s: %v", tc.name, st)
+		}
+		if out.OpenFlags != tc.wantFlags || out.BackingID != tc.wantBacking {
+			t.Errorf("%s: flags %#x backing %d, want %#x %d", tc.name, out.OpenFlags, out.BackingID, tc.wantFlags, tc.wantBacking)
+		}
+		ours = append(ours, out.Fh)
+	}
+	// Node 8's opens, all closed: passthrough is possible again.
+	h.Release(nil, &fuse.ReleaseIn{Fh: ours[1]})
+	h.Release(nil, &fuse.ReleaseIn{Fh: ours[3]})
+	inner.openFlags, inner.backing = pt, 12
+	var out fuse.OpenOut
+	h.Open(nil, &fuse.OpenIn{InHeader: fuse.InHeader{NodeId: 8}}, &out)
+	if out.OpenFlags != pt || out.BackingID != 12 {
+		t.Errorf("node 8 after its cached-mode files closed: flags %#x backing %d, want passthrough with 12", out.OpenFlags, out.BackingID)
+	}
+	// A successor of this process sees what is still open.
+	live := opens.snapshot()
+	want := map[uint64]openRecord{1<<48 | 1: {7, 5}, ours[0]: {7, 5}, ours[2]: {9, 11}, out.Fh: {8, 12}}
+	if len(live) != len(want) {
+		t.Fatalf("open log has %v, want %v", live, want)
+	}
+	for fh, r := range want {
+		if live[fh] != r {
+			t.Errorf("open log: handle %#x is %+v, want %+v", fh, live[fh], r)
+		}
+	}
+}
+
+func TestOpenLogCompacts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "opens")
+	l, err := openOpenLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.opened(1, openRecord{node: 2, backing: 3})
+	for fh := uint64(10); fh < 10010; fh++ {
+		l.opened(fh, openRecord{node: fh})
+		l.released(fh)
+	}
+	l.close()
+	if st, err := os.Stat(path); err != nil || st.Size() > 64<<10 {
+		t.Fatalf("open log after 10,000 opens and releases: %v, %d bytes; want it compacted", err, st.Size())
+	}
+	l, err = openOpenLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	if live := l.snapshot(); len(live) != 1 || live[1] != (openRecord{2, 3}) {
+		t.Errorf("live handles after compaction: %v", live)
 	}
 }
