@@ -34,7 +34,7 @@ type handoverFS struct {
 	gen   uint64   // << 48
 	opens *openLog // nil: not taken over, nor to be
 
-	mu      sync.Mutex
+	mu      sync.RWMutex          // read-locked on the read path
 	counts  map[uint64]uint64     // node id → lookups the bridge holds
 	fhs     map[uint64]uint64     // kernel handle → bridge handle
 	handles map[uint64]openRecord // kernel file handle → its open
@@ -103,9 +103,9 @@ func (h *handoverFS) settleMode(node uint64, out *fuse.OpenOut) openRecord {
 
 // ensure makes node id known to the bridge.
 func (h *handoverFS) ensure(cancel <-chan struct{}, hdr *fuse.InHeader) fuse.Status {
-	h.mu.Lock()
+	h.mu.RLock()
 	known := hdr.NodeId == fuse.FUSE_ROOT_ID || h.counts[hdr.NodeId] > 0
-	h.mu.Unlock()
+	h.mu.RUnlock()
 	if known {
 		return fuse.OK
 	}
@@ -132,9 +132,9 @@ func (h *handoverFS) handle(cancel <-chan struct{}, hdr *fuse.InHeader, fh uint6
 	if fh == 0 {
 		return 0, fuse.OK
 	}
-	h.mu.Lock()
+	h.mu.RLock()
 	inner, ok := h.fhs[fh]
-	h.mu.Unlock()
+	h.mu.RUnlock()
 	if ok {
 		return inner, fuse.OK
 	}
