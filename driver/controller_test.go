@@ -111,7 +111,7 @@ func TestCreateVolume(t *testing.T) {
 		{"source and dataset", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{readerMany},
 			Parameters: map[string]string{"dataset": "d", "source": "file:///x"}}, codes.InvalidArgument, "not both", nil},
 		{"unknown key", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{readerMany},
-			Parameters: map[string]string{"source": "file:///x", "sorce": "y"}}, codes.InvalidArgument, `unknown parameter(s) ["sorce"]`, nil},
+			Parameters: map[string]string{"source": "file:///x", "sorce": "y"}}, codes.InvalidArgument, `unknown volume attribute(s) ["sorce"]`, nil},
 		{"unknown scheme", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{readerMany},
 			Parameters: map[string]string{"source": "ftp://host/x"}}, codes.InvalidArgument, `unknown scheme "ftp"`, nil},
 		{"relative file", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{readerMany},

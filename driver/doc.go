@@ -8,7 +8,7 @@
 // A volume is a read-only view of a dataset. Its attributes (StorageClass
 // parameters, PV volumeAttributes or inline volumeAttributes) name a
 // source URL or a Dataset, and optionally subPath, cacheSize and readahead
-// (params.go). CreateVolume validates them and returns them as the volume
+// (internal/volattr, the webhook's rules too). CreateVolume validates them and returns them as the volume
 // context, so a static PV and an inline volume carry the same information
 // as a provisioned one. Only reader access modes are accepted.
 //

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/mountutil"
+	"github.com/sluice-dev/sluice/internal/volattr"
 )
 
 // Modes of `sluice csi`.
@@ -104,7 +105,7 @@ func (o *Options) Validate() error {
 	if o.CacheDir != "" && !filepath.IsAbs(o.CacheDir) {
 		return fmt.Errorf("--cache-dir %q: want an absolute path", o.CacheDir)
 	}
-	if q, err := resource.ParseQuantity(o.CacheMemory); err != nil || q.Value() < minCacheSize {
+	if q, err := resource.ParseQuantity(o.CacheMemory); err != nil || q.Value() < volattr.MinCacheSize {
 		return fmt.Errorf("--cache-memory %q: want a size of at least 1Mi", o.CacheMemory)
 	}
 	if o.RegistrationDir != "" && (o.Mode == ModeController || !filepath.IsAbs(o.RegistrationDir)) {

@@ -2,28 +2,19 @@ package driver
 
 import (
 	"fmt"
-	"net/url"
-	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"k8s.io/apimachinery/pkg/api/resource"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/sluice-dev/sluice/internal/contract"
-	"github.com/sluice-dev/sluice/internal/source"
+	"github.com/sluice-dev/sluice/internal/volattr"
 )
 
 // Keys that Kubernetes adds to parameters and volume contexts.
 const (
 	// k8sPrefix prefixes the keys the external-provisioner and the kubelet
 	// add (secret references, pod info, "ephemeral").
-	k8sPrefix = "csi.storage.k8s.io/"
-	// provisionerIdentity is added to every PV's volumeAttributes by the
-	// external-provisioner.
-	provisionerIdentity = "storage.kubernetes.io/csiProvisionerIdentity"
+	k8sPrefix = volattr.K8sPrefix
 	// ephemeralKey marks an inline (CSI ephemeral) volume.
 	ephemeralKey = k8sPrefix + "ephemeral"
 	// podNamespaceKey is the pod's namespace in a NodePublishVolume's
@@ -38,23 +29,13 @@ const (
 	// Secret keys of a source volume's credentials.
 	secretAccessKeyID     = "AWS_ACCESS_KEY_ID"
 	secretSecretAccessKey = "AWS_SECRET_ACCESS_KEY"
-
-	minCacheSize = 1 << 20
-	maxReadahead = 256
 )
 
 // volumeSpec is what a volume's attributes (StorageClass parameters, PV
-// volumeAttributes, inline volumeAttributes) ask for.
-type volumeSpec struct {
-	Source string
-	// Dataset is "namespace/name" of a Dataset read through its cache
-	// workers; "name" alone until qualify completes it with the volume's
-	// namespace.
-	Dataset   string
-	SubPath   string
-	CacheSize string // a Kubernetes quantity; "" takes the node's default
-	Readahead string // blocks; "" takes the default
-}
+// volumeAttributes, inline volumeAttributes) ask for (volattr.Parse).
+// Dataset is "namespace/name" of a Dataset read through its cache workers;
+// "name" alone until qualify completes it with the volume's namespace.
+type volumeSpec volattr.Spec
 
 // context returns the volume context that carries the spec to the node.
 func (s volumeSpec) context() map[string]string {
@@ -81,88 +62,14 @@ func (s volumeSpec) sessionSource() string {
 	return s.Source
 }
 
-// parseVolumeAttrs validates attrs: known keys only (Kubernetes' own keys
-// pass), exactly one of source and dataset, a well-formed source URL, a
-// relative subPath, sane cacheSize and readahead, a dataset named "name"
-// or "namespace/name" (DNS-1123 labels). Errors wrap errInvalid and name
-// the offending key.
+// parseVolumeAttrs validates attrs (volattr.Parse, the webhook's rules
+// too); errors wrap errInvalid and name the offending key.
 func parseVolumeAttrs(attrs map[string]string) (volumeSpec, error) {
-	var spec volumeSpec
-	var unknown []string
-	for k := range attrs {
-		switch {
-		case k == contract.AttrSource, k == contract.AttrDataset, k == contract.AttrSubPath,
-			k == contract.AttrCacheSize, k == contract.AttrReadahead:
-		case strings.HasPrefix(k, k8sPrefix), k == provisionerIdentity:
-		default:
-			unknown = append(unknown, k)
-		}
+	spec, err := volattr.Parse(attrs)
+	if err != nil {
+		return volumeSpec{}, fmt.Errorf("%w: %w", errInvalid, err)
 	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return spec, fmt.Errorf("%w: unknown parameter(s) %q; want %s, %s, %s, %s or %s", errInvalid, unknown,
-			contract.AttrSource, contract.AttrDataset, contract.AttrSubPath, contract.AttrCacheSize, contract.AttrReadahead)
-	}
-	src, hasSrc := attrs[contract.AttrSource]
-	dataset, hasDataset := attrs[contract.AttrDataset]
-	switch {
-	case hasSrc && hasDataset:
-		return spec, fmt.Errorf("%w: give either %q or %q, not both", errInvalid, contract.AttrSource, contract.AttrDataset)
-	case hasDataset:
-		if err := checkDatasetRef(dataset); err != nil {
-			return spec, err
-		}
-		spec.Dataset = dataset
-	case !hasSrc || src == "":
-		return spec, fmt.Errorf("%w: parameter %q (a URL: s3://bucket/prefix, file:///path, https://host/object) "+
-			"or %q is required", errInvalid, contract.AttrSource, contract.AttrDataset)
-	default:
-		if err := checkSourceURL(src); err != nil {
-			return spec, fmt.Errorf("parameter %q: %w", contract.AttrSource, err)
-		}
-		spec.Source = src
-	}
-	spec.SubPath = strings.Trim(attrs[contract.AttrSubPath], "/")
-	if err := source.CheckPath(spec.SubPath); err != nil {
-		return spec, fmt.Errorf("%w: parameter %q: %v", errInvalid, contract.AttrSubPath, err)
-	}
-	if v := attrs[contract.AttrCacheSize]; v != "" {
-		q, err := resource.ParseQuantity(v)
-		if n, ok := q.AsInt64(); err != nil || !ok || n < minCacheSize {
-			return spec, fmt.Errorf("%w: parameter %q=%q: want a size of at least 1Mi, e.g. 20Gi", errInvalid,
-				contract.AttrCacheSize, v)
-		}
-		spec.CacheSize = v
-	}
-	if v := attrs[contract.AttrReadahead]; v != "" {
-		if n, err := strconv.Atoi(v); err != nil || n < 0 || n > maxReadahead {
-			return spec, fmt.Errorf("%w: parameter %q=%q: want 0..%d blocks", errInvalid, contract.AttrReadahead, v, maxReadahead)
-		}
-		spec.Readahead = v
-	}
-	return spec, nil
-}
-
-// checkDatasetRef checks a dataset parameter: "name" or "namespace/name",
-// both DNS-1123 labels (the workers' Service name is derived from them).
-func checkDatasetRef(ref string) error {
-	ns, name, qualified := strings.Cut(ref, "/")
-	if !qualified {
-		name = ref
-	}
-	check := func(what, v string) error {
-		if errs := validation.IsDNS1123Label(v); len(errs) > 0 {
-			return fmt.Errorf("%w: parameter %q=%q (a Dataset: name or namespace/name): %s %s", errInvalid,
-				contract.AttrDataset, ref, what, strings.Join(errs, "; "))
-		}
-		return nil
-	}
-	if qualified {
-		if err := check("namespace", ns); err != nil {
-			return err
-		}
-	}
-	return check("name", name)
+	return volumeSpec(spec), nil
 }
 
 // qualify completes a Dataset named without its namespace with ns, the
@@ -177,29 +84,6 @@ func (s *volumeSpec) qualify(ns, what string) error {
 			contract.AttrDataset, s.Dataset, what)
 	}
 	s.Dataset = ns + "/" + s.Dataset
-	return nil
-}
-
-// checkSourceURL checks a source URL's form without contacting the origin
-// and without needing a file:// path to exist here (the controller may run
-// on another machine than the nodes that mount it).
-func checkSourceURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("%w: not a URL", errInvalid) // url errors quote the input
-	}
-	if strings.ToLower(u.Scheme) == "file" {
-		if (u.Host != "" && u.Host != "localhost") || u.Opaque != "" || !filepath.IsAbs(u.Path) {
-			return fmt.Errorf("%w: a file URL names an absolute path: file:///abs/path", errInvalid)
-		}
-		if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-			return fmt.Errorf("%w: a file URL has no user, query or fragment", errInvalid)
-		}
-		return nil
-	}
-	if _, err := source.Parse(raw, source.Options{}); err != nil {
-		return err
-	}
 	return nil
 }
 

@@ -28,7 +28,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
@@ -255,15 +254,6 @@ func podName(pod *corev1.Pod) string {
 		return pod.Name
 	}
 	return pod.GenerateName + "*"
-}
-
-// validName checks a Dataset's name or namespace (a DNS label: the
-// workers' Service name derives from it). It returns "" when valid.
-func validName(s string) string {
-	if errs := validation.IsDNS1123Label(s); len(errs) > 0 {
-		return strings.Join(errs, "; ")
-	}
-	return ""
 }
 
 // isDenial reports whether err denies the pod (rather than failing).

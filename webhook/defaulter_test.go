@@ -209,7 +209,7 @@ func TestDefaulter(t *testing.T) {
 		{name: "dataset-of-another-namespace", pod: pod([]corev1.Volume{inline("x", map[string]string{contract.AttrDataset: "shared/private"}, "")}, label("true")),
 			deny: "may not use Dataset shared/private: add \"" + ns + "\" to its spec.access.namespaces"},
 		{name: "bad-dataset-name", pod: pod([]corev1.Volume{inline("x", map[string]string{contract.AttrDataset: "Bad_Name"}, "")}, label("true")),
-			deny: "dataset \"Bad_Name\""},
+			deny: `"dataset"="Bad_Name"`},
 		{name: "init-container-without-native", pod: pod([]corev1.Volume{srcVol}, label("true"), initMounting("weights")),
 			config: func(c *Config) { c.NativeSidecar = NativeNever }, deny: "init container \"prepare\" mounts sluice volume \"weights\""},
 		{name: "name-clash", pod: pod([]corev1.Volume{srcVol}, label("true"), func(p *corev1.Pod) {

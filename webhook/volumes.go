@@ -3,27 +3,22 @@ package webhook
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"path"
-	"sort"
-	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
 	"github.com/sluice-dev/sluice/internal/contract"
+	"github.com/sluice-dev/sluice/internal/volattr"
 )
 
 // Keys the Kubernetes components add to volume attributes.
 const (
-	k8sAttrPrefix       = "csi.storage.k8s.io/"
-	provisionerIdentity = "storage.kubernetes.io/csiProvisionerIdentity"
 	// storageProvisionerAnn names a PVC's provisioner before it binds.
 	storageProvisionerAnn     = "volume.kubernetes.io/storage-provisioner"
 	betaStorageProvisionerAnn = "volume.beta.kubernetes.io/storage-provisioner"
@@ -178,68 +173,17 @@ func (d *Defaulter) claimIsOurs(ctx context.Context, pvc *corev1.PersistentVolum
 	return found && sc.Provisioner == contract.DriverName, nil
 }
 
-// volumeSpec validates a volume's attributes (the same rules as the CSI
-// driver's) and turns them into the sidecar's description of the volume.
+// volumeSpec validates a volume's attributes (volattr: the CSI driver's
+// rules) and turns them into the sidecar's description of the volume.
 func (d *Defaulter) volumeSpec(name, ns string, attrs map[string]string) (contract.SidecarVolume, error) {
 	spec := contract.SidecarVolume{Name: name, MountPath: path.Join(contract.SidecarVolumeRoot, name)}
-	var unknown []string
-	for k := range attrs {
-		switch {
-		case k == contract.AttrSource, k == contract.AttrDataset, k == contract.AttrSubPath,
-			k == contract.AttrCacheSize, k == contract.AttrReadahead:
-		case strings.HasPrefix(k, k8sAttrPrefix), k == provisionerIdentity:
-		default:
-			unknown = append(unknown, k)
-		}
+	v, err := volattr.Parse(attrs)
+	if err != nil {
+		return spec, deny("volume %q: %v", name, err)
 	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return spec, deny("volume %q: unknown volume attribute(s) %q; want %s or %s, and optionally %s, %s, %s", name, unknown,
-			contract.AttrSource, contract.AttrDataset, contract.AttrSubPath, contract.AttrCacheSize, contract.AttrReadahead)
-	}
-	src, dataset := attrs[contract.AttrSource], attrs[contract.AttrDataset]
-	switch {
-	case src != "" && dataset != "":
-		return spec, deny("volume %q: give either %q or %q, not both", name, contract.AttrSource, contract.AttrDataset)
-	case src == "" && dataset == "":
-		return spec, deny("volume %q: volume attribute %q (a URL) or %q (a Dataset) is required", name, contract.AttrSource, contract.AttrDataset)
-	case src != "":
-		u, err := url.Parse(src)
-		if err != nil || (u.Scheme != "s3" && u.Scheme != "file" && u.Scheme != "http" && u.Scheme != "https") {
-			return spec, deny("volume %q: %q is not a source URL (want s3://bucket/prefix, file:///path or https://host/object)", name, src)
-		}
-		spec.Source = src
-	default:
-		dsNS, dsName, ok := strings.Cut(dataset, "/")
-		if !ok {
-			dsNS, dsName = ns, dataset
-		}
-		if errs := validName(dsNS); errs != "" {
-			return spec, deny("volume %q: dataset %q: namespace %s", name, dataset, errs)
-		}
-		if errs := validName(dsName); errs != "" {
-			return spec, deny("volume %q: dataset %q: name %s", name, dataset, errs)
-		}
-		spec.Dataset = dsNS + "/" + dsName
-	}
-	if sp := strings.Trim(attrs[contract.AttrSubPath], "/"); sp != "" {
-		if path.Clean(sp) != sp || sp == ".." || strings.HasPrefix(sp, "../") {
-			return spec, deny("volume %q: %s %q must be a clean relative path", name, contract.AttrSubPath, sp)
-		}
-		spec.SubPath = sp
-	}
-	if v := attrs[contract.AttrCacheSize]; v != "" {
-		q, err := resource.ParseQuantity(v)
-		if n, ok := q.AsInt64(); err != nil || !ok || n < 1<<20 {
-			return spec, deny("volume %q: %s %q: want a size of at least 1Mi, e.g. 20Gi", name, contract.AttrCacheSize, v)
-		}
-		spec.CacheSize = v
-	}
-	if v := attrs[contract.AttrReadahead]; v != "" {
-		if n, err := strconv.Atoi(v); err != nil || n < 0 || n > 256 {
-			return spec, deny("volume %q: %s %q: want 0..256 blocks", name, contract.AttrReadahead, v)
-		}
-		spec.Readahead = v
+	spec.Source, spec.Dataset, spec.SubPath, spec.CacheSize, spec.Readahead = v.Source, v.Dataset, v.SubPath, v.CacheSize, v.Readahead
+	if spec.Dataset != "" && !strings.Contains(spec.Dataset, "/") {
+		spec.Dataset = ns + "/" + spec.Dataset // the pod's namespace
 	}
 	return spec, nil
 }
