@@ -8,9 +8,9 @@
 // A volume is a read-only view of a dataset. Its attributes (StorageClass
 // parameters, PV volumeAttributes or inline volumeAttributes) name a
 // source URL or a Dataset, and optionally subPath, cacheSize and readahead
-// (internal/volattr, the webhook's rules too). CreateVolume validates them and returns them as the volume
-// context, so a static PV and an inline volume carry the same information
-// as a provisioned one. Only reader access modes are accepted.
+// (internal/volattr: the webhook applies the same rules). CreateVolume
+// validates them and returns them as the volume context, so a static PV
+// and an inline volume carry the same information as a provisioned one. Only reader access modes are accepted.
 //
 // A dataset volume names a Dataset (sluice.dev/v1alpha1) as "name" (in
 // the volume's namespace: the PVC's for CreateVolume, the pod's for an
