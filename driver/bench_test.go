@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -88,4 +89,62 @@ func BenchmarkNodeStageFirstByte(b *testing.B) {
 		}
 		b.StartTimer()
 	}
+}
+
+// BenchmarkServingProcessTakeover measures, for a staged volume, the time
+// from SIGKILL of its serving process to a new open and read through the
+// staging path, when a successor takes the FUSE connection over (started
+// at once here; the node's watch starts it within its 1 s tick). The read
+// waits on the kept connection meanwhile, so it never fails.
+// Run: go test ./driver -run '^$' -bench Takeover -benchtime 20x
+func BenchmarkServingProcessTakeover(b *testing.B) {
+	testutil.RequireRootFUSE(b)
+	dir := b.TempDir()
+	data := filepath.Join(dir, "data")
+	mustWrite(b, filepath.Join(data, "f.bin"), make([]byte, 1<<20))
+	l := &procLauncher{binary: sluiceBinary(b), wait: time.Minute, args: []string{"--cache-memory", "16Mi"}}
+	n, err := newNodeServer("bench", filepath.Join(dir, "state"), "", l, mount.NewWithoutSystemd(""), mountutil.Unmount)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	staging := filepath.Join(dir, "staging")
+	if _, err := n.NodeStageVolume(ctx, stageReq("v", staging, map[string]string{"source": "file://" + data})); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_, _ = n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "v", StagingTargetPath: staging})
+	})
+	key := n.sessions.keyOfPath(staging)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		s := n.sessions.acquire(key, nil)
+		pid := s.rec.Pid
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil || !waitGone(pid, 5*time.Second) {
+			b.Fatalf("killing the serving process %d: %v", pid, err)
+		}
+		b.StartTimer()
+		start := time.Now()
+		read := make(chan error, 1)
+		go func() { read <- readFirstByte(filepath.Join(staging, "f.bin"), make([]byte, 1)) }()
+		err := n.sessions.ensureServing(ctx, s, credentials{})
+		took := s.rec.Generation
+		s.op.Unlock()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := <-read; err != nil {
+			b.Fatalf("read across the takeover: %v", err)
+		}
+		lat = append(lat, time.Since(start))
+		if took != i+2 {
+			b.Fatalf("generation %d after %d takeovers: the session was mounted again, not taken over", took, i+1)
+		}
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }

@@ -68,10 +68,11 @@
 // only).
 //
 // The child dies (kill -9 included): the kernel, whose connection the
-// keeper's descriptor holds open, queues the readers' requests; within a
-// second the node's watch starts a new child with the same descriptor and
-// --resume, which takes the connection over — same mount, same binds,
-// no ENOTCONN:
+// keeper's descriptor holds open, queues the readers' requests. The node
+// learns of the death at once (it waits on the children it started, and
+// polls a pidfd of those it adopted; a one-second check catches the rest)
+// and starts a new child with the same descriptor and --resume, which
+// takes the connection over — same mount, same binds, no ENOTCONN:
 //
 //   - INIT. go-fuse reads INIT first, and the kernel sends it once. The
 //     first child records the INIT it got (fuse-init); a successor gives

@@ -13,9 +13,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/cacheserver"
@@ -41,6 +43,47 @@ type procLauncher struct {
 	// keeper holds the sessions' FUSE descriptors: this process mounts
 	// and hands the descriptor to each child it starts.
 	keeper fdKeeper
+
+	exitsOnce sync.Once
+	exitCh    chan struct{} // a child this process started exited
+}
+
+// notifyOnExit signals exits when rec's child — adopted, so not ours to
+// wait for — exits (a pidfd polls readable then).
+func (l *procLauncher) notifyOnExit(rec *sessionRecord) {
+	fd, err := unix.PidfdOpen(rec.Pid, 0)
+	if err != nil {
+		return // the tick finds it
+	}
+	if !l.alive(rec) { // the pid was reused before the pidfd was opened
+		unix.Close(fd)
+		return
+	}
+	go func() {
+		defer unix.Close(fd)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+				break
+			}
+		}
+		l.childExited()
+	}()
+}
+
+// exits tells when a child this process started or adopted exits, so
+// that the watch need not wait for its tick.
+func (l *procLauncher) exits() <-chan struct{} {
+	l.exitsOnce.Do(func() { l.exitCh = make(chan struct{}, 1) })
+	return l.exitCh
+}
+
+func (l *procLauncher) childExited() {
+	l.exits()
+	select {
+	case l.exitCh <- struct{}{}:
+	default:
+	}
 }
 
 var _ launcher = (*procLauncher)(nil)
@@ -117,7 +160,7 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 		}
 	}
 	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }() // reaps our own child
+	go func() { _ = cmd.Wait(); close(exited); l.childExited() }() // reaps our own child
 
 	line, err := readLine(ctx, r, l.wait)
 	if err == nil && line == "ready" {
@@ -226,6 +269,7 @@ func (l *procLauncher) alive(rec *sessionRecord) bool {
 // watch can serve the session again should the child die later.
 func (l *procLauncher) adopt(rec *sessionRecord) credentials {
 	l.keeper.fetch(rec)
+	l.notifyOnExit(rec)
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(rec.Pid) + "/environ")
 	if err != nil {
 		return credentials{}

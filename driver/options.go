@@ -176,7 +176,7 @@ func (o *Options) Run(ctx context.Context) error {
 		if err := n.sessions.reconcile(ctx); err != nil {
 			return fmt.Errorf("reconciling %s: %w", o.StateDir, err)
 		}
-		go n.sessions.watch(ctx, time.Second)
+		go n.sessions.watch(ctx, time.Second, l.exits())
 		svc.node = n
 	}
 	ln, path, err := listen(o.Endpoint)

@@ -468,8 +468,9 @@ func (m *sessionManager) reconcile(ctx context.Context) error {
 }
 
 // watch serves sessions again whose child died while this process runs
-// (the secrets are in memory), until ctx is done.
-func (m *sessionManager) watch(ctx context.Context, every time.Duration) {
+// (the secrets are in memory), every tick and whenever wake says a child
+// exited, until ctx is done.
+func (m *sessionManager) watch(ctx context.Context, every time.Duration, wake <-chan struct{}) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -477,6 +478,7 @@ func (m *sessionManager) watch(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-wake:
 		}
 		m.mu.Lock()
 		keys := make([]string, 0, len(m.sessions))
