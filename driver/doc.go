@@ -79,9 +79,14 @@
 //     its go-fuse server that INIT on a socket pair, drops the reply (the
 //     same options negotiate the same), and dup's the FUSE descriptor over
 //     the socket before serving.
-//   - Requests in flight. The successor sends FUSE_NOTIFY_RESEND (Linux
-//     >= 6.9): the kernel queues again every request the dead child had
-//     read but not answered. All are idempotent on a read-only file system.
+//   - Requests in flight. Once every thread of the dead child is gone, the
+//     successor sends FUSE_NOTIFY_RESEND (Linux >= 6.9): the kernel queues
+//     again every request the dead child had read but not answered. All
+//     are idempotent on a read-only file system. One window is left to the
+//     kernel: a request that a thread of the child takes from the queue in
+//     the instant SIGKILL lands (the kernel looks for requests before the
+//     signal) fails to copy to the dying reader, and the kernel ends it
+//     with EIO.
 //   - Node ids. A node id is the inode number (a hash of path and object
 //     version). Every child appends the path of each node it hands the
 //     kernel to an inode log (inodes); a request on an id the successor

@@ -281,7 +281,15 @@ func TestNodeRealMounts(t *testing.T) {
 	t.Logf("kill -9 of the serving process: taken over within %v; reads: %d by new opens, %d on a held file, %d after the takeover; errors %d, %d",
 		tookOver, loop.reads.Load(), heldLoop.reads.Load(), loop.reads.Load()+heldLoop.reads.Load()-reads,
 		loop.errs.Load(), heldLoop.errs.Load())
-	if loop.errs.Load() != 0 || heldLoop.errs.Load() != 0 {
+	// The one error the kernel may return: EIO for a request a thread of
+	// the killed process took from the queue as it died (doc.go). Every
+	// read after the takeover succeeds, and none ever sees ENOTCONN.
+	servedAt := killed.Add(tookOver).UnixNano()
+	windowOnly := func(l *readLoop) bool {
+		e, _ := l.firstErr.Load().(string)
+		return l.errs.Load() == 0 || (l.errs.Load() == 1 && l.lastErr.Load() < servedAt && strings.Contains(e, "input/output error"))
+	}
+	if !windowOnly(loop) || !windowOnly(heldLoop) {
 		logs, _ := filepath.Glob(filepath.Join(n.state, "sessions", "*", "serve.log"))
 		for _, l := range logs {
 			data, _ := os.ReadFile(l)

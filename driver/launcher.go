@@ -97,6 +97,9 @@ func (l *procLauncher) release(rec *sessionRecord)    { l.keeper.drop(rec.Key) }
 func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds credentials) (err error) {
 	fuseFile, gen := l.keeper.get(rec.Key), rec.Generation+1
 	resume := fuseFile != nil
+	if resume && rec.Pid > 0 && !waitThreadsGone(rec.Pid, 2*time.Second) {
+		klog.InfoS("Threads of the dead serving process still exit; taking over anyway", "pid", rec.Pid)
+	}
 	if !resume {
 		fsName := rec.Source
 		if rec.Dataset != "" {
@@ -179,6 +182,25 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 		err = fmt.Errorf("%w: the serving process exited: %s", errUnavailable, lastLine(rec.logFile()))
 	}
 	return err
+}
+
+// waitThreadsGone waits until no thread of pid runs any more. A killed
+// process's leader is a zombie while its other threads still exit, and one
+// of those may still move a request it read to the kernel's processing
+// list: a successor must ask for the resend after that.
+func waitThreadsGone(pid int, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+		if err != nil {
+			return true // reaped
+		}
+		if len(tasks) <= 1 {
+			if _, err := procStartTime(pid); err != nil {
+				return true // the leader alone, a zombie
+			}
+		}
+	}
+	return false
 }
 
 // readLine reads one line from r within d (or until ctx is done).
