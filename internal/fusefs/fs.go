@@ -56,7 +56,8 @@ type FS struct {
 	ns     *namespace.Cache
 	cache  *blockcache.Cache
 	opts   Options
-	inodes *inodeLog // nil unless served for a keeper (ServeFD)
+	inodes *inodeLog   // nil unless served for a keeper (ServeFD)
+	front  *handoverFS // set by rawFS: it knows the io mode of open files
 }
 
 // New returns a file system over ns and cache.
@@ -113,7 +114,8 @@ func (f *FS) rawFS(generation uint16, opens *openLog) *handoverFS {
 		ExternalNodeID:  true,
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 	})
-	return newHandoverFS(bridge, generation, opens)
+	f.front = newHandoverFS(bridge, generation, opens)
+	return f.front
 }
 
 // Mount mounts the file system at dir and serves it in the background.

@@ -34,12 +34,17 @@ type handoverFS struct {
 	gen   uint64   // << 48
 	opens *openLog // nil: not taken over, nor to be
 
-	mu      sync.RWMutex          // read-locked on the read path
-	counts  map[uint64]uint64     // node id → lookups the bridge holds
-	fhs     map[uint64]uint64     // kernel handle → bridge handle
-	handles map[uint64]openRecord // kernel file handle → its open
-	modes   map[uint64]*ioMode    // node id → its open files' io mode
-	nextFh  uint64
+	mu     sync.RWMutex             // read-locked on the read path
+	counts map[uint64]uint64        // node id → lookups the bridge holds
+	fhs    map[uint64]*kernelHandle // kernel handle → what it is here
+	modes  map[uint64]*ioMode       // node id → its open files' io mode
+	nextFh uint64
+}
+
+// kernelHandle is a file handle the kernel holds.
+type kernelHandle struct {
+	inner uint64      // the bridge's handle; 0: not opened in this process yet
+	open  *openRecord // a file's open and io mode (nil: a directory's)
 }
 
 // ioMode counts a node's files open in each io mode.
@@ -54,12 +59,11 @@ func newHandoverFS(inner fuse.RawFileSystem, generation uint16, opens *openLog) 
 		gen:           uint64(generation) << 48,
 		opens:         opens,
 		counts:        map[uint64]uint64{fuse.FUSE_ROOT_ID: 1},
-		fhs:           map[uint64]uint64{},
-		handles:       map[uint64]openRecord{},
+		fhs:           map[uint64]*kernelHandle{},
 		modes:         map[uint64]*ioMode{},
 	}
 	for fh, r := range opens.snapshot() { // the files an earlier process opened
-		h.handles[fh] = r
+		h.fhs[fh] = &kernelHandle{open: &r}
 		h.countMode(r, 1)
 	}
 	return h
@@ -82,6 +86,16 @@ func (h *handoverFS) countMode(r openRecord, d int) {
 	}
 }
 
+// cachedOpen reports whether the kernel has a file of node open in cached
+// mode: a passthrough answer would be turned down (settleMode), so the
+// node need not register a backing file for it.
+func (h *handoverFS) cachedOpen(node uint64) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	m := h.modes[node]
+	return m != nil && m.cached > 0
+}
+
 // settleMode makes an open of node agree with the files the kernel has
 // open on it, and counts it.
 func (h *handoverFS) settleMode(node uint64, out *fuse.OpenOut) openRecord {
@@ -101,23 +115,41 @@ func (h *handoverFS) settleMode(node uint64, out *fuse.OpenOut) openRecord {
 	return r
 }
 
-// ensure makes node id known to the bridge.
-func (h *handoverFS) ensure(cancel <-chan struct{}, hdr *fuse.InHeader) fuse.Status {
+// prepare readies a request on node hdr.NodeId, with kernel handle *fh (0:
+// none), for the bridge: an id the bridge does not know is looked up as
+// "." first, and *fh becomes the bridge's handle, opened again if another
+// process handed it out.
+func (h *handoverFS) prepare(cancel <-chan struct{}, hdr *fuse.InHeader, fh *uint64, dir bool) fuse.Status {
 	h.mu.RLock()
 	known := hdr.NodeId == fuse.FUSE_ROOT_ID || h.counts[hdr.NodeId] > 0
+	var inner uint64
+	if kh := h.fhs[*fh]; kh != nil {
+		inner = kh.inner
+	}
 	h.mu.RUnlock()
-	if known {
+	if !known {
+		var out fuse.EntryOut
+		in := fuse.InHeader{NodeId: hdr.NodeId, Caller: hdr.Caller}
+		st := h.RawFileSystem.Lookup(cancel, &in, ".", &out)
+		if !st.Ok() {
+			klog.InfoS("A node id from the previous server could not be resolved", "nodeID", hdr.NodeId, "status", st)
+			return st
+		}
+		h.counted(out.NodeId)
+	}
+	if *fh == 0 || inner != 0 {
+		*fh = inner
 		return fuse.OK
 	}
-	var out fuse.EntryOut
-	in := fuse.InHeader{NodeId: hdr.NodeId, Caller: hdr.Caller}
-	st := h.RawFileSystem.Lookup(cancel, &in, ".", &out)
-	if st.Ok() {
-		h.counted(out.NodeId)
-	} else {
-		klog.InfoS("A node id from the previous server could not be resolved", "nodeID", hdr.NodeId, "status", st)
-	}
+	inner, st := h.reopen(cancel, hdr, *fh, dir)
+	*fh = inner
 	return st
+}
+
+// ensure makes node id known to the bridge.
+func (h *handoverFS) ensure(cancel <-chan struct{}, hdr *fuse.InHeader) fuse.Status {
+	var none uint64
+	return h.prepare(cancel, hdr, &none, false)
 }
 
 func (h *handoverFS) counted(id uint64) {
@@ -126,26 +158,17 @@ func (h *handoverFS) counted(id uint64) {
 	h.mu.Unlock()
 }
 
-// handle maps a kernel handle to the bridge's, opening the node again for
-// a handle of another generation.
-func (h *handoverFS) handle(cancel <-chan struct{}, hdr *fuse.InHeader, fh uint64, dir bool) (uint64, fuse.Status) {
-	if fh == 0 {
-		return 0, fuse.OK
-	}
-	h.mu.RLock()
-	inner, ok := h.fhs[fh]
-	h.mu.RUnlock()
-	if ok {
-		return inner, fuse.OK
-	}
+// reopen opens the node again for a kernel handle another process handed
+// out.
+func (h *handoverFS) reopen(cancel <-chan struct{}, hdr *fuse.InHeader, fh uint64, dir bool) (uint64, fuse.Status) {
 	if fh&^(1<<48-1) == h.gen {
 		return 0, fuse.EBADF // ours, and released
 	}
 	in := fuse.OpenIn{InHeader: *hdr, Flags: syscall.O_RDONLY}
 	var out fuse.OpenOut
-	open := h.RawFileSystem.Open
+	open, release := h.RawFileSystem.Open, func(in *fuse.ReleaseIn) { h.RawFileSystem.Release(nil, in) }
 	if dir {
-		open = h.RawFileSystem.OpenDir
+		open, release = h.RawFileSystem.OpenDir, h.RawFileSystem.ReleaseDir
 	}
 	if st := open(cancel, &in, &out); !st.Ok() {
 		klog.InfoS("A file handle from the previous server could not be opened again", "nodeID", hdr.NodeId, "status", st)
@@ -153,44 +176,37 @@ func (h *handoverFS) handle(cancel <-chan struct{}, hdr *fuse.InHeader, fh uint6
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if prev, ok := h.fhs[fh]; ok { // a concurrent request opened it too
-		h.releaseLocked(out.Fh, dir)
-		return prev, fuse.OK
+	kh := h.fhs[fh]
+	if kh == nil {
+		kh = &kernelHandle{}
+		h.fhs[fh] = kh
 	}
-	h.fhs[fh] = out.Fh
+	if kh.inner != 0 { // a concurrent request opened it too
+		go release(&fuse.ReleaseIn{Fh: out.Fh})
+		return kh.inner, fuse.OK
+	}
+	kh.inner = out.Fh
 	return out.Fh, fuse.OK
 }
 
-func (h *handoverFS) releaseLocked(fh uint64, dir bool) {
-	in := fuse.ReleaseIn{Fh: fh}
-	if dir {
-		go h.RawFileSystem.ReleaseDir(&in)
-	} else {
-		go h.RawFileSystem.Release(nil, &in)
-	}
-}
-
-// issue gives the kernel a handle for the bridge's fh.
-func (h *handoverFS) issue(out *fuse.OpenOut) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.issueLocked(out)
-}
-
-func (h *handoverFS) issueLocked(out *fuse.OpenOut) {
+// issueLocked gives the kernel a handle for the bridge's out.Fh.
+func (h *handoverFS) issueLocked(out *fuse.OpenOut, open *openRecord) {
 	h.nextFh++
 	k := h.gen | h.nextFh
-	h.fhs[k] = out.Fh
+	h.fhs[k] = &kernelHandle{inner: out.Fh, open: open}
 	out.Fh = k
 }
 
-// forgetHandle drops a kernel handle, returning the bridge's (0: none).
-func (h *handoverFS) forgetHandle(fh uint64) uint64 {
+// dropHandle forgets a kernel handle and returns what it was (nil: unknown).
+func (h *handoverFS) dropHandle(fh uint64) *kernelHandle {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	inner := h.fhs[fh]
+	kh := h.fhs[fh]
 	delete(h.fhs, fh)
-	return inner
+	if kh != nil && kh.open != nil {
+		h.countMode(*kh.open, -1)
+	}
+	return kh
 }
 
 func (h *handoverFS) Lookup(cancel <-chan struct{}, hdr *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
@@ -219,15 +235,12 @@ func (h *handoverFS) Forget(nodeID, nlookup uint64) {
 }
 
 func (h *handoverFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
-	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
-		return st
+	fh := &in.Fh_
+	if in.Flags_&fuse.FUSE_GETATTR_FH == 0 {
+		fh = new(uint64)
 	}
-	if in.Flags_&fuse.FUSE_GETATTR_FH != 0 {
-		fh, st := h.handle(cancel, &in.InHeader, in.Fh_, false)
-		if !st.Ok() {
-			return st
-		}
-		in.Fh_ = fh
+	if st := h.prepare(cancel, &in.InHeader, fh, false); !st.Ok() {
+		return st
 	}
 	return h.RawFileSystem.GetAttr(cancel, in, out)
 }
@@ -243,8 +256,7 @@ func (h *handoverFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.Ope
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := h.settleMode(in.NodeId, out)
-	h.issueLocked(out)
-	h.handles[out.Fh] = r
+	h.issueLocked(out, &r)
 	if err := h.opens.opened(out.Fh, r); err != nil { // before the reply hands it out
 		klog.ErrorS(err, "Could not record an open file")
 	}
@@ -257,32 +269,24 @@ func (h *handoverFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.
 	}
 	st := h.RawFileSystem.OpenDir(cancel, in, out)
 	if st.Ok() {
-		h.issue(out)
+		h.mu.Lock()
+		h.issueLocked(out, nil)
+		h.mu.Unlock()
 	}
 	return st
 }
 
 func (h *handoverFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
-	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
+	if st := h.prepare(cancel, &in.InHeader, &in.Fh, false); !st.Ok() {
 		return nil, st
 	}
-	fh, st := h.handle(cancel, &in.InHeader, in.Fh, false)
-	if !st.Ok() {
-		return nil, st
-	}
-	in.Fh = fh
 	return h.RawFileSystem.Read(cancel, in, buf)
 }
 
 func (h *handoverFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
+	if st := h.prepare(cancel, &in.InHeader, &in.Fh, true); !st.Ok() {
 		return st
 	}
-	fh, st := h.handle(cancel, &in.InHeader, in.Fh, true)
-	if !st.Ok() {
-		return st
-	}
-	in.Fh = fh
 	return h.RawFileSystem.ReadDir(cancel, in, out)
 }
 
@@ -291,48 +295,38 @@ func (h *handoverFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *f
 }
 
 func (h *handoverFS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
-	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
+	if st := h.prepare(cancel, &in.InHeader, &in.Fh, false); !st.Ok() {
 		return st
 	}
-	fh, st := h.handle(cancel, &in.InHeader, in.Fh, false)
-	if !st.Ok() {
-		return st
-	}
-	in.Fh = fh
 	return h.RawFileSystem.Lseek(cancel, in, out)
 }
 
 func (h *handoverFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
-	h.mu.Lock()
-	fh, ok := h.fhs[in.Fh]
-	h.mu.Unlock()
-	if !ok {
-		return fuse.OK // another generation's handle, not opened again: nothing to flush
+	h.mu.RLock()
+	kh := h.fhs[in.Fh]
+	h.mu.RUnlock()
+	if kh == nil || kh.inner == 0 {
+		return fuse.OK // another process's handle, not opened again: nothing to flush
 	}
-	in.Fh = fh
+	in.Fh = kh.inner
 	return h.RawFileSystem.Flush(cancel, in)
 }
 
 func (h *handoverFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
-	h.mu.Lock()
-	if r, ok := h.handles[in.Fh]; ok {
-		delete(h.handles, in.Fh)
-		h.countMode(r, -1)
-	}
-	h.mu.Unlock()
+	kh := h.dropHandle(in.Fh)
 	// Recorded before the bridge may close the backing id.
 	if err := h.opens.released(in.Fh); err != nil {
 		klog.ErrorS(err, "Could not record a released file")
 	}
-	if fh := h.forgetHandle(in.Fh); fh != 0 {
-		in.Fh = fh
+	if kh != nil && kh.inner != 0 {
+		in.Fh = kh.inner
 		h.RawFileSystem.Release(cancel, in)
 	}
 }
 
 func (h *handoverFS) ReleaseDir(in *fuse.ReleaseIn) {
-	if fh := h.forgetHandle(in.Fh); fh != 0 {
-		in.Fh = fh
+	if kh := h.dropHandle(in.Fh); kh != nil && kh.inner != 0 {
+		in.Fh = kh.inner
 		h.RawFileSystem.ReleaseDir(in)
 	}
 }

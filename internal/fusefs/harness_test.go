@@ -60,6 +60,7 @@ type mountConfig struct {
 
 type testMount struct {
 	dir     string
+	fsys    *FS
 	getter  *countingGetter
 	cache   *blockcache.Cache
 	mount   *Mount
@@ -110,7 +111,7 @@ func mountSource(t *testing.T, src source.Source, mc mountConfig) *testMount {
 			t.Errorf("%s is still mounted after Unmount", dir)
 		}
 	})
-	return &testMount{dir: dir, getter: g, cache: cache, mount: m, metrics: mtr}
+	return &testMount{dir: dir, fsys: fsys, getter: g, cache: cache, mount: m, metrics: mtr}
 }
 
 // isMounted reads /proc/self/mountinfo (not the FUSE mount itself).

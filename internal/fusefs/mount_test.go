@@ -108,6 +108,16 @@ func TestPassthroughWhileOpenUncached(t *testing.T) {
 		}
 	}
 	held.Close()
+	// The kernel sends RELEASE after close(2) returns: wait until this
+	// process has seen the cached-mode files go.
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := st.Sys().(*syscall.Stat_t).Ino
+	for deadline := time.Now().Add(2 * time.Second); m.fsys.front.cachedOpen(ino) && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	served := testutil.CounterValue(t, m.metrics.BytesServed)
 	if f, err := os.Open(p); err == nil {
 		fadviseDontNeed(f)

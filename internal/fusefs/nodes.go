@@ -6,7 +6,6 @@ import (
 	"os"
 	"path"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -105,12 +104,6 @@ type fileNode struct {
 	fsys  *FS
 	path  string
 	entry source.Entry
-
-	// cachedOpens counts this node's handles opened without passthrough.
-	// While any is open the kernel refuses a passthrough open of the
-	// inode (EIO to the reader), so new opens stay in cached mode too.
-	mu          sync.Mutex
-	cachedOpens int
 }
 
 var (
@@ -129,18 +122,8 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	}
 	obj := blockcache.ObjectRef{Source: f.fsys.ns.Source().ID(), Path: f.path, Version: f.entry.Version, Size: f.entry.Size}
 	h := &handle{r: f.fsys.cache.NewReader(obj)}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.fsys.opts.Passthrough && f.cachedOpens == 0 {
+	if f.fsys.opts.Passthrough && !f.fsys.front.cachedOpen(f.StableAttr().Ino) {
 		h.file, h.release, _ = f.fsys.cache.OpenLocal(obj)
-	}
-	if h.file == nil {
-		f.cachedOpens++
-		h.release = func() {
-			f.mu.Lock()
-			f.cachedOpens--
-			f.mu.Unlock()
-		}
 	}
 	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
