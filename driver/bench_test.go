@@ -120,7 +120,7 @@ func BenchmarkServingProcessTakeover(b *testing.B) {
 		b.StopTimer()
 		s := n.sessions.acquire(key, nil)
 		pid := s.rec.Pid
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil || !waitReaped(pid, 5*time.Second) {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil || !waitThreadsGone(pid, 5*time.Second) {
 			b.Fatalf("killing the serving process %d: %v", pid, err)
 		}
 		b.StartTimer()
@@ -150,17 +150,4 @@ func BenchmarkServingProcessTakeover(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
-}
-
-// waitReaped waits until pid is gone from /proc: every thread has exited
-// and its parent (the launcher) has reaped it. A killed process's leader
-// shows as a zombie while its other threads still exit, and a request one
-// of those takes from /dev/fuse fails with EIO (see doc.go).
-func waitReaped(pid int, d time.Duration) bool {
-	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
-			return true
-		}
-	}
-	return false
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/cacheserver"
 	"github.com/sluice-dev/sluice/internal/fusefs"
+	"github.com/sluice-dev/sluice/internal/mountutil"
 )
 
 // procLauncher runs each session as `sluice csi serve-session` in its own
@@ -45,7 +46,7 @@ type procLauncher struct {
 	keeper fdKeeper
 
 	exitsOnce sync.Once
-	exitCh    chan struct{} // a child this process started exited
+	exitCh    chan struct{} // a child this process started or adopted exited
 }
 
 // notifyOnExit signals exits when rec's child — adopted, so not ours to
@@ -112,7 +113,7 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 		gen = 1
 		defer func() {
 			if err != nil {
-				_ = syscall.Unmount(rec.mountDir(), syscall.MNT_DETACH)
+				_ = mountutil.Unmount(rec.mountDir())
 				fuseFile.Close()
 			}
 		}()

@@ -46,6 +46,17 @@ func (e *env) crClient(t *testing.T) client.Client {
 	return c
 }
 
+// modelsDataset creates namespace ns and in it a Dataset "models" of the
+// test files, uploaded to bucket on the node origin, with a small cache.
+func (e *env) modelsDataset(t *testing.T, ns, bucket string) {
+	t.Helper()
+	e.namespace(t, ns)
+	e.origin.put(t, bucket, e.files)
+	c := e.crClient(t)
+	e.dataset(t, c, e.origin, ns, "models", bucket, v1alpha1.CacheSpec{Memory: ptr.To(resource.MustParse("64Mi")),
+		Disk: ptr.To(resource.MustParse("1Gi"))})
+}
+
 // dataset creates a Dataset of bucket on the node origin in ns and waits
 // until a cache worker serves it (phase Ready), or, with minWorkers 0,
 // until it settles at no worker (phase Idle).
@@ -94,12 +105,7 @@ func datasetVolume(name, dataset string) corev1.Volume {
 // evict the CSI and device plugins, which stay off serverless nodes.
 func TestServerlessPodThroughWebhook(t *testing.T) {
 	e, ns := shared, "e2e-serverless"
-	e.namespace(t, ns)
-	o := e.origin
-	o.put(t, "serverless", e.files)
-	c := e.crClient(t)
-	e.dataset(t, c, o, ns, "models", "serverless", v1alpha1.CacheSpec{Memory: ptr.To(resource.MustParse("64Mi")),
-		Disk: ptr.To(resource.MustParse("1Gi"))})
+	e.modelsDataset(t, ns, "serverless")
 	pod := e.checker("serverless-reader", datasetVolume("models", "models"))
 	pod.Spec.Tolerations = []corev1.Toleration{{Key: contract.ServerlessTaintKey, Operator: corev1.TolerationOpExists}}
 	d := e.runToCompletion(t, ns, pod, 3*time.Minute)
@@ -142,12 +148,7 @@ func sidecarReady(p *corev1.Pod) time.Duration {
 // exit once the app has exited.
 func TestJobWithSidecarCompletes(t *testing.T) {
 	e, ns := shared, "e2e-job"
-	e.namespace(t, ns)
-	o := e.origin
-	o.put(t, "jobs", e.files)
-	c := e.crClient(t)
-	e.dataset(t, c, o, ns, "models", "jobs", v1alpha1.CacheSpec{Memory: ptr.To(resource.MustParse("64Mi")),
-		Disk: ptr.To(resource.MustParse("1Gi"))})
+	e.modelsDataset(t, ns, "jobs")
 	tmpl := e.checker("", datasetVolume("models", "models"))
 	tmpl.Labels = map[string]string{contract.InjectLabel: "true"}
 	tmpl.Annotations = map[string]string{contract.NativeSidecarAnnotation: "false"}
@@ -383,11 +384,7 @@ func TestScaleFromZero(t *testing.T) {
 // namespace the Dataset does not list fails to mount with the reason.
 func TestCSIDatasetVolume(t *testing.T) {
 	e, ns := shared, "e2e-csi-dataset"
-	e.namespace(t, ns)
-	e.origin.put(t, "csi-dataset", e.files)
-	c := e.crClient(t)
-	e.dataset(t, c, e.origin, ns, "models", "csi-dataset", v1alpha1.CacheSpec{Memory: ptr.To(resource.MustParse("64Mi")),
-		Disk: ptr.To(resource.MustParse("1Gi"))})
+	e.modelsDataset(t, ns, "csi-dataset")
 	pod := e.checker("csi-reader", datasetVolume("models", "models"))
 	pod.Spec.NodeSelector = map[string]string{"sluice.dev/e2e": "true"}
 	d := e.runToCompletion(t, ns, pod, 3*time.Minute)

@@ -7,6 +7,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/atomicfile"
 )
 
 // A clean shutdown spares the next start from re-reading the cache.
@@ -84,18 +86,5 @@ func (d *diskTier) writeCleanRecord() {
 	if err != nil {
 		return
 	}
-	tmp := filepath.Join(d.dir, cleanFile+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return
-	}
-	_, werr := f.Write(raw)
-	serr := f.Sync()
-	if cerr := f.Close(); werr != nil || serr != nil || cerr != nil {
-		os.Remove(tmp)
-		return
-	}
-	if err := os.Rename(tmp, filepath.Join(d.dir, cleanFile)); err != nil {
-		os.Remove(tmp)
-	}
+	_ = atomicfile.WriteFile(filepath.Join(d.dir, cleanFile), raw, 0o600)
 }

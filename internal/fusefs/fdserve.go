@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/sluice-dev/sluice/internal/atomicfile"
 	"github.com/sluice-dev/sluice/internal/mountutil"
 )
 
@@ -112,7 +112,7 @@ func (f *FS) ServeFD(dir string, h Handover) (m *Mount, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("duplicating the FUSE descriptor: %w", err)
 	}
-	mo := f.mountOptions()
+	mo := mountOptions(f.opts)
 	var server *fuse.Server
 	if h.Resume {
 		server, err = resumeServer(f.rawFS(h.Generation, opens), &mo, fuseFD, h.InitFile)
@@ -202,9 +202,8 @@ func writeInit(path string, in *fuse.InitIn) error {
 	if err := binary.Write(&b, binary.NativeEndian, &msg); err != nil {
 		return err
 	}
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	if err := os.WriteFile(tmp, b.Bytes(), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, b.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("recording INIT: %w", err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }

@@ -78,12 +78,9 @@ type Mount struct {
 	closers []func() error
 }
 
-// mountOptions are go-fuse's options for this file system; mountFD gives
-// the kernel the same ones when a keeper mounts for a serving process.
-func (f *FS) mountOptions() fuse.MountOptions {
-	return mountOptions(f.opts)
-}
-
+// mountOptions are go-fuse's options for a file system with Options o;
+// MountFD gives the kernel the same ones when a keeper mounts for a
+// serving process.
 func mountOptions(o Options) fuse.MountOptions {
 	mo := fuse.MountOptions{
 		FsName:        o.FsName,
@@ -124,7 +121,7 @@ func (f *FS) Mount(dir string) (*Mount, error) {
 	if err := mountutil.PrepareTarget(dir); err != nil {
 		return nil, err
 	}
-	mo := f.mountOptions()
+	mo := mountOptions(f.opts)
 	if os.Geteuid() == 0 {
 		mo.DirectMountStrict = true
 		mo.DirectMountFlags = mountFlags

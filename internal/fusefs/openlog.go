@@ -4,10 +4,11 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/sluice-dev/sluice/internal/atomicfile"
 )
 
 // openRecord is a file the kernel has open: its node and, for a file
@@ -71,15 +72,11 @@ func (l *openLog) apply(line string) {
 
 // compactLocked rewrites the file with the live handles only.
 func (l *openLog) compactLocked() error {
-	tmp := filepath.Join(filepath.Dir(l.path), "."+filepath.Base(l.path)+".tmp")
 	var b strings.Builder
 	for fh, r := range l.live {
 		fmt.Fprintf(&b, "o %d %d %d\n", fh, r.node, r.backing)
 	}
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
-		return fmt.Errorf("open log: %w", err)
-	}
-	if err := os.Rename(tmp, l.path); err != nil {
+	if err := atomicfile.WriteFile(l.path, []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("open log: %w", err)
 	}
 	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND, 0)
