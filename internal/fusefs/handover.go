@@ -254,10 +254,12 @@ func (h *handoverFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.Ope
 		return st
 	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	r := h.settleMode(in.NodeId, out)
 	h.issueLocked(out, &r)
-	if err := h.opens.opened(out.Fh, r); err != nil { // before the reply hands it out
+	h.mu.Unlock()
+	// Recorded before the reply hands the handle out; the file write is
+	// kept out of h.mu, which the read path takes.
+	if err := h.opens.opened(out.Fh, r); err != nil {
 		klog.ErrorS(err, "Could not record an open file")
 	}
 	return st
