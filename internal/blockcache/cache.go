@@ -29,6 +29,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/metrics"
+	"github.com/sluice-dev/sluice/internal/source"
 )
 
 // Config configures a Cache. Zero values take the defaults.
@@ -188,7 +189,7 @@ func (c *Cache) Block(ctx context.Context, b BlockRef) ([]byte, uint32, error) {
 		return data, crc, nil
 	}
 	c.cfg.Metrics.Miss(metrics.TierMemory)
-	data, crc, err := c.fetch(ctx, b, key, IsReadahead(ctx))
+	data, crc, err := c.fetch(ctx, b, key, source.IsReadahead(ctx))
 	if err == nil {
 		c.cfg.Metrics.Served(len(data))
 	}
@@ -221,7 +222,7 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (hit b
 // readers ask. The fetch runs on the cache's own context so that one reader
 // giving up does not fail the others; each waiter honours its own ctx. A
 // readahead fetch waits behind demand fetches for a slot and tells the tier
-// below it is readahead (WithReadahead).
+// below it is readahead (source.WithReadahead).
 func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead bool) ([]byte, uint32, error) {
 	ch := c.flights.DoChan(key, func() (any, error) {
 		if data, crc, ok := c.mem.get(key); ok {
@@ -236,7 +237,7 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead boo
 		fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
 		defer cancel()
 		if readahead {
-			fctx = WithReadahead(fctx)
+			fctx = source.WithReadahead(fctx)
 		}
 		if err := c.fetches.acquire(fctx, readahead); err != nil {
 			return nil, err

@@ -5,22 +5,6 @@ import (
 	"sync"
 )
 
-// Readahead marking: a fetch started by readahead carries a mark in its
-// context, so every tier below can serve reads that someone waits for first
-// (a cache worker learns it from a request header; see cacheserver).
-type readaheadKey struct{}
-
-// WithReadahead marks ctx as belonging to a readahead fetch.
-func WithReadahead(ctx context.Context) context.Context {
-	return context.WithValue(ctx, readaheadKey{}, true)
-}
-
-// IsReadahead reports whether ctx belongs to a readahead fetch.
-func IsReadahead(ctx context.Context) bool {
-	v, _ := ctx.Value(readaheadKey{}).(bool)
-	return v
-}
-
 // fetchSlots bounds parallel fetches from the tier below and hands a free
 // slot to a waiting demand fetch before any waiting readahead fetch, so a
 // reader's first block is not queued behind every client's readahead.

@@ -295,7 +295,9 @@ func (s *httpSource) statusErr(op string, resp *http.Response) error {
 		return fmt.Errorf("%s: %w", where, ErrVersionChanged)
 	case c == http.StatusRequestedRangeNotSatisfiable:
 		return fmt.Errorf("%s: %w", where, ErrOutOfRange)
-	case c == http.StatusRequestTimeout || c == http.StatusTooManyRequests || c >= 500:
+	case c == http.StatusTooManyRequests || c == http.StatusServiceUnavailable:
+		return fmt.Errorf("%s: %w", where, ErrThrottled)
+	case c == http.StatusRequestTimeout || c >= 500:
 		return errors.New(where) // transient
 	case c >= 400:
 		return fmt.Errorf("%s: %w", where, ErrInvalid)

@@ -10,24 +10,97 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// RetryPolicy says how WithRetry retries transient failures.
+// RetryPolicy is the one retry policy of the hop toward an origin (see
+// WithRetry). A call is retried until its budget is spent: the caller's
+// context deadline, or Budget when the context has none.
+// Every attempt has a deadline that fits its work — TTFB for a stat, List
+// for a listing, TTFB plus the bytes at MinRate for a read — so a silent
+// origin costs one attempt, never the whole budget.
 type RetryPolicy struct {
-	// Attempts is the total number of tries per call (values below 1 mean 1).
+	// Budget bounds one call, every attempt and wait included, when the
+	// caller's context has no deadline (default 60 s).
+	Budget time.Duration
+	// Attempts caps the tries per call (0: as many as the budget allows).
 	Attempts int
 	// BaseDelay and MaxDelay bound the backoff: before retry n (n ≥ 1) the
 	// wrapper sleeps a uniformly random duration in
 	// [0, min(MaxDelay, BaseDelay·2^(n-1))] ("full jitter").
 	BaseDelay, MaxDelay time.Duration
-	// PerAttemptTimeout bounds every try (0: only the caller's context).
-	// A try that times out is retried.
-	PerAttemptTimeout time.Duration
+	// TTFB is an attempt's time to its first byte (default 10 s).
+	TTFB time.Duration
+	// MinRate is the transfer rate a read attempt must sustain after its
+	// first byte, bytes per second (default 1 MiB/s).
+	MinRate int64
+	// List bounds one List attempt, which may page through many keys
+	// (default 30 s).
+	List time.Duration
+	// MaxInFlight is the most requests in flight toward the origin; throttling
+	// answers lower it and good answers raise it back (AIMD). 0: no limit.
+	MaxInFlight int
 }
 
-// DefaultRetryPolicy is 6 attempts, 50 ms base delay, 2 s cap and 30 s per
-// attempt: a worst case of about 3 minutes, typically far less.
+// Policy defaults.
+const (
+	DefaultBudget      = 60 * time.Second
+	DefaultTTFB        = 10 * time.Second
+	DefaultMinRate     = 1 << 20
+	DefaultListTimeout = 30 * time.Second
+	DefaultMaxInFlight = 64
+)
+
+// DefaultRetryPolicy retries with 50 ms base delay and a 2 s cap until the
+// budget (the caller's deadline, else 60 s) is spent, each attempt bounded
+// by 10 s to first byte plus 1 MiB/s, at most 64 requests in flight.
 func DefaultRetryPolicy() RetryPolicy {
-	return RetryPolicy{Attempts: 6, BaseDelay: 50 * time.Millisecond, MaxDelay: 2 * time.Second,
-		PerAttemptTimeout: 30 * time.Second}
+	return RetryPolicy{Budget: DefaultBudget, BaseDelay: 50 * time.Millisecond, MaxDelay: 2 * time.Second,
+		TTFB: DefaultTTFB, MinRate: DefaultMinRate, List: DefaultListTimeout, MaxInFlight: DefaultMaxInFlight}
+}
+
+// AttemptTimeout is the deadline of one attempt that transfers n bytes:
+// TTFB plus n at MinRate.
+func (p RetryPolicy) AttemptTimeout(n int64) time.Duration {
+	return p.TTFB + time.Duration(float64(n)/float64(p.MinRate)*float64(time.Second))
+}
+
+// Bound gives ctx the budget when it has no deadline of its own.
+func (p RetryPolicy) Bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, p.Budget)
+}
+
+// Backoff is the random delay before retry attempt (attempt ≥ 1).
+// MaxDelay ≤ 0 means no cap.
+func (p RetryPolicy) Backoff(attempt int) time.Duration {
+	if p.BaseDelay <= 0 || attempt < 1 {
+		return 0
+	}
+	d := p.BaseDelay
+	for i := 1; i < attempt && (p.MaxDelay <= 0 || d < p.MaxDelay) && d < 1<<61; i++ {
+		d *= 2
+	}
+	if p.MaxDelay > 0 && d > p.MaxDelay {
+		d = p.MaxDelay
+	}
+	return rand.N(d + 1)
+}
+
+func (p RetryPolicy) withDefaults() RetryPolicy {
+	d := DefaultRetryPolicy()
+	if p.Budget <= 0 {
+		p.Budget = d.Budget
+	}
+	if p.TTFB <= 0 {
+		p.TTFB = d.TTFB
+	}
+	if p.MinRate <= 0 {
+		p.MinRate = d.MinRate
+	}
+	if p.List <= 0 {
+		p.List = d.List
+	}
+	return p
 }
 
 // IsPermanent reports whether retrying err is pointless: the sentinel errors
@@ -45,20 +118,23 @@ func IsPermanent(err error) bool {
 }
 
 // WithRetry returns s with every method retried under p. Permanent errors
-// (IsPermanent) are returned at once and unchanged. When the caller's
-// context ends, the wrapper stops at once and returns an error wrapping both
-// the context's error and the last failure. When the attempts are used up,
-// the error wraps the last failure. A failed ReadAt may have written to p.
+// (IsPermanent) are returned at once and unchanged. When the budget ends,
+// the error wraps both context.DeadlineExceeded and the last failure; when
+// the caller cancels, context.Canceled and the last failure; when Attempts
+// are used up, the last failure. A failed ReadAt may have written to p.
 func WithRetry(s Source, p RetryPolicy) Source {
-	if p.Attempts < 1 {
-		p.Attempts = 1
+	p = p.withDefaults()
+	r := &retrySource{s: s, p: p}
+	if p.MaxInFlight > 0 {
+		r.limit = newLimiter(s.ID(), p.MaxInFlight)
 	}
-	return &retrySource{s: s, p: p}
+	return r
 }
 
 type retrySource struct {
-	s Source
-	p RetryPolicy
+	s     Source
+	p     RetryPolicy
+	limit *limiter // nil: no limit
 }
 
 var _ Source = (*retrySource)(nil)
@@ -67,7 +143,7 @@ func (r *retrySource) ID() string { return r.s.ID() }
 
 func (r *retrySource) List(ctx context.Context, dir string) ([]Entry, error) {
 	var out []Entry
-	err := r.do(ctx, "list", dir, func(ctx context.Context) error {
+	err := r.do(ctx, "list", dir, r.p.List, func(ctx context.Context) error {
 		var err error
 		out, err = r.s.List(ctx, dir)
 		return err
@@ -77,7 +153,7 @@ func (r *retrySource) List(ctx context.Context, dir string) ([]Entry, error) {
 
 func (r *retrySource) Stat(ctx context.Context, path string) (Entry, error) {
 	var out Entry
-	err := r.do(ctx, "stat", path, func(ctx context.Context) error {
+	err := r.do(ctx, "stat", path, r.p.TTFB, func(ctx context.Context) error {
 		var err error
 		out, err = r.s.Stat(ctx, path)
 		return err
@@ -86,16 +162,18 @@ func (r *retrySource) Stat(ctx context.Context, path string) (Entry, error) {
 }
 
 func (r *retrySource) ReadAt(ctx context.Context, path, version string, p []byte, off int64) error {
-	return r.do(ctx, "read", path, func(ctx context.Context) error {
+	return r.do(ctx, "read", path, r.p.AttemptTimeout(int64(len(p))), func(ctx context.Context) error {
 		return r.s.ReadAt(ctx, path, version, p, off)
 	})
 }
 
-func (r *retrySource) do(ctx context.Context, op, path string, try func(context.Context) error) error {
+func (r *retrySource) do(ctx context.Context, op, path string, perAttempt time.Duration, try func(context.Context) error) error {
+	ctx, cancel := r.p.Bound(ctx)
+	defer cancel()
 	var last error
-	for attempt := 0; attempt < r.p.Attempts; attempt++ {
+	for attempt := 0; r.p.Attempts <= 0 || attempt < r.p.Attempts; attempt++ {
 		if attempt > 0 {
-			d := r.p.backoff(attempt)
+			d := r.p.Backoff(attempt)
 			klog.V(2).InfoS("Retrying source request", "source", r.s.ID(), "op", op, "path", path,
 				"attempt", attempt+1, "delay", d, "err", last)
 			t := time.NewTimer(d)
@@ -109,12 +187,7 @@ func (r *retrySource) do(ctx context.Context, op, path string, try func(context.
 		if ctx.Err() != nil {
 			return r.stopped(ctx, op, path, last)
 		}
-		actx, cancel := ctx, context.CancelFunc(func() {})
-		if r.p.PerAttemptTimeout > 0 {
-			actx, cancel = context.WithTimeout(ctx, r.p.PerAttemptTimeout)
-		}
-		err := try(actx)
-		cancel()
+		err := r.attempt(ctx, perAttempt, try)
 		if err == nil {
 			return nil
 		}
@@ -126,13 +199,34 @@ func (r *retrySource) do(ctx context.Context, op, path string, try func(context.
 			return err
 		}
 	}
-	klog.V(1).InfoS("Source request failed", "source", r.s.ID(), "op", op, "path", path,
+	klog.InfoS("Source request failed", "source", r.s.ID(), "op", op, "path", path,
 		"attempts", r.p.Attempts, "err", last)
 	return fmt.Errorf("%s %q: giving up after %d attempts: %w", op, path, r.p.Attempts, last)
 }
 
-// stopped is the error for a call whose context ended.
+// attempt runs one try within its deadline and a slot of the limiter.
+func (r *retrySource) attempt(ctx context.Context, perAttempt time.Duration, try func(context.Context) error) error {
+	if r.limit != nil {
+		if err := r.limit.acquire(ctx, IsReadahead(ctx)); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	actx, cancel := context.WithTimeout(ctx, perAttempt)
+	err := try(actx)
+	cancel()
+	if r.limit != nil {
+		r.limit.release(start, errors.Is(err, ErrThrottled), err == nil || IsPermanent(err))
+	}
+	return err
+}
+
+// stopped is the error for a call whose context ended: the caller gave up,
+// or the budget is spent (logged with the last cause).
 func (r *retrySource) stopped(ctx context.Context, op, path string, last error) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		klog.InfoS("Source request failed within its budget", "source", r.s.ID(), "op", op, "path", path, "err", last)
+	}
 	if last == nil {
 		return fmt.Errorf("%s %q: %w", op, path, ctx.Err())
 	}
@@ -140,20 +234,4 @@ func (r *retrySource) stopped(ctx context.Context, op, path string, last error) 
 		return last
 	}
 	return fmt.Errorf("%s %q: %w (last error: %w)", op, path, ctx.Err(), last)
-}
-
-// backoff is the random delay before retry attempt (attempt ≥ 1).
-// MaxDelay ≤ 0 means no cap.
-func (p RetryPolicy) backoff(attempt int) time.Duration {
-	if p.BaseDelay <= 0 || attempt < 1 {
-		return 0
-	}
-	d := p.BaseDelay
-	for i := 1; i < attempt && (p.MaxDelay <= 0 || d < p.MaxDelay) && d < 1<<61; i++ {
-		d *= 2
-	}
-	if p.MaxDelay > 0 && d > p.MaxDelay {
-		d = p.MaxDelay
-	}
-	return rand.N(d + 1)
 }

@@ -77,7 +77,7 @@ func (f *fakeSource) ReadAt(ctx context.Context, p, v string, buf []byte, off in
 // fastPolicy retries quickly.
 func fastPolicy(attempts int) RetryPolicy {
 	return RetryPolicy{Attempts: attempts, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond,
-		PerAttemptTimeout: 5 * time.Second}
+		TTFB: 5 * time.Second}
 }
 
 func TestRetry(t *testing.T) {
@@ -104,7 +104,8 @@ func TestRetry(t *testing.T) {
 		{name: "out of range", errs: []error{ErrOutOfRange}, attempts: 6, wantCalls: 1, wantErr: ErrOutOfRange},
 		{name: "invalid", errs: []error{ErrInvalid}, attempts: 6, wantCalls: 1, wantErr: ErrInvalid},
 		{name: "cancelled below", errs: []error{context.Canceled}, attempts: 6, wantCalls: 1, wantErr: context.Canceled},
-		{name: "zero attempts means one", errs: []error{transient}, attempts: 0, wantCalls: 1, wantErr: transient},
+		{name: "no cap: retried until the budget", errs: []error{transient, reset, transient, reset, transient, reset,
+			transient}, attempts: 0, wantCalls: 8},
 	}
 	methods := map[string]func(Source) error{
 		"List":   func(s Source) error { _, err := s.List(context.Background(), "d"); return err },
@@ -203,7 +204,7 @@ func TestRetryStopsWhenCancelled(t *testing.T) {
 func TestRetryPerAttemptTimeout(t *testing.T) {
 	f := &fakeSource{errs: []error{errHang, errHang}}
 	s := WithRetry(f, RetryPolicy{Attempts: 3, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond,
-		PerAttemptTimeout: 30 * time.Millisecond})
+		TTFB: 30 * time.Millisecond})
 	start := time.Now()
 	if _, err := s.Stat(context.Background(), "f"); err != nil {
 		t.Fatalf("Stat: %v", err)
@@ -225,7 +226,7 @@ func TestBackoff(t *testing.T) {
 		}
 		var hi time.Duration
 		for i := 0; i < 200; i++ {
-			d := p.backoff(attempt)
+			d := p.Backoff(attempt)
 			if d < 0 || d > ceiling {
 				t.Fatalf("backoff(%d) = %v, want within [0, %v]", attempt, d, ceiling)
 			}
@@ -236,10 +237,10 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 	uncapped := RetryPolicy{BaseDelay: time.Second}
-	if d := uncapped.backoff(1000); d < 0 {
+	if d := uncapped.Backoff(1000); d < 0 {
 		t.Errorf("uncapped backoff overflowed: %v", d)
 	}
-	if d := (RetryPolicy{}).backoff(3); d != 0 {
+	if d := (RetryPolicy{}).Backoff(3); d != 0 {
 		t.Errorf("zero policy backoff = %v", d)
 	}
 }
@@ -264,7 +265,7 @@ func TestRetryS3ThroughFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := WithRetry(raw, RetryPolicy{Attempts: 10, BaseDelay: 5 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
-		PerAttemptTimeout: 10 * time.Second})
+		TTFB: 10 * time.Second})
 	ctx := testCtx(t)
 
 	for i := 0; i < 10; i++ {
@@ -326,4 +327,63 @@ func TestRetryS3ThroughFaults(t *testing.T) {
 			t.Fatalf("ReadAt after recovery = %v", err)
 		}
 	})
+}
+
+// TestRetryBudget: without an attempt cap, a call that keeps failing ends
+// when its budget (the caller's deadline, else Budget) is spent, with the
+// last cause; attempts are bounded by TTFB, so a hanging origin costs one
+// TTFB per attempt.
+func TestRetryBudget(t *testing.T) {
+	tests := []struct {
+		name     string
+		deadline time.Duration // caller's; 0: none
+		budget   time.Duration
+		hang     bool
+	}{
+		{name: "caller's deadline", deadline: 300 * time.Millisecond, budget: time.Hour},
+		{name: "policy budget", budget: 300 * time.Millisecond},
+		{name: "hanging origin", budget: 300 * time.Millisecond, hang: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			errs := make([]error, 1000)
+			for i := range errs {
+				errs[i] = errors.New("503 SlowDown")
+				if tc.hang {
+					errs[i] = errHang
+				}
+			}
+			f := &fakeSource{errs: errs}
+			s := WithRetry(f, RetryPolicy{Budget: tc.budget, BaseDelay: time.Millisecond, MaxDelay: 10 * time.Millisecond,
+				TTFB: 40 * time.Millisecond})
+			ctx := context.Background()
+			if tc.deadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.deadline)
+				defer cancel()
+			}
+			start := time.Now()
+			_, err := s.Stat(ctx, "f")
+			took := time.Since(start)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("error %v; want it to wrap DeadlineExceeded", err)
+			}
+			if took < 250*time.Millisecond || took > 2*time.Second {
+				t.Errorf("gave up after %v; want about 300ms", took)
+			}
+			if f.callCount() < 3 {
+				t.Errorf("%d attempts within the budget; want several", f.callCount())
+			}
+		})
+	}
+}
+
+func TestAttemptTimeout(t *testing.T) {
+	p := RetryPolicy{TTFB: 10 * time.Second, MinRate: 1 << 20}
+	if got, want := p.AttemptTimeout(4<<20), 14*time.Second; got != want {
+		t.Errorf("AttemptTimeout(4 MiB) = %v, want %v", got, want)
+	}
+	if got := p.AttemptTimeout(0); got != 10*time.Second {
+		t.Errorf("AttemptTimeout(0) = %v, want the TTFB", got)
+	}
 }

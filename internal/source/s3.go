@@ -144,8 +144,9 @@ func s3Credentials(cfg s3Config) (*credentials.Credentials, string, error) {
 }
 
 // newTransport returns the HTTP transport of S3 and HTTP sources: pooled
-// connections for many parallel ranged reads, bounded dial and header
-// waits, and no transparent compression (it would break byte ranges).
+// connections for many parallel ranged reads, a bounded dial, and no
+// transparent compression (it would break byte ranges). Waits for answers
+// are bounded by each attempt's deadline (RetryPolicy), not here.
 func newTransport() *http.Transport {
 	return &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
@@ -157,7 +158,6 @@ func newTransport() *http.Transport {
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 30 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
 		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
@@ -371,9 +371,13 @@ func (s *s3Source) wrap(op, key string, err error) error {
 	case er.Code == minio.InvalidBucketName || er.Code == minio.XMinioInvalidObjectName ||
 		er.Code == minio.InvalidArgument:
 		sentinel = ErrInvalid
+	case er.Code == "SlowDown" || er.Code == "SlowDownRead" || er.Code == "TooManyRequests" ||
+		er.Code == "RequestLimitExceeded" || er.Code == "Throttling" || er.Code == "ServiceUnavailable" ||
+		er.StatusCode == http.StatusTooManyRequests || er.StatusCode == http.StatusServiceUnavailable:
+		return fmt.Errorf("%s: %w (%w)", where, ErrThrottled, err)
 	default:
-		// SlowDown, InternalError, ServiceUnavailable, RequestTimeout,
-		// 429, 5xx and whatever else: transient.
+		// InternalError, RequestTimeout, other 5xx and whatever else:
+		// transient.
 		return fmt.Errorf("%s: %w", where, err)
 	}
 	return fmt.Errorf("%s: %w (%w)", where, sentinel, err)

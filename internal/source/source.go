@@ -60,3 +60,8 @@ var (
 	ErrOutOfRange     = errors.New("read past the end of the object")
 	ErrInvalid        = errors.New("invalid source")
 )
+
+// ErrThrottled marks an origin's request to slow down (S3 SlowDown, HTTP
+// 429 or 503). It is transient: the retry wrapper retries it and lowers
+// the requests in flight toward that origin.
+var ErrThrottled = errors.New("origin throttled the request")

@@ -1,0 +1,117 @@
+package source
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// limiter bounds the requests in flight toward one origin with additive
+// increase and multiplicative decrease (AIMD): every answer the origin
+// gives without throttling raises the limit by 1/limit (about one per
+// round of requests), and a throttling answer (ErrThrottled: S3 SlowDown,
+// HTTP 429 or 503) halves it, at most once per round: a throttled request
+// that started before the last decrease does not decrease it again. A slot
+// that frees is handed to a waiting demand request before any readahead.
+//
+// Lock order: limiter.mu is a leaf.
+type limiter struct {
+	mu       sync.Mutex
+	limit    float64
+	max      float64
+	inFlight int
+	cut      time.Time // last decrease
+	demand   []chan struct{}
+	ahead    []chan struct{}
+	id       string
+}
+
+func newLimiter(id string, maxInFlight int) *limiter {
+	return &limiter{limit: float64(maxInFlight), max: float64(maxInFlight), id: id}
+}
+
+// acquire waits for a slot; it returns ctx's error if ctx ends first.
+func (l *limiter) acquire(ctx context.Context, readahead bool) error {
+	l.mu.Lock()
+	if l.roomLocked() && len(l.demand) == 0 && (!readahead || len(l.ahead) == 0) {
+		l.inFlight++
+		l.mu.Unlock()
+		return nil
+	}
+	ch := make(chan struct{})
+	if readahead {
+		l.ahead = append(l.ahead, ch)
+	} else {
+		l.demand = append(l.demand, ch)
+	}
+	l.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !dropWaiter(&l.demand, ch) && !dropWaiter(&l.ahead, ch) {
+		// Granted while giving up: hand the slot on.
+		l.inFlight--
+		l.wakeLocked()
+	}
+	return ctx.Err()
+}
+
+// release frees a slot taken at start; throttled says the origin asked us
+// to slow down, answered that it gave any other answer.
+func (l *limiter) release(start time.Time, throttled, answered bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.inFlight--
+	switch {
+	case throttled && start.After(l.cut):
+		l.limit = max(1, l.limit/2)
+		l.cut = time.Now()
+		klog.V(2).InfoS("Origin throttles; fewer requests in flight", "source", l.id, "limit", int(l.limit))
+	case answered && !throttled:
+		l.limit = min(l.max, l.limit+1/l.limit)
+	}
+	l.wakeLocked()
+}
+
+// Limit is the current limit (for tests and metrics).
+func (l *limiter) Limit() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return int(l.limit)
+}
+
+func (l *limiter) roomLocked() bool { return float64(l.inFlight) < l.limit }
+
+func (l *limiter) wakeLocked() {
+	for l.roomLocked() {
+		var q *[]chan struct{}
+		switch {
+		case len(l.demand) > 0:
+			q = &l.demand
+		case len(l.ahead) > 0:
+			q = &l.ahead
+		default:
+			return
+		}
+		ch := (*q)[0]
+		*q = (*q)[1:]
+		l.inFlight++
+		close(ch)
+	}
+}
+
+func dropWaiter(q *[]chan struct{}, ch chan struct{}) bool {
+	for i, c := range *q {
+		if c == ch {
+			*q = append((*q)[:i], (*q)[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
