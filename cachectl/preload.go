@@ -47,7 +47,7 @@ func WorkersSource(clusterDomain, tokenFile string) func(ctx context.Context, ds
 			return nil, nil, err
 		}
 		go pool.Run(ctx)
-		return source.WithRetry(cacheserver.NewSource(pool, cacheserver.WorkersID(ds.Name), nil), source.DefaultRetryPolicy()), cancel, nil
+		return cacheserver.NewSource(pool, cacheserver.WorkersID(ds.Name), nil), cancel, nil
 	}
 }
 

@@ -61,7 +61,18 @@ type CacheFlags struct {
 	Readahead   int
 	MaxFetches  int
 	MetadataTTL time.Duration
+	// ReadBudget is how long a read may wait for a block; set it before
+	// AddFlags to change the flag's default (DefaultReadBudget).
+	ReadBudget time.Duration
 }
+
+// DefaultReadBudget is the read budget of mounts, sidecars and CSI
+// sessions; cache workers use WorkerReadBudget, which is shorter than
+// their clients' attempt deadline (see internal/cacheserver).
+const (
+	DefaultReadBudget = 60 * time.Second
+	WorkerReadBudget  = 20 * time.Second
+)
 
 // AddFlags registers the cache flags.
 func (c *CacheFlags) AddFlags(fs *pflag.FlagSet) {
@@ -72,6 +83,10 @@ func (c *CacheFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.Readahead, "readahead", blockcache.DefaultReadahead, "blocks fetched ahead of a sequential reader (0 disables)")
 	fs.IntVar(&c.MaxFetches, "max-fetches", blockcache.DefaultMaxFetches, "blocks fetched in parallel from the tier below (origin or workers)")
 	fs.DurationVar(&c.MetadataTTL, "metadata-ttl", 60*time.Second, "how long listings and attributes are cached")
+	if c.ReadBudget <= 0 {
+		c.ReadBudget = DefaultReadBudget
+	}
+	fs.DurationVar(&c.ReadBudget, "read-budget", c.ReadBudget, "how long a read may wait for a block, every retry and every path (workers, origin) included; past it the read fails (EIO) with the cause logged")
 }
 
 func defaultCacheDir() string {
@@ -114,6 +129,14 @@ func (c *CacheFlags) Config() (blockcache.Config, error) {
 	}
 	if c.MetadataTTL < 0 {
 		return cfg, fmt.Errorf("--metadata-ttl %s: must not be negative", c.MetadataTTL)
+	}
+	switch {
+	case c.ReadBudget == 0:
+		cfg.FetchTimeout = DefaultReadBudget
+	case c.ReadBudget < time.Second:
+		return cfg, fmt.Errorf("--read-budget %s: want at least 1s", c.ReadBudget)
+	default:
+		cfg.FetchTimeout = c.ReadBudget
 	}
 	if c.Dir != "" && !filepath.IsAbs(c.Dir) {
 		if c.Dir, err = filepath.Abs(c.Dir); err != nil {

@@ -98,7 +98,9 @@ func OpenRuntime(ctx context.Context, rawURL string, sf *SourceFlags, cf *CacheF
 	}
 	var src source.Source
 	if wf != nil && wf.enabled() {
-		src, err = wf.open(ctx, rawURL, sf, probe)
+		wfc := *wf
+		wfc.Budget = cfg.FetchTimeout
+		src, err = wfc.open(ctx, rawURL, sf, probe, m)
 	} else {
 		src, err = sf.Open(rawURL)
 	}

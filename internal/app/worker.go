@@ -39,6 +39,9 @@ type WorkerOptions struct {
 // AddFlags registers the worker flags.
 func (o *WorkerOptions) AddFlags(fs *pflag.FlagSet) {
 	o.SourceFlags.AddFlags(fs)
+	if o.CacheFlags.ReadBudget <= 0 {
+		o.CacheFlags.ReadBudget = WorkerReadBudget
+	}
 	o.CacheFlags.AddFlags(fs)
 	fs.StringVar(&o.Listen, "listen", ":8080", "address of the worker API")
 	fs.StringVar(&o.Dataset, "dataset", cacheserver.DefaultDataset, "dataset name clients ask for")

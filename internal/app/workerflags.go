@@ -9,6 +9,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/cacheserver"
+	"github.com/sluice-dev/sluice/internal/metrics"
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
@@ -21,6 +22,9 @@ type WorkerFlags struct {
 	Dataset        string
 	Timeout        time.Duration
 	OriginFallback bool
+	// Budget bounds a listing or stat through the workers; reads are
+	// bounded by the block cache's read budget (set from --read-budget).
+	Budget time.Duration
 }
 
 // AddFlags registers the client-side worker flags.
@@ -30,7 +34,7 @@ func (w *WorkerFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&w.Refresh, "workers-refresh", 10*time.Second, "how often --workers-dns is resolved again")
 	fs.StringVar(&w.TokenFile, "worker-token-file", "", "file holding the token presented to the workers (re-read when it changes)")
 	fs.StringVar(&w.Dataset, "dataset", cacheserver.DefaultDataset, "dataset name at the workers")
-	fs.DurationVar(&w.Timeout, "worker-timeout", 30*time.Second, "one request to one worker; past it the next worker is tried")
+	fs.DurationVar(&w.Timeout, "worker-timeout", 30*time.Second, "one attempt at one worker, plus its bytes at 1 MiB/s; past it the worker is marked failed and the next one is tried (a silent worker is failed after 3 s)")
 	fs.BoolVar(&w.OriginFallback, "origin-fallback", true, "with workers, read the origin when no worker can answer (needs origin credentials)")
 }
 
@@ -53,9 +57,9 @@ func (w *WorkerFlags) Validate() error {
 // open builds the workers' source. The origin becomes the fallback when
 // --origin-fallback is set and the origin answers with this process's
 // credentials; without credentials the mount reads the workers alone.
-func (w *WorkerFlags) open(ctx context.Context, rawURL string, sf *SourceFlags, probe time.Duration) (source.Source, error) {
+func (w *WorkerFlags) open(ctx context.Context, rawURL string, sf *SourceFlags, probe time.Duration, m *metrics.Cache) (source.Source, error) {
 	pool, err := cacheserver.NewPool(ctx, cacheserver.PoolConfig{URLs: w.URLs, DNS: w.DNS, Refresh: w.Refresh,
-		Dataset: w.Dataset, TokenFile: w.TokenFile, Timeout: w.Timeout})
+		Dataset: w.Dataset, TokenFile: w.TokenFile, Timeout: w.Timeout, Budget: w.Budget, Metrics: m})
 	if err != nil {
 		return nil, err
 	}
@@ -74,5 +78,6 @@ func (w *WorkerFlags) open(ctx context.Context, rawURL string, sf *SourceFlags, 
 			cancel()
 		}
 	}
-	return source.WithRetry(cacheserver.NewSource(pool, id, fallback), source.DefaultRetryPolicy()), nil
+	// The workers' Source is the client hop's one retry policy.
+	return cacheserver.NewSource(pool, id, fallback), nil
 }

@@ -1,5 +1,5 @@
 // Package cacheserver is the cluster-wide cache tier: the cache worker's
-// HTTP API (Server) and its client side (Pool, Getter, Source).
+// HTTP API (Server) and its client side (Pool, Source).
 //
 // A worker serves one dataset from its own block cache (the same
 // blockcache code as every mount) and is the only reader of the origin for
@@ -13,12 +13,50 @@
 //	    N bytes; headers Content-Length and X-Sluice-Crc32c (hex CRC-32C)
 //	/healthz, /readyz                             no token
 //
-// Errors are plain-text reasons with 400 (bad request), 401 (token),
-// 403 (permission), 404 (unknown dataset or path), 412 (object version
-// changed), 416 (range), 502 (origin failed), 503 (draining or busy).
+// While a data request is being worked on, the worker sends an interim
+// "102 Processing" response after 20 ms and then every 500 ms. Errors are
+// plain-text reasons with 400 (bad request), 401 (token), 403 (permission),
+// 404 (unknown dataset or path), 412 (object version changed), 416
+// (range), 502 (origin failed), 503 (draining or busy) and 504 (the origin
+// did not answer within the client's deadline).
+//
+// # Deadlines and retries
+//
+// A read never hangs: each hop has one retry policy and one budget, and
+// each deadline is shorter than the one of the hop above it.
+//
+//   - Reader → block cache: a block is fetched within the read budget
+//     (--read-budget, 60 s for mounts, sidecars and CSI sessions); past it
+//     the read fails with the last cause logged.
+//   - Client → workers (Source, the hop's one retry policy; never wrapped
+//     in source.WithRetry): rounds until the budget is spent. A round asks
+//     the workers that are up in HRW order of the block, then the origin
+//     when the mount holds credentials (Fallback, with the origin hop's own
+//     policy); rounds are spaced by a jittered backoff of up to 1 s. One
+//     attempt at one worker has the deadline --worker-timeout (30 s) plus
+//     its bytes at 1 MiB/s, and the worker is told it (X-Sluice-Timeout-Ms).
+//     A worker that sends nothing — no 102, header or body byte — for 3 s
+//     (Silence), misses an attempt's deadline, fails the connection or
+//     answers garbage is marked failed for the whole process before the
+//     next attempt, which goes to the next worker in HRW order. A worker
+//     that answers 502 or 504 is alive: its origin failed, and the round
+//     goes on to the fallback instead of making another worker read the
+//     origin too.
+//   - Hedging (hedge.go): a block request whose worker shows no sign of
+//     life within the set's recent p95 time to first sign (100 ms–2 s) is
+//     also sent to the next worker; at most HedgeRate (5 %) extra requests.
+//   - Health: Pool.Run probes failed workers' /readyz (1 s timeout) in
+//     backoff from 250 ms to 5 s and brings back those that answer.
+//   - Worker → origin (source.WithRetry): the worker waits for a block at
+//     most its own read budget (--read-budget, 20 s for workers) and never
+//     past the client's deadline less a margin, answering 504 then; each
+//     origin attempt has 10 s to its first byte plus its bytes at 1 MiB/s,
+//     and throttling answers (503 SlowDown, 429) halve the requests in
+//     flight toward the origin (AIMD).
 package cacheserver
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -32,6 +70,10 @@ const (
 	// ReadaheadHeader ("1") marks a read that no reader waits for yet; the
 	// worker serves such reads after the others.
 	ReadaheadHeader = "X-Sluice-Readahead"
+	// TimeoutHeader carries the client's deadline for this request in
+	// milliseconds; the worker answers (504 if its origin is slower)
+	// before it, so a slow origin shows as an answer, not as a dead worker.
+	TimeoutHeader = "X-Sluice-Timeout-Ms"
 	// MaxReadLen bounds one read request.
 	MaxReadLen = 64 << 20
 	// DefaultDataset is the dataset name of a worker started without one.
@@ -60,6 +102,8 @@ func statusError(err error) int {
 		return http.StatusPreconditionFailed
 	case errors.Is(err, source.ErrOutOfRange):
 		return http.StatusRequestedRangeNotSatisfiable
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
 	default:
 		return http.StatusBadGateway
 	}

@@ -11,18 +11,19 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
 // Source reads a dataset through the cache workers: listings, stats and
 // bytes. It implements source.Source, so a mount's block cache reads from
-// it as from any origin. Each request goes to the workers in HRW order of
-// its key; a worker that fails is put in back-off and the next one is
-// tried, then Fallback (the origin, when the mount holds credentials).
-// Errors that are answers (not found, changed, out of range, forbidden)
-// end the search.
+// it as from any origin, and it is the one retry policy of the hop from
+// the client to the workers (see the package doc): do not wrap it in
+// source.WithRetry.
 type Source struct {
 	pool     *Pool
 	id       string
@@ -31,13 +32,16 @@ type Source struct {
 
 var _ source.Source = (*Source)(nil)
 
+var errNoWorkers = errors.New("no cache worker is known or up")
+
 // WorkersID is the source ID of a Dataset read through its workers alone
 // (the file system's name in /proc/mounts).
 func WorkersID(dataset string) string { return "workers://" + dataset }
 
 // NewSource returns a Source over pool. id names the dataset in local cache
 // keys; use the origin's ID when known so the local disk cache is shared
-// with origin mode.
+// with origin mode. fallback (nil: none) is the origin, read when no worker
+// can answer; it keeps its own retry policy (source.WithRetry).
 func NewSource(pool *Pool, id string, fallback source.Source) *Source {
 	return &Source{pool: pool, id: id, Fallback: fallback}
 }
@@ -53,35 +57,109 @@ func answered(err error) bool {
 		errors.Is(err, source.ErrInvalid)
 }
 
-// each runs try against workers in HRW order of key until one succeeds or
-// answers; then the fallback.
-func (s *Source) each(ctx context.Context, key string, try func(w *worker) error, fallback func() error) error {
+// originTrouble reports whether a live worker said its origin failed or
+// was too slow (502, 504): asking the next worker would read the origin
+// again, so the round goes on to the fallback or waits for the next one.
+func originTrouble(err error) bool {
+	var we *workerError
+	return errors.As(err, &we) && (we.code == http.StatusBadGateway || we.code == http.StatusGatewayTimeout)
+}
+
+// try asks the workers ws (in HRW order) and reports how many it used.
+type try func(ctx context.Context, ws []*worker) (used int, err error)
+
+// do runs rounds until one succeeds or answers, or the budget (ctx's
+// deadline, else PoolConfig.Budget) is spent: each round asks the workers
+// that are up in HRW order of key, then the fallback; rounds are spaced by
+// a jittered backoff.
+func (s *Source) do(ctx context.Context, op, key string, ask try, fallback func(context.Context) error) error {
+	ctx, cancel := s.pool.policy.Bound(ctx)
+	defer cancel()
 	var last error
-	for _, w := range s.pool.order(key) {
-		err := try(w)
-		if err == nil {
-			s.pool.markOK(w)
-			return nil
+	for round := 0; ; round++ {
+		if round > 0 {
+			t := time.NewTimer(s.pool.policy.Backoff(round))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return s.stopped(ctx, op, key, last)
+			case <-t.C:
+			}
 		}
-		if answered(err) || ctx.Err() != nil {
-			return err
+		ws := s.pool.order(key)
+		for i := 0; i < len(ws); {
+			used, err := ask(ctx, ws[i:])
+			if err == nil || answered(err) {
+				return err
+			}
+			last = err
+			if ctx.Err() != nil {
+				return s.stopped(ctx, op, key, last)
+			}
+			if originTrouble(err) {
+				break
+			}
+			i += used
 		}
-		s.pool.markFailed(w, err)
-		last = err
+		if s.Fallback != nil {
+			err := fallback(ctx)
+			if err == nil || answered(err) {
+				return err
+			}
+			last = err
+		}
+		if ctx.Err() != nil {
+			return s.stopped(ctx, op, key, last)
+		}
+		if last == nil {
+			last = errNoWorkers
+		}
 	}
-	if s.Fallback != nil {
-		return fallback()
-	}
+}
+
+// stopped is the error of a call whose context ended: the caller gave up,
+// or the budget is spent (logged with the last cause).
+func (s *Source) stopped(ctx context.Context, op, key string, last error) error {
+	path, _, _ := strings.Cut(key, "\x00")
 	if last == nil {
-		return errors.New("no cache workers known yet")
+		last = errNoWorkers
 	}
-	return fmt.Errorf("no cache worker could answer: %w", last)
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		klog.InfoS("Cache workers could not answer within the read budget", "op", op, "path", path, "err", last)
+	}
+	return fmt.Errorf("%s %q through the cache workers: %w (last error: %w)", op, path, ctx.Err(), last)
+}
+
+// judge records what an attempt at w says about w's health.
+func (s *Source) judge(actx context.Context, w *worker, err error) {
+	switch {
+	case err == nil:
+		s.pool.markOK(w)
+	case answered(err) || originTrouble(err) || actx.Err() != nil:
+		// A definite answer, a live worker whose origin failed, or an
+		// attempt the caller ended (gave up, or another worker won).
+	case errors.Is(err, errSilent):
+		s.pool.markFailed(w, "silent", err)
+	case errors.Is(err, errDeadline):
+		s.pool.markFailed(w, "slow", err)
+	default:
+		s.pool.markFailed(w, "error", err)
+	}
+}
+
+// single asks only the first worker.
+func (s *Source) single(fn func(ctx context.Context, w *worker) error) try {
+	return func(ctx context.Context, ws []*worker) (int, error) {
+		err := fn(ctx, ws[0])
+		s.judge(ctx, ws[0], err)
+		return 1, err
+	}
 }
 
 // List implements source.Source.
 func (s *Source) List(ctx context.Context, dir string) ([]source.Entry, error) {
 	var out []source.Entry
-	err := s.each(ctx, "list\x00"+dir, func(w *worker) error {
+	err := s.do(ctx, "list", dir+"\x00list", s.single(func(ctx context.Context, w *worker) error {
 		var js []entryJSON
 		if err := s.getJSON(ctx, w, "list", url.Values{"path": {dir}}, &js); err != nil {
 			return err
@@ -91,21 +169,21 @@ func (s *Source) List(ctx context.Context, dir string) ([]source.Entry, error) {
 			out[i] = fromJSON(j)
 		}
 		return nil
-	}, func() (err error) { out, err = s.Fallback.List(ctx, dir); return err })
+	}), func(ctx context.Context) (err error) { out, err = s.Fallback.List(ctx, dir); return err })
 	return out, err
 }
 
 // Stat implements source.Source.
 func (s *Source) Stat(ctx context.Context, p string) (source.Entry, error) {
 	var out source.Entry
-	err := s.each(ctx, "stat\x00"+p, func(w *worker) error {
+	err := s.do(ctx, "stat", p+"\x00stat", s.single(func(ctx context.Context, w *worker) error {
 		var j entryJSON
 		if err := s.getJSON(ctx, w, "stat", url.Values{"path": {p}}, &j); err != nil {
 			return err
 		}
 		out = fromJSON(j)
 		return nil
-	}, func() (err error) { out, err = s.Fallback.Stat(ctx, p); return err })
+	}), func(ctx context.Context) (err error) { out, err = s.Fallback.Stat(ctx, p); return err })
 	return out, err
 }
 
@@ -114,19 +192,106 @@ func (s *Source) Stat(ctx context.Context, p string) (source.Entry, error) {
 // is read once per block across the cluster.
 func (s *Source) ReadAt(ctx context.Context, p, version string, buf []byte, off int64) error {
 	key := p + "\x00" + version + "\x00" + strconv.FormatInt(off, 10)
-	return s.each(ctx, key, func(w *worker) error {
-		return s.read(ctx, w, p, version, buf, off)
-	}, func() error { return s.Fallback.ReadAt(ctx, p, version, buf, off) })
+	return s.do(ctx, "read", key, func(ctx context.Context, ws []*worker) (int, error) {
+		return s.readHedged(ctx, ws, p, version, buf, off)
+	}, func(ctx context.Context) error { return s.Fallback.ReadAt(ctx, p, version, buf, off) })
 }
 
-func (s *Source) read(ctx context.Context, w *worker, p, version string, buf []byte, off int64) error {
+type readResult struct {
+	w   *worker
+	err error
+}
+
+// readHedged reads from ws[0], and also from ws[1] when ws[0] shows no sign
+// of life within the hedge delay and the budget allows a hedge.
+func (s *Source) readHedged(ctx context.Context, ws []*worker, p, version string, buf []byte, off int64) (int, error) {
+	primary := ws[0]
+	if len(ws) < 2 || s.pool.cfg.HedgeRate < 0 {
+		err := s.read(ctx, primary, p, version, buf, off, nil)
+		s.judge(ctx, primary, err)
+		return 1, err
+	}
+	s.pool.earnHedge()
+	pctx, pcancel := context.WithCancelCause(ctx)
+	defer pcancel(nil)
+	var signed atomic.Bool
+	done := make(chan readResult, 2)
+	go func() {
+		done <- readResult{primary, s.read(pctx, primary, p, version, buf, off, func() { signed.Store(true) })}
+	}()
+	timer := time.NewTimer(s.pool.hedgeDelay())
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		s.judge(pctx, primary, r.err)
+		return 1, r.err
+	case <-timer.C:
+	}
+	if signed.Load() || !s.pool.takeHedge() {
+		r := <-done
+		s.judge(pctx, primary, r.err)
+		return 1, r.err
+	}
+	second := ws[1]
+	hbuf := make([]byte, len(buf))
+	hctx, hcancel := context.WithCancelCause(ctx)
+	defer hcancel(nil)
+	go func() { done <- readResult{second, s.read(hctx, second, p, version, hbuf, off, nil)} }()
+	var first error
+	primaryRunning := true
+	for pending := 2; pending > 0; pending-- {
+		r := <-done
+		if r.w == primary {
+			primaryRunning = false
+		}
+		if r.err == nil && r.w == primary {
+			hcancel(errLostRace)
+			s.pool.markOK(primary)
+			s.pool.cfg.Metrics.Hedged(false)
+			return 2, nil
+		}
+		if r.err == nil {
+			pcancel(errLostRace)
+			if primaryRunning {
+				<-done // the primary no longer writes to buf
+			}
+			copy(buf, hbuf)
+			s.pool.markOK(second)
+			s.pool.cfg.Metrics.Hedged(true)
+			if !signed.Load() {
+				s.pool.strike(primary)
+			}
+			return 2, nil
+		}
+		if r.w == primary {
+			s.judge(pctx, primary, r.err)
+		} else {
+			s.judge(hctx, second, r.err)
+		}
+		if first == nil {
+			first = r.err
+		}
+		if answered(r.err) {
+			pcancel(errLostRace)
+			hcancel(errLostRace)
+			if primaryRunning {
+				<-done
+			}
+			return 2, r.err
+		}
+	}
+	s.pool.cfg.Metrics.Hedged(false)
+	return 2, first
+}
+
+// read fills buf from one worker.
+func (s *Source) read(ctx context.Context, w *worker, p, version string, buf []byte, off int64, onFirst func()) error {
 	q := url.Values{"path": {p}, "version": {version}, "off": {strconv.FormatInt(off, 10)}, "len": {strconv.Itoa(len(buf))}}
-	resp, cancel, err := s.pool.get(ctx, w, "read", q)
+	resp, err := s.pool.get(ctx, w, "read", q, s.pool.attemptTimeout(int64(len(buf))), onFirst)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	defer resp.Body.Close()
+	defer resp.done()
 	if resp.ContentLength != int64(len(buf)) {
 		return fmt.Errorf("worker %s sent %d bytes, want %d", w.url, resp.ContentLength, len(buf))
 	}
@@ -135,7 +300,7 @@ func (s *Source) read(ctx context.Context, w *worker, p, version string, buf []b
 		return fmt.Errorf("worker %s sent no valid %s header", w.url, ChecksumHeader)
 	}
 	if _, err := io.ReadFull(resp.Body, buf); err != nil {
-		return fmt.Errorf("reading from worker %s: %w", w.url, err)
+		return resp.fail(fmt.Errorf("reading from worker %s: %w", w.url, err))
 	}
 	if got := crc32.Checksum(buf, castagnoli); got != uint32(want) {
 		return fmt.Errorf("worker %s: checksum mismatch", w.url)
@@ -144,14 +309,13 @@ func (s *Source) read(ctx context.Context, w *worker, p, version string, buf []b
 }
 
 func (s *Source) getJSON(ctx context.Context, w *worker, op string, q url.Values, v any) error {
-	resp, cancel, err := s.pool.get(ctx, w, op, q)
+	resp, err := s.pool.get(ctx, w, op, q, s.pool.cfg.Timeout, nil)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	defer resp.Body.Close()
+	defer resp.done()
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(v); err != nil {
-		return fmt.Errorf("worker %s: bad %s answer: %w", w.url, op, err)
+		return resp.fail(fmt.Errorf("worker %s: bad %s answer: %w", w.url, op, err))
 	}
 	return nil
 }

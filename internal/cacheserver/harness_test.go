@@ -121,7 +121,7 @@ func newClient(t *testing.T, urls []string, fallback source.Source) (*blockcache
 	}
 	src := NewSource(pool, "test", fallback)
 	cache, err := blockcache.New(blockcache.Config{BlockSize: testBlock, MemoryBytes: 8 << 20, Readahead: 4,
-		Getter: blockcache.OriginGetter{Source: source.WithRetry(src, source.DefaultRetryPolicy())}})
+		Getter: blockcache.OriginGetter{Source: src}})
 	if err != nil {
 		t.Fatal(err)
 	}

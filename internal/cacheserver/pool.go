@@ -17,7 +17,8 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/metrics"
+	"github.com/sluice-dev/sluice/internal/source"
 )
 
 // PoolConfig configures the client's view of the worker set.
@@ -35,34 +36,63 @@ type PoolConfig struct {
 	// TokenFile holds the bearer token; it is re-read when it changes
 	// (projected service-account tokens rotate).
 	TokenFile string
-	// Timeout bounds one request to one worker (default 30s).
+	// Timeout caps one attempt at one worker; a read gets its bytes at
+	// MinRate on top (default 30 s). See the package doc.
 	Timeout time.Duration
+	// Silence is how long a worker may send nothing during a request before
+	// it is marked failed (default 3 s, at least 1 s: workers send an
+	// interim response every 500 ms while they work).
+	Silence time.Duration
+	// MinRate is the rate a read must sustain, bytes/s (default 1 MiB/s).
+	MinRate int64
+	// Budget bounds a call whose context has no deadline (default 60 s).
+	Budget time.Duration
+	// HedgeRate bounds the extra requests that hedging sends, as a
+	// fraction of all block requests (default 0.05; negative: no hedging).
+	HedgeRate float64
 	// Resolver is used for DNS (default net.DefaultResolver).
 	Resolver *net.Resolver
+	// Metrics receives hedge and failure counts (nil: none).
+	Metrics *metrics.Cache
 }
 
 // Pool is the worker set with health state, shared by all requests.
+//
+// Lock order: Pool.mu is a leaf; no request or probe runs under it.
 type Pool struct {
 	cfg    PoolConfig
 	client *http.Client
+	policy source.RetryPolicy // backoff between rounds and the budget
 
 	mu      sync.Mutex
 	workers []*worker
 	token   string
 	tokenAt time.Time
+	probing bool // Run's prober brings failed workers back
+	signs   latencies
+	hedges  float64 // hedge tokens
 }
 
 type worker struct {
-	url            string
-	seed           uint64
-	unhealthyUntil time.Time
-	failures       int
+	url  string
+	seed uint64
+	// Guarded by Pool.mu.
+	down      bool
+	retryAt   time.Time // next probe (or, without a prober, next use)
+	failures  int
+	strikeAt  []time.Time // hedges lost without a sign of life (recent)
+	inProbe   bool
+	downSince time.Time
 }
 
-// Backoff bounds for an unhealthy worker.
+// Backoff bounds of a failed worker's probes.
 const (
-	minBackoff = 500 * time.Millisecond
-	maxBackoff = 30 * time.Second
+	minBackoff = 250 * time.Millisecond
+	maxBackoff = 5 * time.Second
+	// slowStrikes lost hedges within strikeWindow mark a worker failed.
+	slowStrikes = 3
+	// probeTimeout bounds one /readyz probe.
+	probeTimeout = time.Second
 )
 
 // NewPool builds the pool and resolves DNS once (an empty answer is not an
@@ -80,6 +110,20 @@ func NewPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second
 	}
+	if cfg.Silence <= 0 {
+		cfg.Silence = 3 * time.Second
+	}
+	// Workers send an interim response every interimEvery while they work.
+	cfg.Silence = max(cfg.Silence, 2*interimEvery)
+	if cfg.MinRate <= 0 {
+		cfg.MinRate = source.DefaultMinRate
+	}
+	if cfg.Budget <= 0 {
+		cfg.Budget = source.DefaultBudget
+	}
+	if cfg.HedgeRate == 0 {
+		cfg.HedgeRate = 0.05
+	}
 	if cfg.Resolver == nil {
 		cfg.Resolver = net.DefaultResolver
 	}
@@ -90,13 +134,18 @@ func NewPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConnsPerHost = 64
+	// A worker that drops packets fails the dial here, not after the
+	// request's whole deadline.
+	t.DialContext = (&net.Dialer{Timeout: cfg.Silence, KeepAlive: 15 * time.Second}).DialContext
 	// HTTP/1.1 with a pool of connections per worker. Workers also speak
 	// HTTP/2 without TLS, but one multiplexed connection moved blocks more
 	// slowly here: `sluice demo --bandwidth 10G` took 13.8 s with h2c
 	// against 8.4 s with HTTP/1.1 (same build otherwise).
 	t.Protocols = new(http.Protocols)
 	t.Protocols.SetHTTP1(true)
-	p := &Pool{cfg: cfg, client: &http.Client{Transport: t}}
+	policy := source.DefaultRetryPolicy()
+	policy.Budget, policy.MaxDelay = cfg.Budget, time.Second
+	p := &Pool{cfg: cfg, client: &http.Client{Transport: t}, policy: policy, hedges: 1}
 	if _, err := p.readToken(); err != nil {
 		return nil, err
 	}
@@ -109,21 +158,35 @@ func NewPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 	return p, nil
 }
 
-// Run re-resolves DNS until ctx is done (a no-op without DNS).
+// Run re-resolves DNS and probes failed workers until ctx is done. Without
+// Run, a failed worker is tried again by requests once its backoff ends.
 func (p *Pool) Run(ctx context.Context) {
-	if p.cfg.DNS == "" {
-		return
+	p.mu.Lock()
+	p.probing = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.probing = false
+		p.mu.Unlock()
+	}()
+	var dns <-chan time.Time
+	if p.cfg.DNS != "" {
+		t := time.NewTicker(p.cfg.Refresh)
+		defer t.Stop()
+		dns = t.C
 	}
-	tick := time.NewTicker(p.cfg.Refresh)
-	defer tick.Stop()
+	probe := time.NewTicker(minBackoff)
+	defer probe.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-dns:
 			if err := p.resolve(ctx); err != nil {
 				klog.V(2).InfoS("Resolving cache workers failed", "dns", p.cfg.DNS, "err", err)
 			}
+		case <-probe.C:
+			p.probeDue(ctx)
 		}
 	}
 }
@@ -196,27 +259,24 @@ func (p *Pool) Workers() []string {
 	return out
 }
 
-// order returns the workers in rendezvous (HRW) order for key: highest
-// score first, healthy workers before ones in back-off.
+// order returns the workers a request for key may use, in rendezvous
+// (HRW) order: highest score first, only workers that are up. When none
+// is up it returns those whose backoff has ended without a prober to
+// vouch for them, so a client without Run still finds its way back.
 func (p *Pool) order(key string) []*worker {
 	kh := fnv.New64a()
 	kh.Write([]byte(key))
 	k := kh.Sum64()
 	now := time.Now()
 	p.mu.Lock()
-	ws := slices.Clone(p.workers)
-	healthy := map[*worker]bool{}
-	for _, w := range ws {
-		healthy[w] = now.After(w.unhealthyUntil)
+	var ws []*worker
+	for _, w := range p.workers {
+		if !w.down || (!p.probing && now.After(w.retryAt)) {
+			ws = append(ws, w)
+		}
 	}
 	p.mu.Unlock()
 	slices.SortFunc(ws, func(a, b *worker) int {
-		if healthy[a] != healthy[b] {
-			if healthy[a] {
-				return -1
-			}
-			return 1
-		}
 		sa, sb := mix(a.seed^k), mix(b.seed^k)
 		switch {
 		case sa > sb:
@@ -240,20 +300,91 @@ func mix(x uint64) uint64 {
 	return x
 }
 
-func (p *Pool) markFailed(w *worker, err error) {
+// markFailed takes w out of the set until a probe (or, without a prober,
+// its backoff) brings it back. reason is a metric label: silent, slow or
+// error.
+func (p *Pool) markFailed(w *worker, reason string, err error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	w.failures++
 	d := min(minBackoff<<min(w.failures-1, 10), maxBackoff)
-	w.unhealthyUntil = time.Now().Add(d)
-	klog.V(2).InfoS("Cache worker skipped", "worker", w.url, "backoff", d, "err", err)
+	w.retryAt = time.Now().Add(d)
+	wasUp := !w.down
+	w.down, w.strikeAt = true, nil
+	if wasUp {
+		w.downSince = time.Now()
+	}
+	p.mu.Unlock()
+	p.cfg.Metrics.WorkerFailed(reason)
+	if wasUp {
+		klog.InfoS("Cache worker failed; reading through the others", "worker", w.url, "reason", reason, "err", err)
+	} else {
+		klog.V(2).InfoS("Cache worker still failing", "worker", w.url, "backoff", d, "err", err)
+	}
 }
 
+// markOK records a good answer from w.
 func (p *Pool) markOK(w *worker) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	w.failures = 0
-	w.unhealthyUntil = time.Time{}
+	p.upLocked(w)
+}
+
+func (p *Pool) upLocked(w *worker) {
+	if w.down {
+		klog.InfoS("Cache worker is back", "worker", w.url, "after", time.Since(w.downSince).Round(time.Millisecond))
+	}
+	w.down, w.failures, w.retryAt = false, 0, time.Time{}
+}
+
+// probeDue probes every failed worker whose backoff has ended, each in
+// its own goroutine and one probe per worker at a time.
+func (p *Pool) probeDue(ctx context.Context) {
+	now := time.Now()
+	p.mu.Lock()
+	var due []*worker
+	for _, w := range p.workers {
+		if w.down && !w.inProbe && now.After(w.retryAt) {
+			w.inProbe = true
+			due = append(due, w)
+		}
+	}
+	p.mu.Unlock()
+	for _, w := range due {
+		go func() {
+			err := p.probe(ctx, w)
+			p.mu.Lock()
+			w.inProbe = false
+			if err == nil {
+				p.upLocked(w)
+			} else {
+				w.failures++
+				w.retryAt = time.Now().Add(min(minBackoff<<min(w.failures-1, 10), maxBackoff))
+			}
+			p.mu.Unlock()
+			if err != nil {
+				klog.V(3).InfoS("Cache worker probe failed", "worker", w.url, "err", err)
+			}
+		}()
+	}
+}
+
+// probe asks w's /readyz, within probeTimeout.
+func (p *Pool) probe(ctx context.Context, w *worker) error {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, w.url+"/readyz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return err
+	}
+	reason := readReason(resp)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("readyz: %s: %s", resp.Status, reason)
+	}
+	return nil
 }
 
 // readToken returns the bearer token, re-reading the file when it changed.
@@ -276,37 +407,4 @@ func (p *Pool) readToken() (string, error) {
 	}
 	p.token, p.tokenAt = strings.TrimSpace(string(b)), fi.ModTime()
 	return p.token, nil
-}
-
-// get sends one request to one worker; the caller closes the body of a
-// 200 response. Non-200 answers become errors (see errorFromStatus).
-func (p *Pool) get(ctx context.Context, w *worker, op string, q url.Values) (*http.Response, context.CancelFunc, error) {
-	tok, err := p.readToken()
-	if err != nil {
-		return nil, nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
-	u := w.url + "/v1/datasets/" + url.PathEscape(p.cfg.Dataset) + "/" + op + "?" + q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		cancel()
-		return nil, nil, err
-	}
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	if blockcache.IsReadahead(ctx) {
-		req.Header.Set(ReadaheadHeader, "1")
-	}
-	resp, err := p.client.Do(req)
-	if err != nil {
-		cancel()
-		return nil, nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		reason := readReason(resp)
-		cancel()
-		return nil, nil, errorFromStatus(resp.StatusCode, reason)
-	}
-	return resp, cancel, nil
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -135,24 +136,76 @@ func (s *Server) data(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	var err error
-	switch r.PathValue("op") {
+	op := r.PathValue("op")
+	var work func(ctx context.Context) (func(http.ResponseWriter), error)
+	switch op {
 	case "list":
-		err = s.list(w, r.Context(), p)
+		work = func(ctx context.Context) (func(http.ResponseWriter), error) { return s.list(ctx, p) }
 	case "stat":
-		err = s.stat(w, r.Context(), p)
+		work = func(ctx context.Context) (func(http.ResponseWriter), error) { return s.stat(ctx, p) }
 	case "read":
-		err = s.read(w, r, p)
+		work = func(ctx context.Context) (func(http.ResponseWriter), error) { return s.read(ctx, r, p) }
 	default:
-		http.Error(w, fmt.Sprintf("unknown operation %q", r.PathValue("op")), http.StatusNotFound)
+		http.Error(w, fmt.Sprintf("unknown operation %q", op), http.StatusNotFound)
 		return
 	}
+	ctx, cancel := clientDeadline(r)
+	defer cancel()
+	write, err := working(ctx, w, work)
 	if err != nil {
 		code := statusError(err)
-		if code == http.StatusBadGateway {
-			klog.ErrorS(err, "Worker request failed", "op", r.PathValue("op"), "path", p)
+		if (code == http.StatusBadGateway || code == http.StatusGatewayTimeout) && r.Context().Err() == nil {
+			klog.ErrorS(err, "Worker request failed", "op", op, "path", p)
+		}
+		if code == http.StatusGatewayTimeout {
+			err = fmt.Errorf("the origin did not answer within the client's deadline: %w", err)
 		}
 		http.Error(w, err.Error(), code)
+		return
+	}
+	write(w)
+}
+
+// Interim responses while a request is worked on.
+const (
+	firstInterim = 20 * time.Millisecond
+	interimEvery = 500 * time.Millisecond
+)
+
+// clientDeadline is the request's context with the deadline the client
+// sent (TimeoutHeader) less a margin, so the answer reaches it in time.
+func clientDeadline(r *http.Request) (context.Context, context.CancelFunc) {
+	ms, err := strconv.ParseInt(r.Header.Get(TimeoutHeader), 10, 64)
+	if err != nil || ms <= 0 {
+		return context.WithCancel(r.Context())
+	}
+	d := time.Duration(ms) * time.Millisecond
+	return context.WithTimeout(r.Context(), d-min(d/10, time.Second))
+}
+
+// working runs work, sending an interim 102 after firstInterim and then
+// every interimEvery until it is done, so the client can tell a busy
+// worker from a silent one.
+func working(ctx context.Context, w http.ResponseWriter, work func(context.Context) (func(http.ResponseWriter), error)) (func(http.ResponseWriter), error) {
+	type result struct {
+		write func(http.ResponseWriter)
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		write, err := work(ctx)
+		done <- result{write, err}
+	}()
+	t := time.NewTimer(firstInterim)
+	defer t.Stop()
+	for {
+		select {
+		case r := <-done:
+			return r.write, r.err
+		case <-t.C:
+			w.WriteHeader(http.StatusProcessing)
+			t.Reset(interimEvery)
+		}
 	}
 }
 
@@ -164,64 +217,62 @@ func toJSON(e source.Entry) entryJSON {
 	return j
 }
 
-func (s *Server) list(w http.ResponseWriter, ctx context.Context, p string) error {
+func (s *Server) list(ctx context.Context, p string) (func(http.ResponseWriter), error) {
 	entries, err := s.cfg.Namespace.List(ctx, p)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	out := make([]entryJSON, len(entries))
 	for i, e := range entries {
 		out[i] = toJSON(e)
 	}
-	writeJSON(w, out)
-	return nil
+	return func(w http.ResponseWriter) { writeJSON(w, out) }, nil
 }
 
-func (s *Server) stat(w http.ResponseWriter, ctx context.Context, p string) error {
+func (s *Server) stat(ctx context.Context, p string) (func(http.ResponseWriter), error) {
 	e, err := s.cfg.Namespace.Stat(ctx, p)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	writeJSON(w, toJSON(e))
-	return nil
+	return func(w http.ResponseWriter) { writeJSON(w, toJSON(e)) }, nil
 }
 
-func (s *Server) read(w http.ResponseWriter, r *http.Request, p string) error {
+func (s *Server) read(ctx context.Context, r *http.Request, p string) (func(http.ResponseWriter), error) {
 	q := r.URL.Query()
 	off, err1 := strconv.ParseInt(q.Get("off"), 10, 64)
 	n, err2 := strconv.ParseInt(q.Get("len"), 10, 64)
 	version := q.Get("version")
 	switch {
 	case err1 != nil || err2 != nil:
-		return fmt.Errorf("%w: off and len must be integers", source.ErrInvalid)
+		return nil, fmt.Errorf("%w: off and len must be integers", source.ErrInvalid)
 	case off < 0 || n <= 0 || n > MaxReadLen:
-		return fmt.Errorf("%w: want off >= 0 and 0 < len <= %d", source.ErrInvalid, MaxReadLen)
+		return nil, fmt.Errorf("%w: want off >= 0 and 0 < len <= %d", source.ErrInvalid, MaxReadLen)
 	case version == "":
-		return fmt.Errorf("%w: version is required", source.ErrInvalid)
+		return nil, fmt.Errorf("%w: version is required", source.ErrInvalid)
 	}
-	e, err := s.entry(r.Context(), p, version)
+	e, err := s.entry(ctx, p, version)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if off > e.Size-n {
-		return fmt.Errorf("%w: [%d, %d) past the end of %s (%d bytes)", source.ErrOutOfRange, off, off+n, p, e.Size)
+		return nil, fmt.Errorf("%w: [%d, %d) past the end of %s (%d bytes)", source.ErrOutOfRange, off, off+n, p, e.Size)
 	}
 	obj := blockcache.ObjectRef{Source: s.srcID, Path: p, Version: version, Size: e.Size}
-	ctx := r.Context()
 	if r.Header.Get(ReadaheadHeader) == "1" {
-		ctx = blockcache.WithReadahead(ctx)
+		ctx = source.WithReadahead(ctx)
 	}
 	body, crc, err := s.body(ctx, obj, off, n)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
-	w.Header().Set(ChecksumHeader, strconv.FormatUint(uint64(crc), 16))
-	if _, err := w.Write(body); err != nil {
-		klog.V(4).InfoS("Client went away mid-response", "path", p, "err", err)
-	}
-	return nil
+	return func(w http.ResponseWriter) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		w.Header().Set(ChecksumHeader, strconv.FormatUint(uint64(crc), 16))
+		if _, err := w.Write(body); err != nil {
+			klog.V(4).InfoS("Client went away mid-response", "path", p, "err", err)
+		}
+	}, nil
 }
 
 // body returns the bytes [off, off+n) of obj and their CRC-32C. A request

@@ -143,7 +143,9 @@ func TestDrainRefusesNewRequests(t *testing.T) {
 		t.Fatalf("readyz while draining: %v %v", resp.StatusCode, err)
 	}
 	resp.Body.Close()
-	if _, err := s.List(context.Background(), ""); err == nil || errors.Is(err, source.ErrNotFound) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := s.List(ctx, ""); err == nil || errors.Is(err, source.ErrNotFound) {
 		t.Fatalf("list while draining: %v, want a failure", err)
 	}
 }

@@ -32,7 +32,7 @@ func s3ViaProxy(t *testing.T, files map[string][]byte, cfg faultproxy.Config) (*
 		t.Fatal(err)
 	}
 	return srv, proxy, source.WithRetry(src, source.RetryPolicy{Attempts: 8, BaseDelay: 10 * time.Millisecond,
-		MaxDelay: 200 * time.Millisecond, PerAttemptTimeout: 10 * time.Second})
+		MaxDelay: 200 * time.Millisecond, TTFB: 10 * time.Second})
 }
 
 func TestFlakyOriginNeverReachesReaders(t *testing.T) {

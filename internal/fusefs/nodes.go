@@ -145,7 +145,11 @@ var (
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	n, err := h.r.ReadAt(ctx, dest, off)
 	if err != nil && err != io.EOF {
-		klog.V(2).InfoS("Read failed", "path", h.r.Object().Path, "offset", off, "err", err)
+		if ctx.Err() == nil {
+			// The reader gets EIO (or the errno of a definite answer); the
+			// cause is here. An interrupted read is the reader's choice.
+			klog.ErrorS(err, "Read failed", "path", h.r.Object().Path, "offset", off, "size", len(dest))
+		}
 		return nil, errno(err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0

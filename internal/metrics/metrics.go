@@ -33,6 +33,14 @@ type Cache struct {
 	DiskBytes     prometheus.Gauge
 	Evictions     *prometheus.CounterVec
 	CorruptBlocks prometheus.Counter
+	// Hedges counts block requests sent to a second cache worker because
+	// the first showed no sign of life in time; HedgeWins those the second
+	// answered first.
+	Hedges    prometheus.Counter
+	HedgeWins prometheus.Counter
+	// WorkerFailures counts cache workers marked failed, by reason
+	// (silent, slow, error).
+	WorkerFailures *prometheus.CounterVec
 }
 
 // NewCache creates the data-path collectors and registers them on reg.
@@ -59,10 +67,16 @@ func NewCache(reg prometheus.Registerer) *Cache {
 			Name: "sluice_cache_evictions_total", Help: "Blocks evicted from a tier."}, []string{"tier"}),
 		CorruptBlocks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_cache_corrupt_blocks_total", Help: "Disk blocks whose checksum did not match (re-fetched)."}),
+		Hedges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_worker_hedges_total", Help: "Block requests also sent to the next cache worker because the first showed no sign of life in time."}),
+		HedgeWins: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_worker_hedge_wins_total", Help: "Hedged block requests that the second cache worker answered first."}),
+		WorkerFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_worker_failures_total", Help: "Cache workers marked failed, by reason (silent, slow, error)."}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.BytesServed, m.OriginBytes, m.Hits, m.Misses, m.FetchLatency, m.FetchErrors,
-			m.MemoryBytes, m.DiskBytes, m.Evictions, m.CorruptBlocks)
+			m.MemoryBytes, m.DiskBytes, m.Evictions, m.CorruptBlocks, m.Hedges, m.HedgeWins, m.WorkerFailures)
 	}
 	return m
 }
@@ -112,6 +126,24 @@ func (m *Cache) Evicted(tier string) {
 func (m *Cache) Corrupt() {
 	if m != nil {
 		m.CorruptBlocks.Inc()
+	}
+}
+
+// Hedged counts a hedged request; won says the second worker answered first.
+func (m *Cache) Hedged(won bool) {
+	if m == nil {
+		return
+	}
+	m.Hedges.Inc()
+	if won {
+		m.HedgeWins.Inc()
+	}
+}
+
+// WorkerFailed counts a cache worker marked failed for reason.
+func (m *Cache) WorkerFailed(reason string) {
+	if m != nil {
+		m.WorkerFailures.WithLabelValues(reason).Inc()
 	}
 }
 

@@ -1,0 +1,103 @@
+package cacheserver
+
+import (
+	"slices"
+	"time"
+)
+
+// Hedging: a block request whose worker shows no sign of life (an interim
+// 102 or the answer) within the set's recent p95 time to first sign is also
+// sent to the next worker in HRW order, and the first good answer wins.
+// Workers answer or send a 102 within milliseconds however long the block
+// takes them (a slow origin shows as 102s, not as silence), so a hedge is
+// sent for a worker that is paused, overloaded or cut off — not for one
+// that is fetching, which would read the origin twice. Hedges are bounded
+// by a token bucket that every block request fills by HedgeRate, and a
+// worker that loses slowStrikes hedges within strikeWindow without a sign
+// of life is marked failed (slow).
+
+const (
+	// Bounds of the hedge delay, and its value before enough samples.
+	minHedgeDelay     = 100 * time.Millisecond
+	maxHedgeDelay     = 2 * time.Second
+	defaultHedgeDelay = 250 * time.Millisecond
+	minSignSamples    = 20
+	// maxHedgeTokens bounds a burst of hedges.
+	maxHedgeTokens = 10
+	strikeWindow   = 10 * time.Second
+)
+
+// latencies is a ring of recent times to a worker's first sign of life,
+// with its p95 recomputed every 32 samples.
+type latencies struct {
+	ring  [512]time.Duration
+	n     int // samples held, ≤ len(ring)
+	next  int
+	added int
+	p95   time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.ring[l.next] = d
+	l.next = (l.next + 1) % len(l.ring)
+	l.n = min(l.n+1, len(l.ring))
+	l.added++
+	if l.added%32 == 0 || l.n == minSignSamples {
+		s := slices.Clone(l.ring[:l.n])
+		slices.Sort(s)
+		l.p95 = s[min(len(s)-1, len(s)*95/100)]
+	}
+}
+
+// recordSign adds one attempt's time to first sign of life.
+func (p *Pool) recordSign(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.signs.add(d)
+}
+
+// hedgeDelay is how long a block request waits for a sign of life before
+// it is hedged.
+func (p *Pool) hedgeDelay() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.signs.n < minSignSamples {
+		return defaultHedgeDelay
+	}
+	return min(max(p.signs.p95, minHedgeDelay), maxHedgeDelay)
+}
+
+// earnHedge credits one block request to the hedge budget.
+func (p *Pool) earnHedge() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hedges = min(p.hedges+p.cfg.HedgeRate, maxHedgeTokens)
+}
+
+// takeHedge spends one hedge from the budget, if there is one.
+func (p *Pool) takeHedge() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.hedges < 1 {
+		return false
+	}
+	p.hedges--
+	return true
+}
+
+// strike records that w lost a hedge without a sign of life; the third
+// strike within strikeWindow marks it failed.
+func (p *Pool) strike(w *worker) {
+	now := time.Now()
+	p.mu.Lock()
+	w.strikeAt = append(w.strikeAt, now)
+	w.strikeAt = slices.DeleteFunc(w.strikeAt, func(t time.Time) bool { return now.Sub(t) > strikeWindow })
+	slow := len(w.strikeAt) >= slowStrikes
+	if slow {
+		w.strikeAt = nil
+	}
+	p.mu.Unlock()
+	if slow {
+		p.markFailed(w, "slow", errSlow)
+	}
+}
