@@ -113,7 +113,7 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 		return err
 	}
 	defer rt.Cache.Close()
-	fsys := fusefs.New(rt.Namespace, rt.Cache, fusefs.Options{
+	fsys := fusefs.New(rt.Listings, rt.Cache, fusefs.Options{
 		Passthrough: o.Passthrough, FsName: rt.Source.ID(), AllowOther: true,
 	})
 	var mnt *fusefs.Mount

@@ -14,8 +14,8 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/blockcache"
 	"github.com/sluice-dev/sluice/internal/fusefs"
+	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/metrics"
-	"github.com/sluice-dev/sluice/internal/namespace"
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
@@ -81,10 +81,10 @@ func validateSourceURL(raw string) error {
 // Runtime is an open source, its caches and the metrics registry: what a
 // mount, a cache worker or a sidecar builds before serving.
 type Runtime struct {
-	Source    source.Source
-	Namespace *namespace.Cache
-	Cache     *blockcache.Cache
-	Metrics   *metrics.Cache
+	Source   source.Source
+	Listings *listcache.Cache
+	Cache    *blockcache.Cache
+	Metrics  *metrics.Cache
 }
 
 // OpenRuntime opens the source — the origin, or the cache workers when
@@ -131,7 +131,7 @@ func OpenRuntime(ctx context.Context, rawURL string, sf *SourceFlags, cf *CacheF
 	if err != nil {
 		return nil, err
 	}
-	return &Runtime{Source: src, Namespace: namespace.New(src, cf.MetadataTTL), Cache: cache, Metrics: m}, nil
+	return &Runtime{Source: src, Listings: listcache.New(src, cf.MetadataTTL), Cache: cache, Metrics: m}, nil
 }
 
 // serveMetrics builds the data-path collectors and, when addr is set,
@@ -162,7 +162,7 @@ func (o *MountOptions) RunMount(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	defer rt.Cache.Close()
-	fsys := fusefs.New(rt.Namespace, rt.Cache, fusefs.Options{
+	fsys := fusefs.New(rt.Listings, rt.Cache, fusefs.Options{
 		Passthrough: o.Passthrough, FsName: rt.Source.ID(), AllowOther: o.AllowOther, Debug: o.FuseDebug,
 	})
 	mnt, err := fsys.Mount(o.MountPoint)

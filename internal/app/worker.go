@@ -95,7 +95,7 @@ func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	defer rt.Cache.Close()
-	api, err := cacheserver.NewServer(cacheserver.ServerConfig{Dataset: o.Dataset, Namespace: rt.Namespace,
+	api, err := cacheserver.NewServer(cacheserver.ServerConfig{Dataset: o.Dataset, Listings: rt.Listings,
 		Cache: rt.Cache, Auth: auth, MaxInFlight: o.MaxInFlight})
 	if err != nil {
 		return err

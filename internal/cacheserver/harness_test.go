@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/internal/blockcache"
-	"github.com/sluice-dev/sluice/internal/namespace"
+	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/source"
 	"github.com/sluice-dev/sluice/internal/testutil/faultproxy"
 	"github.com/sluice-dev/sluice/internal/testutil/s3server"
@@ -83,7 +83,7 @@ func startWorker(t *testing.T, src source.Source) *testWorker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := NewServer(ServerConfig{Namespace: namespace.New(src, time.Minute), Cache: cache, Auth: &StaticToken{token: []byte(testToken)}})
+	api, err := NewServer(ServerConfig{Listings: listcache.New(src, time.Minute), Cache: cache, Auth: &StaticToken{token: []byte(testToken)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/sluice-dev/sluice/internal/blockcache"
 	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/kubeauth"
-	"github.com/sluice-dev/sluice/internal/namespace"
+	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/testutil/kubeapi"
 )
 
@@ -31,7 +31,7 @@ func TestPodTokensAtTheWorker(t *testing.T) {
 	defer cache.Close()
 	auth := &PodTokens{Reviewer: &kubeauth.TokenReviewer{Client: kubernetes.NewForConfigOrDie(api.Config)},
 		Namespaces: []string{"ml", "shared"}, Dataset: "ml/imagenet", Trusted: []string{"sluice-system/default"}}
-	worker, err := NewServer(ServerConfig{Dataset: "imagenet", Namespace: namespace.New(src, time.Minute), Cache: cache, Auth: auth})
+	worker, err := NewServer(ServerConfig{Dataset: "imagenet", Listings: listcache.New(src, time.Minute), Cache: cache, Auth: auth})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/blockcache"
-	"github.com/sluice-dev/sluice/internal/namespace"
+	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
@@ -58,7 +58,7 @@ func (s *StaticToken) Authenticate(r *http.Request) error {
 // ServerConfig configures a worker.
 type ServerConfig struct {
 	Dataset     string
-	Namespace   *namespace.Cache
+	Listings    *listcache.Cache
 	Cache       *blockcache.Cache
 	Auth        Authenticator
 	MaxInFlight int // concurrent data requests; more get 503 (default 1024)
@@ -75,8 +75,8 @@ type Server struct {
 
 // NewServer returns a worker API over cfg.
 func NewServer(cfg ServerConfig) (*Server, error) {
-	if cfg.Namespace == nil || cfg.Cache == nil || cfg.Auth == nil {
-		return nil, errors.New("cacheserver: Namespace, Cache and Auth are required")
+	if cfg.Listings == nil || cfg.Cache == nil || cfg.Auth == nil {
+		return nil, errors.New("cacheserver: Listings, Cache and Auth are required")
 	}
 	if cfg.Dataset == "" {
 		cfg.Dataset = DefaultDataset
@@ -84,7 +84,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 1024
 	}
-	s := &Server{cfg: cfg, srcID: cfg.Namespace.Source().ID(), slots: make(chan struct{}, cfg.MaxInFlight), mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, srcID: cfg.Listings.Source().ID(), slots: make(chan struct{}, cfg.MaxInFlight), mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /v1/datasets/{dataset}/{op}", s.data)
@@ -218,7 +218,7 @@ func toJSON(e source.Entry) entryJSON {
 }
 
 func (s *Server) list(ctx context.Context, p string) (func(http.ResponseWriter), error) {
-	entries, err := s.cfg.Namespace.List(ctx, p)
+	entries, err := s.cfg.Listings.List(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -230,7 +230,7 @@ func (s *Server) list(ctx context.Context, p string) (func(http.ResponseWriter),
 }
 
 func (s *Server) stat(ctx context.Context, p string) (func(http.ResponseWriter), error) {
-	e, err := s.cfg.Namespace.Stat(ctx, p)
+	e, err := s.cfg.Listings.Stat(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -295,7 +295,7 @@ func (s *Server) body(ctx context.Context, obj blockcache.ObjectRef, off, n int6
 // at the origin again once when the cached listing disagrees.
 func (s *Server) entry(ctx context.Context, p, version string) (source.Entry, error) {
 	for attempt := 0; ; attempt++ {
-		e, err := s.cfg.Namespace.Stat(ctx, p)
+		e, err := s.cfg.Listings.Stat(ctx, p)
 		if err != nil {
 			return e, err
 		}
@@ -308,7 +308,7 @@ func (s *Server) entry(ctx context.Context, p, version string) (source.Entry, er
 		if attempt > 0 {
 			return e, fmt.Errorf("%w: %s has version %q, not %q", source.ErrVersionChanged, p, e.Version, version)
 		}
-		s.cfg.Namespace.Invalidate(path.Dir("/" + p)[1:])
+		s.cfg.Listings.Invalidate(path.Dir("/" + p)[1:])
 	}
 }
 

@@ -1,5 +1,5 @@
 // Package fusefs is sluice's read-only FUSE file system: a thin front over
-// a namespace.Cache (listings, TTL-cached) and a blockcache.Cache (bytes).
+// a listcache.Cache (listings, TTL-cached) and a blockcache.Cache (bytes).
 // It holds no data of its own, like rclone's VFS over its vfscache.
 //
 // Caching:
@@ -32,8 +32,8 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/blockcache"
 	"github.com/sluice-dev/sluice/internal/contract"
+	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/mountutil"
-	"github.com/sluice-dev/sluice/internal/namespace"
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
@@ -51,9 +51,9 @@ type Options struct {
 	Debug bool
 }
 
-// FS is the file system: namespace for names, cache for bytes.
+// FS is the file system: the listing cache for names, the block cache for bytes.
 type FS struct {
-	ns     *namespace.Cache
+	ns     *listcache.Cache
 	cache  *blockcache.Cache
 	opts   Options
 	inodes *inodeLog   // nil unless served for a keeper (ServeFD)
@@ -61,7 +61,7 @@ type FS struct {
 }
 
 // New returns a file system over ns and cache.
-func New(ns *namespace.Cache, cache *blockcache.Cache, opts Options) *FS {
+func New(ns *listcache.Cache, cache *blockcache.Cache, opts Options) *FS {
 	if opts.ReadAheadKB == 0 {
 		opts.ReadAheadKB = 1024
 	}

@@ -19,7 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-dev/sluice/internal/blockcache"
-	"github.com/sluice-dev/sluice/internal/namespace"
+	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/source"
 	"github.com/sluice-dev/sluice/internal/testutil"
 )
@@ -69,7 +69,7 @@ func serveForTest(cfg string) error {
 	if err != nil {
 		return err
 	}
-	fsys := New(namespace.New(src, 200*time.Millisecond), cache, Options{FsName: "test", AllowOther: true, Passthrough: true})
+	fsys := New(listcache.New(src, 200*time.Millisecond), cache, Options{FsName: "test", AllowOther: true, Passthrough: true})
 	_, err = fsys.ServeFD(f[1], Handover{FD: os.NewFile(3, "fuse"), Generation: uint16(gen), Resume: f[4] == "resume",
 		InitFile: filepath.Join(f[2], "init"), InodeLog: filepath.Join(f[2], "inodes"), OpenLog: filepath.Join(f[2], "opens"),
 		HandbackSocket: filepath.Join(f[2], "fd.sock")})

@@ -14,8 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/metrics"
-	"github.com/sluice-dev/sluice/internal/namespace"
 	"github.com/sluice-dev/sluice/internal/source"
 	"github.com/sluice-dev/sluice/internal/testutil"
 )
@@ -95,7 +95,7 @@ func mountSource(t *testing.T, src source.Source, mc mountConfig) *testMount {
 	if dir == "" {
 		dir = filepath.Join(t.TempDir(), "mnt")
 	}
-	fsys := New(namespace.New(src, mc.ttl), cache, Options{Passthrough: mc.passthrough, FsName: "test", AllowOther: true})
+	fsys := New(listcache.New(src, mc.ttl), cache, Options{Passthrough: mc.passthrough, FsName: "test", AllowOther: true})
 	m, err := fsys.Mount(dir)
 	if err != nil {
 		cache.Close()

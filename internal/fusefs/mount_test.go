@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/mountutil"
-	"github.com/sluice-dev/sluice/internal/namespace"
 	"github.com/sluice-dev/sluice/internal/testutil"
 )
 
@@ -57,7 +57,7 @@ func TestStaleMountIsReplacedNotStacked(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cache.Close()
-	first, err := New(namespace.New(src, time.Minute), cache, Options{}).Mount(dir)
+	first, err := New(listcache.New(src, time.Minute), cache, Options{}).Mount(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestStaleMountIsReplacedNotStacked(t *testing.T) {
 		t.Fatalf("read after replacing the stale mount: %q, %v", got, err)
 	}
 	// A live mount is not replaced.
-	if _, err := New(namespace.New(src, time.Minute), cache, Options{}).Mount(dir); err == nil {
+	if _, err := New(listcache.New(src, time.Minute), cache, Options{}).Mount(dir); err == nil {
 		t.Fatal("mounting over a live mount succeeded, want an error")
 	}
 }

@@ -1,7 +1,7 @@
-// Package namespace caches a dataset's directory listings for a TTL, so
+// Package listcache caches a dataset's directory listings for a TTL, so
 // lookups, stats and readdirs of a FUSE mount (or a cache worker) cost one
 // origin listing per directory per TTL, however many readers ask.
-package namespace
+package listcache
 
 import (
 	"context"
