@@ -21,6 +21,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/cacheserver"
+	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/fusefs"
 	"github.com/sluice-dev/sluice/internal/mountutil"
 )
@@ -104,7 +105,7 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 	if !resume {
 		fsName := rec.Source
 		if rec.Dataset != "" {
-			_, name, _ := strings.Cut(rec.Dataset, "/")
+			_, name := contract.SplitDatasetRef(rec.Dataset)
 			fsName = cacheserver.WorkersID(name)
 		}
 		if fuseFile, err = fusefs.MountFD(rec.mountDir(), fusefs.Options{FsName: fsName, AllowOther: true}); err != nil {
@@ -136,7 +137,7 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 	}
 	if rec.Dataset != "" {
 		// The workers serve a Dataset under its name.
-		_, name, _ := strings.Cut(rec.Dataset, "/")
+		_, name := contract.SplitDatasetRef(rec.Dataset)
 		args = append(args, "--dataset", name, "--workers", rec.Workers, "--worker-token-file", l.tokenFile)
 	} else {
 		args = append(args, "--source", rec.Source)

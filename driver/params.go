@@ -26,9 +26,9 @@ const (
 	pvcNamespaceKey = k8sPrefix + "pvc/namespace"
 	pvNameKey       = k8sPrefix + "pv/name"
 
-	// Secret keys of a source volume's credentials.
-	secretAccessKeyID     = "AWS_ACCESS_KEY_ID"
-	secretSecretAccessKey = "AWS_SECRET_ACCESS_KEY"
+	// Secret keys of a source volume's credentials: the AWS variables.
+	secretAccessKeyID     = contract.EnvAccessKeyID
+	secretSecretAccessKey = contract.EnvSecretAccessKey
 )
 
 // volumeSpec is what a volume's attributes (StorageClass parameters, PV

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/app"
+	"github.com/sluice-dev/sluice/internal/datapath"
 	"github.com/sluice-dev/sluice/internal/fusefs"
 	"github.com/sluice-dev/sluice/internal/metrics"
 )
@@ -58,7 +58,7 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Dataset, "dataset", "", "Dataset name at its cache workers (instead of --source)")
 	fs.StringVar(&o.Workers, "workers", "", "with --dataset: the workers' host:port (a headless Service) or http(s):// URLs, comma-separated")
 	fs.StringVar(&o.WorkerTokenFile, "worker-token-file", "", "with --dataset: file holding the token presented to the workers")
-	fs.DurationVar(&o.WorkerTimeout, "worker-timeout", 30*time.Second, "with --dataset: one request to one worker; past it the next worker is tried")
+	fs.DurationVar(&o.WorkerTimeout, "worker-timeout", 30*time.Second, "with --dataset: one attempt at one worker, plus its bytes at 1 MiB/s; past it the worker is marked failed and the next one is tried")
 	fs.StringVar(&o.MountDir, "mount-dir", "", "where to mount")
 	fs.StringVar(&o.StatsSocket, "stats-socket", "", "unix socket serving /stats (JSON) and /metrics")
 	fs.IntVar(&o.ReadyFD, "ready-fd", 0, "inherited file descriptor that gets \"ready\" or \"error CODE MESSAGE\" (0: none)")
@@ -94,21 +94,20 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 	}
 	reg := metrics.NewRegistry()
 	m := metrics.NewCache(reg)
-	var wf *app.WorkerFlags
+	cfg, err := app.Config(o.Source, &app.SourceFlags{}, &o.CacheFlags, m, o.ProbeTime)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errInvalid, err)
+	}
 	if o.Dataset != "" {
 		// Through the workers only: origin credentials stay with them.
-		wf = &app.WorkerFlags{Dataset: o.Dataset, TokenFile: o.WorkerTokenFile, Timeout: o.WorkerTimeout,
-			Refresh: 10 * time.Second}
-		if strings.HasPrefix(o.Workers, "http://") || strings.HasPrefix(o.Workers, "https://") {
-			wf.URLs = strings.Split(o.Workers, ",")
-		} else {
-			wf.DNS = o.Workers
+		if o.WorkerTimeout <= 0 {
+			return fmt.Errorf("%w: --worker-timeout %s: must be positive", errInvalid, o.WorkerTimeout)
 		}
-		if err := wf.Validate(); err != nil {
-			return fmt.Errorf("%w: %w", errInvalid, err)
-		}
+		w := datapath.WorkersAt(o.Workers)
+		w.Dataset, w.TokenFile, w.Timeout, w.Refresh = o.Dataset, o.WorkerTokenFile, o.WorkerTimeout, 10*time.Second
+		cfg.Workers = &w
 	}
-	rt, err := app.OpenRuntime(ctx, o.Source, &app.SourceFlags{}, &o.CacheFlags, wf, m, o.ProbeTime)
+	rt, err := datapath.Open(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -160,7 +159,7 @@ func oneLine(s string) string {
 }
 
 // serveStats serves the session's counters on a unix socket.
-func serveStats(path string, reg *prometheus.Registry, m *metrics.Cache, rt *app.Runtime, diskLimit int64) (*http.Server, error) {
+func serveStats(path string, reg *prometheus.Registry, m *metrics.Cache, rt *datapath.Runtime, diskLimit int64) (*http.Server, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/sluice-dev/sluice/internal/app"
 	"github.com/sluice-dev/sluice/internal/blockcache"
 	"github.com/sluice-dev/sluice/internal/contract"
+	"github.com/sluice-dev/sluice/internal/datapath"
 	"github.com/sluice-dev/sluice/internal/fusefs"
 	"github.com/sluice-dev/sluice/internal/metrics"
 	"github.com/sluice-dev/sluice/internal/mountutil"
@@ -111,33 +112,29 @@ func (o *Options) mount(ctx context.Context, v contract.SidecarVolume, m *metric
 		}
 		cf.Readahead = n
 	}
-	var rt *app.Runtime
-	var err error
-	switch {
-	case v.Dataset != "":
-		_, name, _ := strings.Cut(v.Dataset, "/")
-		wf := app.WorkerFlags{Dataset: name, TokenFile: o.TokenFile, Timeout: o.WorkerTimeout, Refresh: 10 * time.Second}
-		if strings.HasPrefix(v.Workers, "http://") || strings.HasPrefix(v.Workers, "https://") {
-			wf.URLs = strings.Split(v.Workers, ",")
-		} else {
-			wf.DNS = v.Workers
-		}
-		// No origin fallback: origin credentials stay with the workers.
-		rt, err = app.OpenRuntime(ctx, "", &o.SourceFlags, &cf, &wf, m, o.ProbeTime)
-	case v.CredentialsEnv != "":
+	sf := o.SourceFlags
+	if v.Dataset == "" && v.CredentialsEnv != "" {
 		// Each source volume may name its own Secret: its credentials come
 		// from its own variables, not the process environment.
-		sf := o.SourceFlags
 		sf.AccessKey = os.Getenv(v.CredentialsEnv + contract.EnvAccessKeyID)
 		sf.SecretKey = os.Getenv(v.CredentialsEnv + contract.EnvSecretAccessKey)
 		if sf.AccessKey == "" || sf.SecretKey == "" {
 			return nil, fmt.Errorf("credentials: %s%s and %s%s must both be set", v.CredentialsEnv, contract.EnvAccessKeyID,
 				v.CredentialsEnv, contract.EnvSecretAccessKey)
 		}
-		rt, err = app.OpenRuntime(ctx, v.Source, &sf, &cf, nil, m, o.ProbeTime)
-	default:
-		rt, err = app.OpenRuntime(ctx, v.Source, &o.SourceFlags, &cf, nil, m, o.ProbeTime)
 	}
+	cfg, err := app.Config(v.Source, &sf, &cf, m, o.ProbeTime)
+	if err != nil {
+		return nil, err
+	}
+	if v.Dataset != "" {
+		// No origin fallback: origin credentials stay with the workers.
+		w := datapath.WorkersAt(v.Workers)
+		_, w.Dataset = contract.SplitDatasetRef(v.Dataset)
+		w.TokenFile, w.Timeout, w.Refresh = o.TokenFile, o.WorkerTimeout, 10*time.Second
+		cfg.Source, cfg.Workers = "", &w
+	}
+	rt, err := datapath.Open(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

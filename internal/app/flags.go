@@ -1,6 +1,8 @@
-// Package app holds the options of sluice's data-path commands (mount and,
-// later, cache-worker and the sidecar): flag sets, validation that names the
-// offending flag, and the code that turns them into a running mount.
+// Package app holds the options of sluice's data-path commands, `sluice
+// mount` and `sluice cache-worker`, and the flag sets they share with the
+// CSI session and the sidecar (source, cache): flags, validation that names
+// the offending flag, and the code that turns them into a datapath.Config
+// and runs it.
 package app
 
 import (
@@ -37,19 +39,15 @@ func (s *SourceFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&s.S3PathStyle, "s3-path-style", false, "use path-style S3 requests (default: auto)")
 }
 
-// Open parses rawURL into a Source with the retry policy applied.
-// Credentials come from the environment (AWS_ACCESS_KEY_ID,
+// Options are the origin options the flags give. Without AccessKey and
+// SecretKey, credentials come from the environment (AWS_ACCESS_KEY_ID,
 // AWS_SECRET_ACCESS_KEY) or the AWS credentials file.
-func (s *SourceFlags) Open(rawURL string) (source.Source, error) {
+func (s *SourceFlags) Options() source.Options {
 	opts := source.Options{S3Endpoint: s.S3Endpoint, S3Region: s.S3Region, AccessKey: s.AccessKey, SecretKey: s.SecretKey}
 	if s.flags != nil && s.flags.Changed("s3-path-style") {
 		opts.S3PathStyle = &s.S3PathStyle
 	}
-	src, err := source.Parse(rawURL, opts)
-	if err != nil {
-		return nil, err
-	}
-	return source.WithRetry(src, source.DefaultRetryPolicy()), nil
+	return opts
 }
 
 // CacheFlags are the block-cache flags.

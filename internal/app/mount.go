@@ -12,11 +12,9 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
 
-	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/datapath"
 	"github.com/sluice-dev/sluice/internal/fusefs"
-	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/metrics"
-	"github.com/sluice-dev/sluice/internal/source"
 )
 
 // MountOptions are the options of `sluice mount SOURCE MOUNTPOINT`.
@@ -78,60 +76,15 @@ func validateSourceURL(raw string) error {
 	}
 }
 
-// Runtime is an open source, its caches and the metrics registry: what a
-// mount, a cache worker or a sidecar builds before serving.
-type Runtime struct {
-	Source   source.Source
-	Listings *listcache.Cache
-	Cache    *blockcache.Cache
-	Metrics  *metrics.Cache
-}
-
-// OpenRuntime opens the source — the origin, or the cache workers when
-// wf names some — checks that it answers (bounded by probe), and builds the
-// caches. The caller closes Runtime.Cache; ctx bounds the workers' DNS
-// refresh.
-func OpenRuntime(ctx context.Context, rawURL string, sf *SourceFlags, cf *CacheFlags, wf *WorkerFlags, m *metrics.Cache, probe time.Duration) (*Runtime, error) {
-	cfg, err := cf.Config()
+// Config turns a command's source and cache flags into a datapath.Config
+// for rawURL (without workers; the caller sets Workers).
+func Config(rawURL string, sf *SourceFlags, cf *CacheFlags, m *metrics.Cache, probe time.Duration) (datapath.Config, error) {
+	cc, err := cf.Config()
 	if err != nil {
-		return nil, err
+		return datapath.Config{}, err
 	}
-	var src source.Source
-	if wf != nil && wf.enabled() {
-		wfc := *wf
-		wfc.Budget = cfg.FetchTimeout
-		src, err = wfc.open(ctx, rawURL, sf, probe, m)
-	} else {
-		src, err = sf.Open(rawURL)
-	}
-	if err != nil {
-		return nil, err
-	}
-	// Probe until the deadline: an origin that is still starting, or cache
-	// workers that are being scaled up from zero, answer within it.
-	pctx, cancel := context.WithTimeout(ctx, probe)
-	defer cancel()
-	for {
-		_, err := src.Stat(pctx, "")
-		if err == nil {
-			break
-		}
-		if source.IsPermanent(err) || pctx.Err() != nil {
-			return nil, fmt.Errorf("cannot read %s: %w", src.ID(), err)
-		}
-		select {
-		case <-pctx.Done():
-			return nil, fmt.Errorf("cannot read %s: %w", src.ID(), err)
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-	cfg.Getter = blockcache.OriginGetter{Source: src}
-	cfg.Metrics = m
-	cache, err := blockcache.New(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return &Runtime{Source: src, Listings: listcache.New(src, cf.MetadataTTL), Cache: cache, Metrics: m}, nil
+	return datapath.Config{Source: rawURL, Origin: sf.Options(), Cache: cc, MetadataTTL: cf.MetadataTTL,
+		Probe: probe, Metrics: m}, nil
 }
 
 // serveMetrics builds the data-path collectors and, when addr is set,
@@ -157,7 +110,12 @@ func (o *MountOptions) RunMount(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	defer stop()
-	rt, err := OpenRuntime(ctx, o.Source, &o.SourceFlags, &o.CacheFlags, &o.WorkerFlags, m, o.ProbeTime)
+	cfg, err := Config(o.Source, &o.SourceFlags, &o.CacheFlags, m, o.ProbeTime)
+	if err != nil {
+		return err
+	}
+	cfg.Workers = o.WorkerFlags.Workers()
+	rt, err := datapath.Open(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/cacheserver"
+	"github.com/sluice-dev/sluice/internal/datapath"
 	"github.com/sluice-dev/sluice/internal/kubeauth"
 )
 
@@ -90,7 +91,11 @@ func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	defer stop()
-	rt, err := OpenRuntime(ctx, o.Source, &o.SourceFlags, &o.CacheFlags, nil, m, o.ProbeTime)
+	cfg, err := Config(o.Source, &o.SourceFlags, &o.CacheFlags, m, o.ProbeTime)
+	if err != nil {
+		return err
+	}
+	rt, err := datapath.Open(ctx, cfg)
 	if err != nil {
 		return err
 	}

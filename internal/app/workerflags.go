@@ -1,19 +1,16 @@
 package app
 
 import (
-	"context"
 	"fmt"
 	"time"
 
 	"github.com/spf13/pflag"
-	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/cacheserver"
-	"github.com/sluice-dev/sluice/internal/metrics"
-	"github.com/sluice-dev/sluice/internal/source"
+	"github.com/sluice-dev/sluice/internal/datapath"
 )
 
-// WorkerFlags make a mount read through cache workers.
+// WorkerFlags make `sluice mount` read through cache workers.
 type WorkerFlags struct {
 	URLs           []string
 	DNS            string
@@ -22,9 +19,6 @@ type WorkerFlags struct {
 	Dataset        string
 	Timeout        time.Duration
 	OriginFallback bool
-	// Budget bounds a listing or stat through the workers; reads are
-	// bounded by the block cache's read budget (set from --read-budget).
-	Budget time.Duration
 }
 
 // AddFlags registers the client-side worker flags.
@@ -54,30 +48,11 @@ func (w *WorkerFlags) Validate() error {
 	return nil
 }
 
-// open builds the workers' source. The origin becomes the fallback when
-// --origin-fallback is set and the origin answers with this process's
-// credentials; without credentials the mount reads the workers alone.
-func (w *WorkerFlags) open(ctx context.Context, rawURL string, sf *SourceFlags, probe time.Duration, m *metrics.Cache) (source.Source, error) {
-	pool, err := cacheserver.NewPool(ctx, cacheserver.PoolConfig{URLs: w.URLs, DNS: w.DNS, Refresh: w.Refresh,
-		Dataset: w.Dataset, TokenFile: w.TokenFile, Timeout: w.Timeout, Budget: w.Budget, Metrics: m})
-	if err != nil {
-		return nil, err
+// Workers is the datapath's view of the flags (nil without workers).
+func (w *WorkerFlags) Workers() *datapath.Workers {
+	if !w.enabled() {
+		return nil
 	}
-	go pool.Run(ctx)
-	id := cacheserver.WorkersID(w.Dataset)
-	var fallback source.Source
-	if origin, err := sf.Open(rawURL); err == nil {
-		id = origin.ID()
-		if w.OriginFallback {
-			pctx, cancel := context.WithTimeout(ctx, min(probe, 5*time.Second))
-			if _, err := origin.Stat(pctx, ""); err == nil {
-				fallback = origin
-			} else {
-				klog.InfoS("Reading through the cache workers only: the origin does not answer with these credentials", "err", err)
-			}
-			cancel()
-		}
-	}
-	// The workers' Source is the client hop's one retry policy.
-	return cacheserver.NewSource(pool, id, fallback), nil
+	return &datapath.Workers{URLs: w.URLs, DNS: w.DNS, Refresh: w.Refresh, Dataset: w.Dataset,
+		TokenFile: w.TokenFile, Timeout: w.Timeout, OriginFallback: w.OriginFallback}
 }

@@ -4,6 +4,8 @@
 // of sluice's own, so every component may depend on it.
 package contract
 
+import "strings"
+
 const (
 	// DriverName is the CSI driver name.
 	DriverName = "csi.sluice.dev"
@@ -130,4 +132,13 @@ type Heartbeat struct {
 // HeartbeatResponse is the controller's answer ("" or HeartbeatExit).
 type HeartbeatResponse struct {
 	Action string `json:"action,omitempty"`
+}
+
+// SplitDatasetRef splits a Dataset reference, "name" or "namespace/name";
+// namespace is "" for a bare name.
+func SplitDatasetRef(ref string) (namespace, name string) {
+	if ns, n, ok := strings.Cut(ref, "/"); ok {
+		return ns, n
+	}
+	return "", ref
 }
