@@ -98,6 +98,7 @@ bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3
 		--json $(OUT)/bench/datapath.json $(BENCH_FLAGS)
 	$(BIN)/sluice bench burst --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone --clients 16,64 \
 		--json $(OUT)/bench/burst.json $(BURST_FLAGS)
+	$(BIN)/sluice bench faults --versitygw $(BIN)/versitygw --json $(OUT)/bench/faults.json $(FAULT_FLAGS)
 
 # A real single-node cluster (see e2e/cluster/up.sh); state in _output/e2e.
 cluster-up: kube-binaries etcd cluster-packages e2e-images

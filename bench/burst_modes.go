@@ -124,42 +124,68 @@ func (e *burstEnv) startSluice(ctx context.Context, dir string, i int) (*child, 
 			return nil, err
 		}
 	}
-	noCreds := []string{"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SHARED_CREDENTIALS_FILE=/nonexistent"}
-	return startServing(ctx, "sluice mount", dir, e.o.Sluice, []string{"mount", e.originURL(), dir,
-		"--workers", strings.Join(e.workerURLs, ","), "--worker-token-file", e.tokenFile(),
-		"--origin-fallback=false", "--cache-dir", "", "--cache-memory", "64Mi",
-		"--cache-disk", "4Gi", "--block-size", e.o.BlockSize}, noCreds, "serving")
+	return e.startMount(ctx, dir, e.workerURLs, e.originURL(), false)
 }
 
-func (e *burstEnv) originURL() string {
-	return "s3://burst?pathStyle=true&endpoint=" + e.proxy.URL()
+// startMount starts a `sluice mount` of origin at dir reading through
+// workers; with creds it holds the origin credentials and falls back to
+// the origin when no worker answers, else it has none.
+func (e *burstEnv) startMount(ctx context.Context, dir string, workers []string, origin string, creds bool) (*child, error) {
+	env := []string{"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SHARED_CREDENTIALS_FILE=/nonexistent"}
+	if creds {
+		env = e.creds()
+	}
+	return startServing(ctx, "sluice mount", dir, e.o.Sluice, []string{"mount", origin, dir,
+		"--workers", strings.Join(workers, ","), "--worker-token-file", e.tokenFile(),
+		fmt.Sprintf("--origin-fallback=%t", creds), "--cache-dir", "", "--cache-memory", "64Mi",
+		"--cache-disk", "4Gi", "--block-size", e.o.BlockSize}, env, "serving")
+}
+
+func (e *burstEnv) originURL() string { return originURLOf(e.proxy.URL()) }
+
+// originURLOf is the dataset's URL with the S3 endpoint at endpoint (the
+// capped proxy, or a fault proxy in front of it).
+func originURLOf(endpoint string) string {
+	return "s3://burst?pathStyle=true&endpoint=" + endpoint
 }
 
 func (e *burstEnv) tokenFile() string { return filepath.Join(e.work, "worker-token") }
+
+func (e *burstEnv) creds() []string {
+	return []string{"AWS_ACCESS_KEY_ID=" + e.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + e.s3.SecretKey}
+}
 
 // startWorkers starts W fresh cache workers for one run.
 func (e *burstEnv) startWorkers(ctx context.Context, base string) error {
 	stopAll(e.workers)
 	e.workers, e.workerURLs = nil, nil
-	if err := os.WriteFile(e.tokenFile(), []byte("bench-token\n"), 0o600); err != nil {
-		return err
-	}
-	creds := []string{"AWS_ACCESS_KEY_ID=" + e.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + e.s3.SecretKey}
 	for w := range e.o.Workers {
-		cacheDir := filepath.Join(base, fmt.Sprintf("worker-%d", w))
-		k, err := startServing(ctx, "cache-worker", cacheDir, e.o.Sluice, []string{"cache-worker", e.originURL(),
-			"--listen", "127.0.0.1:0", "--token-file", e.tokenFile(), "--block-size", e.o.BlockSize,
-			"--cache-dir", cacheDir, "--cache-memory", "512Mi", "--cache-disk", "8Gi", "--max-fetches", "16"},
-			creds, "listening on ")
+		k, url, err := e.startWorker(ctx, filepath.Join(base, fmt.Sprintf("worker-%d", w)), "127.0.0.1:0", e.originURL())
 		if err != nil {
 			return err
 		}
 		e.workers = append(e.workers, k)
-		_, addr, _ := strings.Cut(k.out.tail(), "listening on ")
-		addr, _, _ = strings.Cut(addr, "\n")
-		e.workerURLs = append(e.workerURLs, "http://"+strings.TrimSpace(addr))
+		e.workerURLs = append(e.workerURLs, url)
 	}
 	return nil
+}
+
+// startWorker starts a cache worker of origin on cacheDir listening on
+// listen ("127.0.0.1:0": a free port) and returns it with its URL.
+func (e *burstEnv) startWorker(ctx context.Context, cacheDir, listen, origin string) (*child, string, error) {
+	if err := os.WriteFile(e.tokenFile(), []byte("bench-token\n"), 0o600); err != nil {
+		return nil, "", err
+	}
+	k, err := startServing(ctx, "cache-worker", cacheDir, e.o.Sluice, []string{"cache-worker", origin,
+		"--listen", listen, "--token-file", e.tokenFile(), "--block-size", e.o.BlockSize,
+		"--cache-dir", cacheDir, "--cache-memory", "512Mi", "--cache-disk", "8Gi", "--max-fetches", "16"},
+		e.creds(), "listening on ")
+	if err != nil {
+		return nil, "", err
+	}
+	_, addr, _ := strings.Cut(k.out.tail(), "listening on ")
+	addr, _, _ = strings.Cut(addr, "\n")
+	return k, "http://" + strings.TrimSpace(addr), nil
 }
 
 // startRclone mounts the bucket with rclone's full VFS cache.

@@ -5,7 +5,8 @@
 // deployed as pods by `make deploy`: `make e2e`. Paths: (1) PVC with a
 // StorageClass, (2) inline CSI volume, (3) a serverless pod converted by
 // the webhook, (4) a Job with the sidecar, (5) a burst of 16 pods through
-// autoscaled cache workers, (6) the CSI node plugin killed during reads.
+// autoscaled cache workers, (6) the CSI node plugin killed during reads,
+// (7) a cache worker stopped (SIGSTOP) during a burst.
 // Data comes from the real versitygw cluster-up runs on the node IP.
 package e2e
 

@@ -213,6 +213,20 @@ func (e *env) runJob(t *testing.T, ns string, job *batchv1.Job, n int, timeout t
 	return pods.Items
 }
 
+// burstJob is a Job of n converted pods (webhook, sidecar) that each read
+// file of dataset and check its sha256 against data; a pod whose check
+// fails fails the Job (backoffLimit 0).
+func burstJob(name, dataset, file string, data []byte, n int32) *batchv1.Job {
+	script := fmt.Sprintf(`echo "%s  /data/%s" | sha256sum -c - || exit 1`, sha256Hex(data), file)
+	return &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: batchv1.JobSpec{
+		Parallelism: ptr.To(n), Completions: ptr.To(n), BackoffLimit: ptr.To[int32](0),
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{contract.InjectLabel: "true"}},
+			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, NodeSelector: map[string]string{"sluice.dev/e2e": "true"},
+				Volumes: []corev1.Volume{datasetVolume("data", dataset)},
+				Containers: []corev1.Container{{Name: "app", Image: "sluice.local/busybox:e2e", ImagePullPolicy: corev1.PullNever,
+					Command: []string{"sh", "-c", script}, VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data", ReadOnly: true}}}}}}}}
+}
+
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
@@ -268,14 +282,7 @@ func TestBurstReadsOriginOnce(t *testing.T) {
 		Disk: ptr.To(resource.MustParse("1Gi")), MinWorkers: ptr.To[int32](1), MaxWorkers: ptr.To[int32](3),
 		TargetThroughputPerWorker: ptr.To(resource.MustParse("8Mi")), ScaleDownDelay: &metav1.Duration{Duration: 15 * time.Second}})
 	const n = 16
-	script := fmt.Sprintf(`echo "%s  /data/shard.bin" | sha256sum -c - || exit 1`, sha256Hex(data))
-	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "burst"}, Spec: batchv1.JobSpec{
-		Parallelism: ptr.To[int32](n), Completions: ptr.To[int32](n), BackoffLimit: ptr.To[int32](0),
-		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{contract.InjectLabel: "true"}},
-			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, NodeSelector: map[string]string{"sluice.dev/e2e": "true"},
-				Volumes: []corev1.Volume{datasetVolume("data", "shard")},
-				Containers: []corev1.Container{{Name: "app", Image: "sluice.local/busybox:e2e", ImagePullPolicy: corev1.PullNever,
-					Command: []string{"sh", "-c", script}, VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data", ReadOnly: true}}}}}}}}
+	job := burstJob("burst", "shard", "shard.bin", data, n)
 	// Watch the workers' StatefulSet while the burst runs.
 	ctx, stop := context.WithCancel(context.Background())
 	peak := make(chan int32, 1)

@@ -12,7 +12,7 @@ func newBenchCommand() *cobra.Command {
 		Use:   "bench",
 		Short: "Run a benchmark against real processes and print its table",
 	}
-	cmd.AddCommand(newBenchDatapathCommand(), newBenchBurstCommand())
+	cmd.AddCommand(newBenchDatapathCommand(), newBenchBurstCommand(), newBenchFaultsCommand())
 	return cmd
 }
 

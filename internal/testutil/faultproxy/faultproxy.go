@@ -5,9 +5,18 @@
 // probability FailRate it answers 503 with an S3 "SlowDown" error body, with
 // probability ResetRate it forwards the request but cuts the connection after
 // part of the response body (or right before the headers when there is no
-// body), and otherwise it forwards the response intact. All response bodies
-// share one token bucket of BandwidthBytesPerSec. SetDown(true) makes the
-// proxy drop every connection without answering, like a crashed server.
+// body), and otherwise it forwards the response intact. With probability
+// DelayRate (a second draw, made only when DelayRate > 0) a request is held
+// for Delay before any of that: nothing, not even an interim 1xx response,
+// comes back before Delay. All response bodies share one token bucket of
+// BandwidthBytesPerSec. SetDown(true) makes the proxy drop every connection
+// without answering, like a crashed server; SetBlackhole(true) makes it
+// accept requests and answer nothing, like a peer whose traffic is dropped
+// while its TCP connections stay open (see blackhole.go). SetFaults changes
+// the rates of a running proxy.
+//
+// Interim 1xx responses of the upstream (a cache worker's "102
+// Processing") are forwarded as they come, like any other response bytes.
 //
 // The Host header is passed through unchanged, so AWS Signature V4 requests
 // signed for the proxy's address are valid at the upstream server.
@@ -37,6 +46,10 @@ type Config struct {
 	// ResetRate is the fraction of requests whose connection is cut after
 	// part of the response body.
 	ResetRate float64
+	// DelayRate is the fraction of requests held for Delay before they are
+	// forwarded (or failed).
+	DelayRate float64
+	Delay     time.Duration
 	// BandwidthBytesPerSec limits the response bytes of all connections
 	// together (0: unlimited).
 	BandwidthBytesPerSec int64
@@ -47,19 +60,20 @@ type Config struct {
 
 // Proxy is a running fault-injecting reverse proxy on 127.0.0.1.
 type Proxy struct {
-	cfg       Config
 	url       string
 	srv       *http.Server
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
 	bucket    *tokenBucket // nil: unlimited
 
-	mu  sync.Mutex // guards rnd
+	mu  sync.Mutex // guards cfg's rates and rnd
+	cfg Config
 	rnd *rand.Rand
 
 	requests  atomic.Int64
 	bodyBytes atomic.Int64
 	down      atomic.Bool
+	hole      gate
 }
 
 // New starts a proxy in front of upstream (e.g. "http://127.0.0.1:9000").
@@ -68,9 +82,8 @@ func New(upstream string, cfg Config) (*Proxy, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("faultproxy: upstream %q: want http(s)://host[:port]", upstream)
 	}
-	if cfg.FailRate < 0 || cfg.ResetRate < 0 || cfg.FailRate+cfg.ResetRate > 1 {
-		return nil, fmt.Errorf("faultproxy: FailRate %v and ResetRate %v must be ≥ 0 and sum to ≤ 1",
-			cfg.FailRate, cfg.ResetRate)
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -104,6 +117,31 @@ func New(upstream string, cfg Config) (*Proxy, error) {
 	return p, nil
 }
 
+func (cfg Config) validate() error {
+	if cfg.FailRate < 0 || cfg.ResetRate < 0 || cfg.FailRate+cfg.ResetRate > 1 {
+		return fmt.Errorf("faultproxy: FailRate %v and ResetRate %v must be ≥ 0 and sum to ≤ 1",
+			cfg.FailRate, cfg.ResetRate)
+	}
+	if cfg.DelayRate < 0 || cfg.DelayRate > 1 || cfg.Delay < 0 {
+		return fmt.Errorf("faultproxy: DelayRate %v must be in [0, 1] and Delay %v ≥ 0", cfg.DelayRate, cfg.Delay)
+	}
+	return nil
+}
+
+// SetFaults replaces the fault rates and the delay of a running proxy with
+// cfg's FailRate, ResetRate, DelayRate and Delay (for requests that arrive
+// from now on); cfg's bandwidth and seed are ignored.
+func (p *Proxy) SetFaults(cfg Config) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cfg.FailRate, p.cfg.ResetRate = cfg.FailRate, cfg.ResetRate
+	p.cfg.DelayRate, p.cfg.Delay = cfg.DelayRate, cfg.Delay
+	return nil
+}
+
 // URL is the proxy's base URL, "http://127.0.0.1:PORT".
 func (p *Proxy) URL() string { return p.url }
 
@@ -132,19 +170,24 @@ const (
 )
 
 // draw decides the fate of one request; frac is where a reset cuts the
-// body (a fraction of its length).
-func (p *Proxy) draw() (fault, float64) {
+// body (a fraction of its length), delay how long it is held first. The
+// delay is drawn only when DelayRate > 0, so a seed gives the same
+// fail/reset sequence as before delays existed.
+func (p *Proxy) draw() (f fault, frac float64, delay time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r := p.rnd.Float64()
-	frac := p.rnd.Float64()
+	frac = p.rnd.Float64()
+	if p.cfg.DelayRate > 0 && p.rnd.Float64() < p.cfg.DelayRate {
+		delay = p.cfg.Delay
+	}
 	switch {
 	case r < p.cfg.FailRate:
-		return fail, frac
+		return fail, frac, delay
 	case r < p.cfg.FailRate+p.cfg.ResetRate:
-		return reset, frac
+		return reset, frac, delay
 	}
-	return none, frac
+	return none, frac, delay
 }
 
 const slowDownBody = `<?xml version="1.0" encoding="UTF-8"?>
@@ -160,7 +203,21 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
-	f, frac := p.draw()
+	// A request whose client gives up while it is held gets no answer at
+	// all: the handler aborts rather than return (which would send a 200).
+	if p.hole.wait(r.Context()) != nil {
+		panic(http.ErrAbortHandler) // blackholed until the client gave up
+	}
+	f, frac, delay := p.draw()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			panic(http.ErrAbortHandler)
+		}
+	}
 	cw := &countingWriter{ResponseWriter: w, p: p, ctx: r.Context(), limit: -1}
 	switch f {
 	case fail:
@@ -181,8 +238,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// countingWriter counts body bytes, paces them through the token bucket
-// and, for a reset, aborts the connection after limit bytes.
+// countingWriter counts body bytes, paces them through the token bucket,
+// holds everything while the proxy is blackholed and, for a reset, aborts
+// the connection after limit bytes.
 type countingWriter struct {
 	http.ResponseWriter
 	p         *Proxy
@@ -193,6 +251,13 @@ type countingWriter struct {
 }
 
 func (w *countingWriter) WriteHeader(code int) {
+	if w.p.hole.wait(w.ctx) != nil {
+		return // the client is gone; the body's writes fail
+	}
+	if code < 200 { // an interim response: forward it, the final one follows
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
 	if w.limit >= 0 {
 		cl, err := strconv.ParseInt(w.Header().Get("Content-Length"), 10, 64)
 		if err != nil || cl <= 0 {
@@ -217,15 +282,21 @@ func (w *countingWriter) Write(b []byte) (int, error) {
 			chunk = chunk[:w.limit-w.written]
 			abort = true
 		}
+		if err := w.p.hole.wait(w.ctx); err != nil {
+			return total, err
+		}
 		if w.p.bucket != nil && len(chunk) > 0 {
 			if err := w.p.bucket.wait(w.ctx, len(chunk)); err != nil {
 				return total, err
 			}
 		}
+		// Counted before the write, so a client that has read the whole
+		// body never sees a count short of it.
+		w.p.bodyBytes.Add(int64(len(chunk)))
 		n, err := w.ResponseWriter.Write(chunk)
+		w.p.bodyBytes.Add(int64(n - len(chunk)))
 		total += n
 		w.written += int64(n)
-		w.p.bodyBytes.Add(int64(n))
 		if abort {
 			_ = http.NewResponseController(w.ResponseWriter).Flush()
 			panic(http.ErrAbortHandler)
@@ -240,6 +311,9 @@ func (w *countingWriter) Write(b []byte) (int, error) {
 
 // Flush lets the reverse proxy flush through the wrapper.
 func (w *countingWriter) Flush() {
+	if w.p.hole.wait(w.ctx) != nil {
+		return
+	}
 	_ = http.NewResponseController(w.ResponseWriter).Flush()
 }
 

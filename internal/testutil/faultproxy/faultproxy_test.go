@@ -177,6 +177,8 @@ func TestNewErrors(t *testing.T) {
 		{"ftp://x", Config{}},
 		{"http://127.0.0.1:1", Config{FailRate: 0.7, ResetRate: 0.5}},
 		{"http://127.0.0.1:1", Config{FailRate: -1}},
+		{"http://127.0.0.1:1", Config{DelayRate: 1.5}},
+		{"http://127.0.0.1:1", Config{DelayRate: 0.5, Delay: -time.Second}},
 	} {
 		if p, err := New(tc.up, tc.cfg); err == nil {
 			p.Close()
