@@ -1,10 +1,10 @@
 // Command sluice is the one binary of sluice: each component is a
-// subcommand (mount, version, and those added by later components).
+// subcommand (mount, cache-worker, csi, webhook, fuse-sidecar,
+// device-plugin, controller, bench, demo, version).
 package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -32,9 +32,10 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
-	root.PersistentFlags().AddGoFlagSet(klogFlags)
-	root.AddCommand(newVersionCommand(), newMountCommand(), newCacheWorkerCommand(), newDemoCommand(), newBenchCommand(), newCSICommand(), newWebhookCommand(), newFuseSidecarCommand(), newDevicePluginCommand(), newControllerCommand())
+	addKlogFlags(root)
+	root.AddCommand(newMountCommand(), newCacheWorkerCommand(), newCSICommand(), newWebhookCommand(),
+		newFuseSidecarCommand(), newDevicePluginCommand(), newControllerCommand(), newDemoCommand(),
+		newBenchCommand(), newVersionCommand())
+	tidyHelp(root)
 	return root
 }

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"flag"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"k8s.io/klog/v2"
+)
+
+// klogVisible are the klog flags --help shows; the others still work.
+var klogVisible = map[string]bool{"v": true, "vmodule": true}
+
+// addKlogFlags registers klog's flags on root, all but -v and --vmodule
+// hidden from --help (as kubectl does).
+func addKlogFlags(root *cobra.Command) {
+	gfs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(gfs)
+	root.PersistentFlags().AddGoFlagSet(gfs)
+	gfs.VisitAll(func(f *flag.Flag) {
+		if !klogVisible[f.Name] {
+			_ = root.PersistentFlags().MarkHidden(f.Name)
+		}
+	})
+}
+
+// tidyHelp makes every command's --help list flags in the order they are
+// registered (the ones a user sets first, first) and show booleans as
+// plain --flag (pflag writes --flag[=true|false]).
+func tidyHelp(cmd *cobra.Command) {
+	cmd.InitDefaultHelpFlag()
+	for _, fs := range []*pflag.FlagSet{cmd.Flags(), cmd.PersistentFlags()} {
+		fs.SortFlags = false
+		fs.VisitAll(func(f *pflag.Flag) {
+			if f.Value.Type() == "bool" {
+				if _, wrapped := f.Value.(plainBool); !wrapped {
+					f.Value = plainBool{f.Value}
+				}
+			}
+		})
+	}
+	for _, c := range cmd.Commands() {
+		tidyHelp(c)
+	}
+}
+
+// plainBool is a bool flag's value without pflag's IsBoolFlag, so its
+// usage line reads --flag; NoOptDefVal "true" keeps --flag meaning true.
+type plainBool struct{ pflag.Value }
