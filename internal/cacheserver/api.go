@@ -43,7 +43,7 @@
 //     goes on to the fallback instead of making another worker read the
 //     origin too.
 //   - Hedging (hedge.go): a block request whose worker shows no sign of
-//     life within the set's recent p95 time to first sign (100 ms–2 s) is
+//     life within the set's recent p95 time to first sign (300 ms–2 s) is
 //     also sent to the next worker; at most HedgeRate (5 %) extra requests.
 //   - Health: Pool.Run probes failed workers' /readyz (1 s timeout) in
 //     backoff from 250 ms to 5 s and brings back those that answer.
