@@ -21,6 +21,7 @@ OUT := $(CURDIR)/_output
 
 export SLUICE_VERSITYGW := $(BIN)/versitygw
 export SLUICE_BIN := $(BIN)/sluice
+export SLUICE_BENCH_BIN := $(BIN)/sluice-bench
 export SLUICE_KUBE_APISERVER := $(K8S_BIN)/kube-apiserver
 export SLUICE_KUBECTL := $(K8S_BIN)/kubectl
 
@@ -29,8 +30,11 @@ export SLUICE_KUBECTL := $(K8S_BIN)/kubectl
 
 all: build
 
+# sluice (every component; what the image runs) and sluice-bench (the
+# benchmarks and the demo, with their versitygw launcher and fault proxies).
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/sluice ./cmd/sluice
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/sluice-bench ./cmd/sluice-bench
 
 # Pinned test tools; a stamp file per version so a version bump reinstalls.
 tools: $(BIN)/.versitygw-$(VERSITYGW_VERSION) $(BIN)/.csi-sanity-$(CSI_SANITY_VERSION)
@@ -85,7 +89,7 @@ lint:
 	$(GO) vet ./...
 
 demo: tools build
-	$(BIN)/sluice demo --versitygw $(BIN)/versitygw $(DEMO_FLAGS)
+	$(BIN)/sluice-bench demo --versitygw $(BIN)/versitygw $(DEMO_FLAGS)
 
 # rclone mount (bazil.org/fuse) mounts through fusermount3, even as root.
 .PHONY: bench-fusermount3
@@ -94,11 +98,11 @@ bench-fusermount3:
 
 bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3
 	mkdir -p $(OUT)/bench
-	$(BIN)/sluice bench datapath --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone \
+	$(BIN)/sluice-bench datapath --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone \
 		--json $(OUT)/bench/datapath.json $(BENCH_FLAGS)
-	$(BIN)/sluice bench burst --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone --clients 16,64 \
+	$(BIN)/sluice-bench burst --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone --clients 16,64 \
 		--json $(OUT)/bench/burst.json $(BURST_FLAGS)
-	$(BIN)/sluice bench faults --versitygw $(BIN)/versitygw --json $(OUT)/bench/faults.json $(FAULT_FLAGS)
+	$(BIN)/sluice-bench faults --versitygw $(BIN)/versitygw --json $(OUT)/bench/faults.json $(FAULT_FLAGS)
 
 # A real single-node cluster (see e2e/cluster/up.sh); state in _output/e2e.
 cluster-up: kube-binaries etcd cluster-packages e2e-images
@@ -134,4 +138,4 @@ e2e-images:
 			-sluice $(OUT)/e2e/bin/sluice -busybox /bin/busybox
 
 clean:
-	rm -rf $(BIN)/sluice $(OUT)
+	rm -rf $(BIN)/sluice $(BIN)/sluice-bench $(OUT)

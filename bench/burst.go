@@ -47,7 +47,7 @@ type BurstOptions struct {
 func (o *BurstOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Versitygw, "versitygw", "bin/versitygw", "versitygw binary (the S3 origin)")
 	fs.StringVar(&o.Rclone, "rclone", "", "rclone binary (empty: skip the rclone mode)")
-	fs.StringVar(&o.Sluice, "sluice", "", "sluice binary for the mounts and workers (default: this one)")
+	fs.StringVar(&o.Sluice, "sluice", "", "sluice binary for the mounts and workers (default: the sluice beside this executable)")
 	fs.IntVar(&o.Files, "files", 16, "files in the dataset")
 	fs.StringVar(&o.FileSize, "file-size", "64Mi", "size of each file")
 	fs.IntSliceVar(&o.Clients, "clients", []int{16}, "concurrent clients (several: --clients 16,64)")
@@ -94,12 +94,8 @@ func (o *BurstOptions) Validate() error {
 	if _, err := os.Stat(o.Versitygw); err != nil {
 		return fmt.Errorf("--versitygw %s: %w (run `make tools`)", o.Versitygw, err)
 	}
-	if o.Sluice == "" {
-		if o.Sluice, err = os.Executable(); err != nil {
-			return err
-		}
-	}
-	return nil
+	o.Sluice, err = sluiceBinary(o.Sluice)
+	return err
 }
 
 func quantity(flag, s string) (int64, error) {

@@ -42,7 +42,7 @@ type Options struct {
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.VersityGW, "versitygw", "", "versitygw binary (the S3 origin; required)")
 	fs.StringVar(&o.Rclone, "rclone", "", "rclone binary for the rclone rows (empty or missing: rows skipped)")
-	fs.StringVar(&o.Sluice, "sluice", "", "sluice binary to mount with (default: this executable)")
+	fs.StringVar(&o.Sluice, "sluice", "", "sluice binary to mount with (default: the sluice beside this executable)")
 	fs.StringVar(&o.BigSize, "big-size", "2Gi", "size of W1's file (one sequential reader)")
 	fs.StringVar(&o.SmallSize, "small-size", "256Mi", "size of each of W2's files")
 	fs.IntVar(&o.SmallCount, "small-count", 8, "number of W2's files and parallel readers")
@@ -60,15 +60,9 @@ func (o *Options) Validate() error {
 	if !isExecutable(o.VersityGW) {
 		return fmt.Errorf("--versitygw %q is not an executable file", o.VersityGW)
 	}
-	if o.Sluice == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("--sluice not set and the running executable is unknown: %w", err)
-		}
-		o.Sluice = exe
-	}
-	if !isExecutable(o.Sluice) {
-		return fmt.Errorf("--sluice %q is not an executable file", o.Sluice)
+	var err error
+	if o.Sluice, err = sluiceBinary(o.Sluice); err != nil {
+		return err
 	}
 	switch {
 	case o.Rclone == "":
@@ -81,7 +75,6 @@ func (o *Options) Validate() error {
 			o.rcloneSkip = "rclone mount needs fusermount3, which is not installed (apt-get install fuse3)"
 		}
 	}
-	var err error
 	if o.bigSize, err = parseSize("--big-size", o.BigSize); err != nil {
 		return err
 	}
@@ -126,6 +119,22 @@ func parseSize(flag, s string) (int64, error) {
 		return 0, fmt.Errorf("%s %q: want a whole number of bytes, at least 1Mi", flag, s)
 	}
 	return v, nil
+}
+
+// sluiceBinary is flag, or the sluice binary beside the running one (make
+// builds bin/sluice and bin/sluice-bench), checked to be executable.
+func sluiceBinary(flag string) (string, error) {
+	if flag == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return "", fmt.Errorf("--sluice not set and the running executable is unknown: %w", err)
+		}
+		flag = filepath.Join(filepath.Dir(exe), "sluice")
+	}
+	if !isExecutable(flag) {
+		return "", fmt.Errorf("--sluice %q is not an executable file (run `make build`)", flag)
+	}
+	return flag, nil
 }
 
 func isExecutable(p string) bool {

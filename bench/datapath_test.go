@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,7 +22,13 @@ func parseOptions(t *testing.T, args ...string) *Options {
 	o := &Options{}
 	fs := pflag.NewFlagSet("datapath", pflag.ContinueOnError)
 	o.AddFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	// --sluice defaults to the sluice beside the running binary; a test
+	// binary has none, so name one (a later --sluice wins).
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Parse(append([]string{"--sluice", exe}, args...)); err != nil {
 		t.Fatal(err)
 	}
 	return o
@@ -76,25 +81,12 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// sluiceBinary is $SLUICE_BIN (set by make) or a fresh build of cmd/sluice.
-func sluiceBinary(t *testing.T) string {
-	t.Helper()
-	if b := os.Getenv("SLUICE_BIN"); b != "" {
-		return b
-	}
-	bin := filepath.Join(t.TempDir(), "sluice")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/sluice").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestDatapathSmoke runs the whole benchmark at tiny sizes, without rclone,
 // through the real sluice binary and versitygw.
 func TestDatapathSmoke(t *testing.T) {
 	testutil.RequireRootFUSE(t)
 	gw := s3server.Binary(t)
-	bin := sluiceBinary(t)
+	bin := testutil.SluiceBin(t)
 	tmp := t.TempDir()
 	work := filepath.Join(tmp, "work")
 	jsonPath := filepath.Join(tmp, "out", "datapath.json")

@@ -70,7 +70,7 @@ const (
 // AddFlags registers the faults flags.
 func (o *FaultsOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Versitygw, "versitygw", "bin/versitygw", "versitygw binary (the S3 origin)")
-	fs.StringVar(&o.Sluice, "sluice", "", "sluice binary for the mounts and workers (default: this one)")
+	fs.StringVar(&o.Sluice, "sluice", "", "sluice binary for the mounts and workers (default: the sluice beside this executable)")
 	fs.IntVar(&o.Files, "files", 8, "files in the dataset")
 	fs.StringVar(&o.FileSize, "file-size", "32Mi", "size of each file")
 	fs.IntVar(&o.Clients, "clients", 8, "concurrent clients (one sluice mount each)")
@@ -123,12 +123,8 @@ func (o *FaultsOptions) Validate() error {
 	if _, err := os.Stat(o.Versitygw); err != nil {
 		return fmt.Errorf("--versitygw %s: %w (run `make tools`)", o.Versitygw, err)
 	}
-	if o.Sluice == "" {
-		if o.Sluice, err = os.Executable(); err != nil {
-			return err
-		}
-	}
-	return nil
+	o.Sluice, err = sluiceBinary(o.Sluice)
+	return err
 }
 
 // ordered is the scenarios to run, the baseline first.

@@ -22,7 +22,13 @@ func parseFaults(t *testing.T, args ...string) *FaultsOptions {
 	o := &FaultsOptions{}
 	fs := pflag.NewFlagSet("faults", pflag.ContinueOnError)
 	o.AddFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	// --sluice defaults to the sluice beside the running binary; a test
+	// binary has none, so name one (a later --sluice wins).
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Parse(append([]string{"--sluice", exe}, args...)); err != nil {
 		t.Fatal(err)
 	}
 	return o
@@ -148,7 +154,7 @@ func TestFaultsSmoke(t *testing.T) {
 	scenarios := []string{FaultNone, FaultStop, FaultDelay, FaultDrop, FaultSlowdown, FaultRestart}
 	testutil.RequireRootFUSE(t)
 	gw := s3server.Binary(t)
-	bin := sluiceBinary(t)
+	bin := testutil.SluiceBin(t)
 	tmp := t.TempDir()
 	work := filepath.Join(tmp, "work")
 	jsonPath := filepath.Join(tmp, "out", "faults.json")

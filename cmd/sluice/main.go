@@ -1,6 +1,7 @@
 // Command sluice is the one binary of sluice: each component is a
 // subcommand (mount, cache-worker, csi, webhook, fuse-sidecar,
-// device-plugin, controller, bench, demo, version).
+// device-plugin, controller, version). Benchmarks and the demo are the
+// separate binary sluice-bench, so this one links no test harness.
 package main
 
 import (
@@ -12,6 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/cli"
 )
 
 func main() {
@@ -32,10 +35,9 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	addKlogFlags(root)
+	cli.AddKlogFlags(root)
 	root.AddCommand(newMountCommand(), newCacheWorkerCommand(), newCSICommand(), newWebhookCommand(),
-		newFuseSidecarCommand(), newDevicePluginCommand(), newControllerCommand(), newDemoCommand(),
-		newBenchCommand(), newVersionCommand())
-	tidyHelp(root)
+		newFuseSidecarCommand(), newDevicePluginCommand(), newControllerCommand(), newVersionCommand())
+	cli.TidyHelp(root)
 	return root
 }

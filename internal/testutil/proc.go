@@ -16,13 +16,23 @@ import (
 // SluiceBin returns the sluice binary under test: $SLUICE_BIN (set by the
 // Makefile), else one built for this test.
 func SluiceBin(t testing.TB) string {
+	return binary(t, "SLUICE_BIN", "github.com/sluice-dev/sluice/cmd/sluice")
+}
+
+// BenchBin returns the sluice-bench binary (benchmarks and the demo):
+// $SLUICE_BENCH_BIN, else one built for this test.
+func BenchBin(t testing.TB) string {
+	return binary(t, "SLUICE_BENCH_BIN", "github.com/sluice-dev/sluice/cmd/sluice-bench")
+}
+
+func binary(t testing.TB, env, pkg string) string {
 	t.Helper()
-	if b := os.Getenv("SLUICE_BIN"); b != "" {
+	if b := os.Getenv(env); b != "" {
 		return b
 	}
-	bin := filepath.Join(t.TempDir(), "sluice")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/sluice-dev/sluice/cmd/sluice").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
 }

@@ -6,16 +6,6 @@ import (
 	"github.com/sluice-dev/sluice/bench"
 )
 
-// newBenchCommand is `sluice bench`; each benchmark is a subcommand.
-func newBenchCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "bench",
-		Short: "Run a benchmark against real processes and print its table",
-	}
-	cmd.AddCommand(newBenchDatapathCommand(), newBenchBurstCommand(), newBenchFaultsCommand())
-	return cmd
-}
-
 func newBenchDatapathCommand() *cobra.Command {
 	o := &bench.Options{}
 	cmd := &cobra.Command{

@@ -1,4 +1,7 @@
-package main
+// Package cli holds what sluice's commands share on the command line:
+// klog's flags, all but -v and --vmodule hidden from --help, and a help
+// that lists flags in registration order with plain booleans.
+package cli
 
 import (
 	"flag"
@@ -11,9 +14,9 @@ import (
 // klogVisible are the klog flags --help shows; the others still work.
 var klogVisible = map[string]bool{"v": true, "vmodule": true}
 
-// addKlogFlags registers klog's flags on root, all but -v and --vmodule
+// AddKlogFlags registers klog's flags on root, all but -v and --vmodule
 // hidden from --help (as kubectl does).
-func addKlogFlags(root *cobra.Command) {
+func AddKlogFlags(root *cobra.Command) {
 	gfs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(gfs)
 	root.PersistentFlags().AddGoFlagSet(gfs)
@@ -24,10 +27,10 @@ func addKlogFlags(root *cobra.Command) {
 	})
 }
 
-// tidyHelp makes every command's --help list flags in the order they are
+// TidyHelp makes every command's --help list flags in the order they are
 // registered (the ones a user sets first, first) and show booleans as
 // plain --flag (pflag writes --flag[=true|false]).
-func tidyHelp(cmd *cobra.Command) {
+func TidyHelp(cmd *cobra.Command) {
 	cmd.InitDefaultHelpFlag()
 	for _, fs := range []*pflag.FlagSet{cmd.Flags(), cmd.PersistentFlags()} {
 		fs.SortFlags = false
@@ -40,7 +43,7 @@ func tidyHelp(cmd *cobra.Command) {
 		})
 	}
 	for _, c := range cmd.Commands() {
-		tidyHelp(c)
+		TidyHelp(c)
 	}
 }
 
