@@ -122,9 +122,6 @@ func (c *CacheFlags) Config() (blockcache.Config, error) {
 		return cfg, fmt.Errorf("--max-fetches %d: want 1..1024", c.MaxFetches)
 	}
 	cfg.MaxFetches = c.MaxFetches
-	if c.Readahead == 0 {
-		cfg.Readahead = -1
-	}
 	if c.MetadataTTL < 0 {
 		return cfg, fmt.Errorf("--metadata-ttl %s: must not be negative", c.MetadataTTL)
 	}

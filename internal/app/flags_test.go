@@ -48,11 +48,15 @@ func TestCacheFlagsConfig(t *testing.T) {
 	}
 }
 
-func TestReadaheadZeroDisables(t *testing.T) {
-	c := CacheFlags{Memory: "256Mi", Disk: "1Gi", BlockSize: "4Mi", Readahead: 0, MaxFetches: 1}
-	cfg, err := c.Config()
-	if err != nil || cfg.Readahead >= 0 {
-		t.Fatalf("--readahead 0 gave Readahead %d (err %v); want negative (off)", cfg.Readahead, err)
+// TestReadaheadMeansBlocks: the flag and the cache's Config mean the same
+// thing, a number of blocks, 0 for none.
+func TestReadaheadMeansBlocks(t *testing.T) {
+	for _, n := range []int{0, 1, 8, 256} {
+		c := CacheFlags{Memory: "256Mi", Disk: "1Gi", BlockSize: "4Mi", Readahead: n, MaxFetches: 1}
+		cfg, err := c.Config()
+		if err != nil || cfg.Readahead != n {
+			t.Errorf("--readahead %d gave Readahead %d (err %v)", n, cfg.Readahead, err)
+		}
 	}
 }
 

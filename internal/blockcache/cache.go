@@ -38,7 +38,7 @@ type Config struct {
 	MemoryBytes  int64 // default 256 MiB
 	DiskDir      string
 	DiskBytes    int64 // 0 with DiskDir set: default 10 GiB
-	Readahead    int   // blocks; default 8; negative disables
+	Readahead    int   // blocks ahead of a sequential reader; 0: none (flags default to DefaultReadahead)
 	MaxPrefetch  int   // parallel readahead fetches; default 16
 	MaxFetches   int   // parallel fetches from the tier below; default 32
 	FetchTimeout time.Duration
@@ -86,8 +86,8 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.DiskBytes == 0 {
 		cfg.DiskBytes = DefaultDiskBytes
 	}
-	if cfg.Readahead == 0 {
-		cfg.Readahead = DefaultReadahead
+	if cfg.Readahead < 0 {
+		return nil, fmt.Errorf("blockcache: readahead %d blocks: want 0 or more", cfg.Readahead)
 	}
 	if cfg.MaxPrefetch <= 0 {
 		cfg.MaxPrefetch = DefaultMaxPrefetch
@@ -202,20 +202,20 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (hit b
 	if c.disk == nil {
 		return false, 0
 	}
-	full, crc, hit, corrupt, err := c.disk.read(b, dst, inOff)
-	if corrupt {
+	r, err := c.disk.read(b, dst, inOff)
+	if r.corrupt {
 		c.cfg.Metrics.Corrupt()
 		klog.InfoS("Cached block failed its checksum; fetching it again", "path", b.Object.Path, "block", b.Index)
 	}
-	if err != nil || !hit {
+	if err != nil || !r.hit {
 		c.cfg.Metrics.Miss(metrics.TierDisk)
 		return false, 0
 	}
 	c.cfg.Metrics.Hit(metrics.TierDisk)
-	if full != nil {
-		c.putMemory(key, full, crc)
+	if r.full != nil {
+		c.putMemory(key, r.full, r.crc)
 	}
-	return true, crc
+	return true, r.crc
 }
 
 // fetch gets a block from the tier below, once per block however many
@@ -250,7 +250,7 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead boo
 		if err != nil {
 			return nil, fmt.Errorf("fetching block %d of %s: %w", b.Index, b.Object.Path, err)
 		}
-		crc := checksum(buf)
+		crc := Checksum(buf)
 		c.putMemory(key, buf, crc)
 		if c.disk != nil {
 			if err := c.disk.write(b, buf, crc); err != nil {

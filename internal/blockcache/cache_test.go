@@ -74,7 +74,7 @@ func randBytes(n int, seed uint64) []byte {
 
 func newTestCache(t *testing.T, g Getter, mutate func(*Config)) *Cache {
 	t.Helper()
-	cfg := Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: t.TempDir(), DiskBytes: 4 << 20, Readahead: -1, Getter: g}
+	cfg := Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: t.TempDir(), DiskBytes: 4 << 20, Getter: g}
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -227,7 +227,7 @@ func newCachedOnDisk(t *testing.T, size int, seed uint64) cachedOnDisk {
 	g := newMemGetter()
 	d := cachedOnDisk{g: g, data: randBytes(size, seed)}
 	d.obj = g.add("f", d.data)
-	d.cfg = Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: t.TempDir(), DiskBytes: 4 << 20, Readahead: -1, Getter: g}
+	d.cfg = Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: t.TempDir(), DiskBytes: 4 << 20, Getter: g}
 	c, err := New(d.cfg)
 	if err != nil {
 		t.Fatal(err)

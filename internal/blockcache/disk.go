@@ -1,14 +1,12 @@
 package blockcache
 
 import (
-	"bufio"
 	"bytes"
 	"container/list"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -17,6 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/atomicfile"
 )
 
 // Disk layout, under Config.DiskDir:
@@ -36,10 +36,6 @@ const (
 	recordSize   = 16
 	tombstoneLen = 0xffffffff
 )
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func checksum(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
 
 type idxHeader struct {
 	Source    string `json:"source"`
@@ -219,26 +215,15 @@ func writeIndex(path string, ref ObjectRef, blockSize int64, live map[int64][2]u
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	w := bufio.NewWriter(f)
-	w.WriteString(idxMagic)
-	w.Write(hdr)
-	w.WriteByte('\n')
+	var buf bytes.Buffer
+	buf.Grow(len(idxMagic) + len(hdr) + 1 + len(live)*recordSize)
+	buf.WriteString(idxMagic)
+	buf.Write(hdr)
+	buf.WriteByte('\n')
 	for idx, lc := range live {
-		w.Write(record(idx, lc[0], lc[1]))
+		buf.Write(record(idx, lc[0], lc[1]))
 	}
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.WriteFile(path, buf.Bytes(), 0o600)
 }
 
 func record(idx int64, length, crc uint32) []byte {
@@ -263,12 +248,22 @@ func (d *diskTier) has(b BlockRef) bool {
 	return el != nil && !el.Value.(*diskBlock).pending
 }
 
+// diskRead is what read found.
+type diskRead struct {
+	// hit: p holds the bytes. False when the block is absent or corrupt.
+	hit bool
+	// corrupt: the block failed its checksum and was dropped.
+	corrupt bool
+	// full is the whole block when it was read and verified just now (so
+	// the caller can keep it in memory), nil otherwise; crc its checksum.
+	full []byte
+	crc  uint32
+}
+
 // read copies block bytes [inOff, inOff+len(p)) into p. A verified block is
-// read straight into p and full is nil; an unverified one is read whole,
-// checked, and returned as full with its checksum (p is filled too) so the
-// caller can keep it in memory. hit is false when the block is absent or
-// failed its checksum.
-func (d *diskTier) read(b BlockRef, p []byte, inOff int64) (full []byte, crc uint32, hit, corrupt bool, err error) {
+// read straight into p; an unverified one is read whole, checked, and
+// returned as full (p is filled too).
+func (d *diskTier) read(b BlockRef, p []byte, inOff int64) (diskRead, error) {
 	d.mu.Lock()
 	o := d.objects[b.Object.id()]
 	var blk *diskBlock
@@ -281,28 +276,28 @@ func (d *diskTier) read(b BlockRef, p []byte, inOff int64) (full []byte, crc uin
 	}
 	d.mu.Unlock()
 	if blk == nil {
-		return nil, 0, false, false, nil
+		return diskRead{}, nil
 	}
 	defer d.unpin(o)
 	if blk.isVerified(d) {
 		if _, err := o.data.ReadAt(p, b.Offset()+inOff); err != nil {
-			return nil, 0, false, false, err
+			return diskRead{}, err
 		}
-		return nil, blk.crc, true, false, nil
+		return diskRead{hit: true, crc: blk.crc}, nil
 	}
 	buf := make([]byte, blk.length)
 	if _, err := o.data.ReadAt(buf, b.Offset()); err != nil && !errors.Is(err, io.EOF) {
-		return nil, 0, false, false, err
+		return diskRead{}, err
 	}
-	if checksum(buf) != blk.crc {
+	if Checksum(buf) != blk.crc {
 		d.drop(o, b.Index)
-		return nil, 0, false, true, nil
+		return diskRead{corrupt: true}, nil
 	}
 	d.mu.Lock()
 	blk.verified = true
 	d.mu.Unlock()
 	copy(p, buf[inOff:])
-	return buf, blk.crc, true, false, nil
+	return diskRead{hit: true, full: buf, crc: blk.crc}, nil
 }
 
 func (blk *diskBlock) isVerified(d *diskTier) bool {
@@ -441,7 +436,7 @@ func (d *diskTier) openComplete(ref ObjectRef) (f *os.File, release func(), ok b
 	scratch := make([]byte, d.blockSize) // one buffer for every block checked
 	for _, blk := range unverified {
 		buf := scratch[:blk.length]
-		if _, err := o.data.ReadAt(buf, blk.index*d.blockSize); err != nil || checksum(buf) != blk.crc {
+		if _, err := o.data.ReadAt(buf, blk.index*d.blockSize); err != nil || Checksum(buf) != blk.crc {
 			d.drop(o, blk.index)
 			d.unpin(o)
 			return nil, nil, false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"hash/crc32"
 	"strconv"
 
 	"github.com/sluice-dev/sluice/internal/source"
@@ -46,14 +47,21 @@ func (b BlockRef) Len() int64 {
 // Key is a stable string for the block: object identity and index.
 func (b BlockRef) Key() string { return b.Object.id() + "/" + strconv.FormatInt(b.Index, 10) }
 
-// Getter fetches blocks from the tier below the local cache: the origin now,
-// cache workers later. GetBlock fills p, whose length is b.Len(), entirely or
-// returns an error.
+// Getter fetches blocks from the tier below the local cache: an origin or
+// the cache workers, both as a source.Source through OriginGetter. GetBlock
+// fills p, whose length is b.Len(), entirely or returns an error.
 type Getter interface {
 	GetBlock(ctx context.Context, b BlockRef, p []byte) error
 }
 
-// OriginGetter reads blocks straight from a source.
+// Checksum is the CRC-32C (Castagnoli) of p: the checksum of every block
+// on disk and on the wire between workers and clients.
+func Checksum(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// OriginGetter reads blocks straight from a source (an origin, or the
+// cache workers' cacheserver.Source).
 type OriginGetter struct{ Source source.Source }
 
 // GetBlock implements Getter.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"net/http"
 	"net/url"
@@ -16,6 +15,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/sluice-dev/sluice/internal/blockcache"
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
@@ -302,7 +302,7 @@ func (s *Source) read(ctx context.Context, w *worker, p, version string, buf []b
 	if _, err := io.ReadFull(resp.Body, buf); err != nil {
 		return resp.fail(fmt.Errorf("reading from worker %s: %w", w.url, err))
 	}
-	if got := crc32.Checksum(buf, castagnoli); got != uint32(want) {
+	if got := blockcache.Checksum(buf); got != uint32(want) {
 		return fmt.Errorf("worker %s: checksum mismatch", w.url)
 	}
 	return nil

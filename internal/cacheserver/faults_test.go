@@ -228,7 +228,7 @@ func TestSlowOriginIsAnAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := NewSource(pool, "test", o.source(t))
-	cache, err := blockcache.New(blockcache.Config{BlockSize: testBlock, MemoryBytes: 8 << 20, Readahead: -1,
+	cache, err := blockcache.New(blockcache.Config{BlockSize: testBlock, MemoryBytes: 8 << 20,
 		FetchTimeout: 20 * time.Second, Getter: blockcache.OriginGetter{Source: src}})
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"net/http"
 	"os"
 	"path"
@@ -21,8 +20,8 @@ import (
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
-// Authenticator checks a request's credentials. The token file is the one
-// implementation now; a Kubernetes TokenReview check can take its place.
+// Authenticator checks a request's credentials: StaticToken (--token-file)
+// or PodTokens (--token-review, projected service-account tokens).
 type Authenticator interface {
 	Authenticate(r *http.Request) error
 }
@@ -288,7 +287,7 @@ func (s *Server) body(ctx context.Context, obj blockcache.ObjectRef, off, n int6
 	if _, err := s.cfg.Cache.ReadAt(ctx, obj, buf, off); err != nil {
 		return nil, 0, err
 	}
-	return buf, crc32.Checksum(buf, castagnoli), nil
+	return buf, blockcache.Checksum(buf), nil
 }
 
 // entry returns the file entry at p with the requested version, looking
@@ -311,5 +310,3 @@ func (s *Server) entry(ctx context.Context, p, version string) (source.Entry, er
 		s.cfg.Listings.Invalidate(path.Dir("/" + p)[1:])
 	}
 }
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)

@@ -56,7 +56,7 @@ func TestFlakyOriginNeverReachesReaders(t *testing.T) {
 func TestOriginDown(t *testing.T) {
 	files := map[string][]byte{"cached": randBytes(3*testBlock, 1), "uncached": randBytes(3*testBlock, 2)}
 	_, proxy, src := s3ViaProxy(t, files, faultproxy.Config{})
-	m := mountSource(t, src, mountConfig{blockSize: testBlock, readahead: -1})
+	m := mountSource(t, src, mountConfig{blockSize: testBlock, noReadahead: true})
 	if got, err := os.ReadFile(filepath.Join(m.dir, "cached")); err != nil || !bytes.Equal(got, files["cached"]) {
 		t.Fatalf("warm-up: %v", err)
 	}

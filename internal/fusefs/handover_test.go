@@ -63,7 +63,7 @@ func serveForTest(cfg string) error {
 			return err
 		}
 	}
-	cache, err := blockcache.New(blockcache.Config{BlockSize: 64 << 10, MemoryBytes: 8 << 20, Readahead: -1,
+	cache, err := blockcache.New(blockcache.Config{BlockSize: 64 << 10, MemoryBytes: 8 << 20,
 		DiskDir: filepath.Join(f[2], "cache"), DiskBytes: 64 << 20,
 		Getter: slowGetter{blockcache.OriginGetter{Source: src}, 300 * time.Millisecond}})
 	if err != nil {

@@ -54,7 +54,8 @@ type mountConfig struct {
 	ttl         time.Duration
 	passthrough bool
 	cacheDir    string
-	readahead   int
+	readahead   int // blocks; 0: 4
+	noReadahead bool
 	dir         string
 }
 
@@ -81,7 +82,10 @@ func mountSource(t *testing.T, src source.Source, mc mountConfig) *testMount {
 	if mc.cacheDir == "" {
 		mc.cacheDir = t.TempDir()
 	}
-	if mc.readahead == 0 {
+	switch {
+	case mc.noReadahead:
+		mc.readahead = 0
+	case mc.readahead == 0:
 		mc.readahead = 4
 	}
 	mtr := metrics.NewCache(nil)
