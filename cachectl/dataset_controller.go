@@ -146,7 +146,8 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		klog.InfoS("Scaled cache workers", "dataset", klog.KObj(ds), "from", current, "to", desired,
 			"bytesPerSecond", int64(demand), "clients", clients)
 	}
-	if err := r.updateStatus(ctx, ds, sts, desired, demand, clients, ws, pods); err != nil {
+	if err := r.updateStatus(ctx, ds, observed{sts: sts, pods: pods, stats: ws, desired: desired, demand: demand,
+		clients: clients}); err != nil {
 		return ctrl.Result{}, err
 	}
 	if r.Preloader != nil && preloadDue(ds, desired, r.preloadRunning(req.NamespacedName), r.now()) {
@@ -228,8 +229,18 @@ func (r *DatasetReconciler) dropIdentity(ctx context.Context, ns string) error {
 	return nil
 }
 
-func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Dataset, sts *appsv1.StatefulSet,
-	desired int32, demand float64, clients int, ws *WorkerStats, pods []corev1.Pod) error {
+// observed is what one reconcile saw of a Dataset's workers and decided.
+type observed struct {
+	sts     *appsv1.StatefulSet
+	pods    []corev1.Pod
+	stats   *WorkerStats // nil: not scraped
+	desired int32
+	demand  float64 // bytes/s the clients read
+	clients int
+}
+
+func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Dataset, o observed) error {
+	sts, desired, ws := o.sts, o.desired, o.stats
 	before := ds.DeepCopy()
 	st := &ds.Status
 	st.ObservedGeneration = ds.Generation
@@ -238,8 +249,8 @@ func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Datas
 	st.DesiredWorkers = desired
 	st.Selector = labels.SelectorFromSet(selectorLabels(ds)).String()
 	st.Workers = v1alpha1.ServiceAddress(ds.Namespace, ds.Name, r.Template.ClusterDomain)
-	st.Clients = int32(clients)
-	st.Throughput = int64(demand)
+	st.Clients = int32(o.clients)
+	st.Throughput = int64(o.demand)
 	if ws != nil {
 		st.CachedBytes, st.HitRatio = ws.CachedBytes, ws.HitRatio
 	}
@@ -260,7 +271,7 @@ func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Datas
 			fmt.Sprintf("0 of %d cache workers serve yet", desired), gen)
 		// A worker that exits at start says why (it could not read the
 		// origin: bad URL, credentials, endpoint) in its termination message.
-		if msg := workerFailure(pods); msg != "" {
+		if msg := workerFailure(o.pods); msg != "" {
 			setCondition(st, v1alpha1.ConditionSourceReachable, metav1.ConditionFalse, "WorkerFailing", msg, gen)
 		}
 	}

@@ -100,7 +100,7 @@ func (d *Defaulter) sluiceVolumes(ctx context.Context, pod *corev1.Pod, ns strin
 // and returns its workers' address, denying the pod when the Dataset does
 // not exist or the pod's namespace may not read it.
 func (d *Defaulter) datasetWorkers(ctx context.Context, volName, podNS, dataset string) (string, error) {
-	dsNS, dsName, _ := strings.Cut(dataset, "/")
+	dsNS, dsName := contract.SplitDatasetRef(dataset)
 	ds := &v1alpha1.Dataset{}
 	err := d.APIReader.Get(ctx, types.NamespacedName{Namespace: dsNS, Name: dsName}, ds)
 	switch {

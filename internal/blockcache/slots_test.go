@@ -16,6 +16,7 @@ func TestFetchSlotsServeDemandFirst(t *testing.T) {
 	var mu sync.Mutex
 	var order []string
 	var wg sync.WaitGroup
+	queued := 0
 	start := func(name string, readahead bool) {
 		wg.Add(1)
 		go func() {
@@ -29,7 +30,8 @@ func TestFetchSlotsServeDemandFirst(t *testing.T) {
 			mu.Unlock()
 			s.release()
 		}()
-		time.Sleep(10 * time.Millisecond) // queue in this order
+		waitQueued(t, s, queued+1)
+		queued++
 	}
 	start("ahead-1", true)
 	start("ahead-2", true)
@@ -48,6 +50,25 @@ func TestFetchSlotsServeDemandFirst(t *testing.T) {
 	}
 	if s.free != 1 {
 		t.Errorf("%d free slots at the end, want 1", s.free)
+	}
+}
+
+// waitQueued waits until n acquirers wait for a slot: the queue, not a
+// sleep, orders the goroutines.
+func waitQueued(t *testing.T, s *fetchSlots, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		q := len(s.demand) + len(s.ahead)
+		s.mu.Unlock()
+		if q >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d waiters queued, want %d", q, n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

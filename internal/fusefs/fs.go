@@ -15,6 +15,17 @@
 //     cache file without entering this process. Without passthrough, reads
 //     are 1 MiB requests (MaxWrite), splice is off, and the mount's
 //     read_ahead_kb is raised so sequential readers keep requests in flight.
+//
+// A connection that outlives its serving process (handover.go: MountFD,
+// ServeFD, Handover) is served through handoverFS (handoverfs.go), with
+// the records a successor needs in the handover directory: the INIT the
+// kernel sent (initrecord), the path of every node id handed out (inode
+// log, inodes.go) and every open file's io mode (open log, openlog.go).
+//
+// Lock order: handoverFS.mu, openLog.mu and inodeLog.mu are leaves — none
+// is held while another is taken, nor across a call into go-fuse's bridge,
+// the caches or the source. A method whose name ends in Locked is called
+// with handoverFS.mu held.
 package fusefs
 
 import (

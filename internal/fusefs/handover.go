@@ -1,387 +1,209 @@
 package fusefs
 
 import (
-	"sync"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/atomicfile"
+	"github.com/sluice-dev/sluice/internal/mountutil"
 )
 
-// handoverFS sits between go-fuse's server and its node bridge so that a
-// process can take over a live FUSE connection from one that died. The
-// kernel then holds node ids and file handles this process never handed
-// out, and lookup counts it never saw; the bridge panics on all three.
-//
-//   - Node ids: the bridge's lookup count of every node id is mirrored in
-//     counts (all LOOKUP replies pass here; READDIRPLUS is off). Before a
-//     request on an id with no count, the id is looked up as "." — the
-//     bridge asks the root's LookupNode, which finds the path in the inode
-//     log. FORGET is trimmed to the count, so the kernel's references from
-//     the dead process never underflow the bridge.
-//   - File handles: handles given to the kernel carry this process's
-//     generation in their top 16 bits and map to the bridge's. A handle of
-//     another generation is opened again on first use; its RELEASE is
-//     answered here.
-//   - IO modes: the kernel refuses (EIO) to open a file in passthrough
-//     mode while the inode has files open in cached mode, or with another
-//     backing file than its open passthrough files, and to open it in
-//     cached mode while it has passthrough files open. The mode of every
-//     file the kernel has open, this process's and the dead one's (from
-//     the open log), is counted per node, and each open answered to match.
-type handoverFS struct {
-	fuse.RawFileSystem
-	gen   uint64   // << 48
-	opens *openLog // nil: not taken over, nor to be
+// mountFlags: read-only, no devices, no set-id.
+const mountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
 
-	mu     sync.RWMutex             // read-locked on the read path
-	counts map[uint64]uint64        // node id → lookups the bridge holds
-	fhs    map[uint64]*kernelHandle // kernel handle → what it is here
-	modes  map[uint64]*ioMode       // node id → its open files' io mode
-	nextFh uint64
+// opInit is FUSE_INIT's opcode.
+const opInit = 26
+
+// MountFD opens /dev/fuse and mounts it at dir with the options a process
+// serving Options o answers INIT with (root only). This is the keeper's
+// half of a mount that outlives its serving process: the caller keeps the
+// descriptor for the connection's life — while any process holds it the
+// kernel keeps the connection and queues requests — and hands it to the
+// serving process (ServeFD), and to its successor should it die.
+func MountFD(dir string, o Options) (*os.File, error) {
+	if err := mountutil.PrepareTarget(dir); err != nil {
+		return nil, err
+	}
+	fd, err := syscall.Open("/dev/fuse", syscall.O_RDWR|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening /dev/fuse: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "/dev/fuse") // blocking: not in Go's poller
+	mo := mountOptions(o)
+	data := []string{fmt.Sprintf("fd=%d", fd), "rootmode=40000",
+		fmt.Sprintf("user_id=%d", os.Geteuid()), fmt.Sprintf("group_id=%d", os.Getegid()),
+		fmt.Sprintf("max_read=%d", mo.MaxWrite)}
+	if mo.AllowOther {
+		data = append(data, "allow_other")
+	}
+	src := mo.FsName
+	if src == "" {
+		src = mo.Name
+	}
+	if err := syscall.Mount(src, dir, "fuse."+mo.Name, mountFlags, strings.Join(data, ",")); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("mounting %s: %w", dir, err)
+	}
+	return f, nil
 }
 
-// kernelHandle is a file handle the kernel holds.
-type kernelHandle struct {
-	inner uint64      // the bridge's handle; 0: not opened in this process yet
-	open  *openRecord // a file's open and io mode (nil: a directory's)
+// Handover describes a connection served on a descriptor from a keeper.
+type Handover struct {
+	// FD is the connection's /dev/fuse descriptor (MountFD).
+	FD *os.File
+	// Generation numbers this process among the connection's servers
+	// (from 1); it tags the file handles it gives the kernel.
+	Generation uint16
+	// InitFile keeps the connection's INIT request: the first server
+	// writes it, a successor replays it to its own go-fuse server.
+	InitFile string
+	// InodeLog records the path behind each node id given to the kernel.
+	InodeLog string
+	// OpenLog records the files the kernel has open and their io mode
+	// (passthrough or cached), which a successor's opens must agree with.
+	OpenLog string
+	// Resume: another process served this connection and died. INIT is
+	// replayed from InitFile and the kernel is asked (FUSE_NOTIFY_RESEND,
+	// Linux >= 6.9) to queue again the requests the dead process had read
+	// but not answered.
+	Resume bool
+	// HandbackSocket, when set, is a unix socket on which this process
+	// hands the descriptor (SCM_RIGHTS) to a keeper that restarted.
+	HandbackSocket string
 }
 
-// ioMode counts a node's files open in each io mode.
-type ioMode struct {
-	cached, passthrough int
-	backing             int32
-}
-
-func newHandoverFS(inner fuse.RawFileSystem, generation uint16, opens *openLog) *handoverFS {
-	h := &handoverFS{
-		RawFileSystem: inner,
-		gen:           uint64(generation) << 48,
-		opens:         opens,
-		counts:        map[uint64]uint64{fuse.FUSE_ROOT_ID: 1},
-		fhs:           map[uint64]*kernelHandle{},
-		modes:         map[uint64]*ioMode{},
+// ServeFD serves the file system on h.FD, mounted at dir by a keeper.
+func (f *FS) ServeFD(dir string, h Handover) (m *Mount, err error) {
+	if h.FD == nil || h.Generation == 0 || h.InitFile == "" {
+		return nil, errors.New("serving a descriptor needs the descriptor, a generation and an INIT file")
 	}
-	for fh, r := range opens.snapshot() { // the files an earlier process opened
-		h.fhs[fh] = &kernelHandle{open: &r}
-		h.countMode(r, 1)
-	}
-	return h
-}
-
-func (h *handoverFS) countMode(r openRecord, d int) {
-	m := h.modes[r.node]
-	if m == nil {
-		m = &ioMode{}
-		h.modes[r.node] = m
-	}
-	if r.backing != 0 {
-		m.passthrough += d
-		m.backing = r.backing
-	} else {
-		m.cached += d
-	}
-	if m.passthrough <= 0 && m.cached <= 0 {
-		delete(h.modes, r.node)
-	}
-}
-
-// cachedOpen reports whether the kernel has a file of node open in cached
-// mode: a passthrough answer would be turned down (settleMode), so the
-// node need not register a backing file for it.
-func (h *handoverFS) cachedOpen(node uint64) bool {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	m := h.modes[node]
-	return m != nil && m.cached > 0
-}
-
-// settleMode makes an open of node agree with the files the kernel has
-// open on it, and counts it.
-func (h *handoverFS) settleMode(node uint64, out *fuse.OpenOut) openRecord {
-	switch m := h.modes[node]; {
-	case m != nil && m.passthrough > 0:
-		out.OpenFlags = out.OpenFlags&^fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_PASSTHROUGH
-		out.BackingID = m.backing
-	case m != nil && m.cached > 0:
-		out.OpenFlags = out.OpenFlags&^fuse.FOPEN_PASSTHROUGH | fuse.FOPEN_KEEP_CACHE
-		out.BackingID = 0
-	}
-	r := openRecord{node: node}
-	if out.OpenFlags&fuse.FOPEN_PASSTHROUGH != 0 {
-		r.backing = out.BackingID
-	}
-	h.countMode(r, 1)
-	return r
-}
-
-// prepare readies a request on node hdr.NodeId, with kernel handle *fh (0:
-// none), for the bridge: an id the bridge does not know is looked up as
-// "." first, and *fh becomes the bridge's handle, opened again if another
-// process handed it out.
-func (h *handoverFS) prepare(cancel <-chan struct{}, hdr *fuse.InHeader, fh *uint64, dir bool) fuse.Status {
-	h.mu.RLock()
-	known := hdr.NodeId == fuse.FUSE_ROOT_ID || h.counts[hdr.NodeId] > 0
-	var inner uint64
-	if kh := h.fhs[*fh]; kh != nil {
-		inner = kh.inner
-	}
-	h.mu.RUnlock()
-	if !known {
-		var out fuse.EntryOut
-		in := fuse.InHeader{NodeId: hdr.NodeId, Caller: hdr.Caller}
-		st := h.RawFileSystem.Lookup(cancel, &in, ".", &out)
-		if !st.Ok() {
-			klog.InfoS("A node id from the previous server could not be resolved", "nodeID", hdr.NodeId, "status", st)
-			return st
+	var closers []func() error
+	defer func() {
+		if err != nil {
+			for _, c := range closers {
+				_ = c()
+			}
 		}
-		h.counted(out.NodeId)
+	}()
+	if h.InodeLog != "" {
+		if f.inodes, err = openInodeLog(h.InodeLog); err != nil {
+			return nil, err
+		}
+		closers = append(closers, f.inodes.close)
 	}
-	if *fh == 0 || inner != 0 {
-		*fh = inner
-		return fuse.OK
+	var opens *openLog
+	if h.OpenLog != "" {
+		if opens, err = openOpenLog(h.OpenLog); err != nil {
+			return nil, err
+		}
+		closers = append(closers, opens.close)
 	}
-	inner, st := h.reopen(cancel, hdr, *fh, dir)
-	*fh = inner
-	return st
-}
-
-// ensure makes node id known to the bridge.
-func (h *handoverFS) ensure(cancel <-chan struct{}, hdr *fuse.InHeader) fuse.Status {
-	var none uint64
-	return h.prepare(cancel, hdr, &none, false)
-}
-
-func (h *handoverFS) counted(id uint64) {
-	h.mu.Lock()
-	h.counts[id]++
-	h.mu.Unlock()
-}
-
-// reopen opens the node again for a kernel handle another process handed
-// out.
-func (h *handoverFS) reopen(cancel <-chan struct{}, hdr *fuse.InHeader, fh uint64, dir bool) (uint64, fuse.Status) {
-	if fh&^(1<<48-1) == h.gen {
-		return 0, fuse.EBADF // ours, and released
+	// go-fuse owns the descriptor it serves; the handback keeps h.FD.
+	fuseFD, err := unix.FcntlInt(h.FD.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return nil, fmt.Errorf("duplicating the FUSE descriptor: %w", err)
 	}
-	in := fuse.OpenIn{InHeader: *hdr, Flags: syscall.O_RDONLY}
-	var out fuse.OpenOut
-	open, release := h.RawFileSystem.Open, func(in *fuse.ReleaseIn) { h.RawFileSystem.Release(nil, in) }
-	if dir {
-		open, release = h.RawFileSystem.OpenDir, h.RawFileSystem.ReleaseDir
-	}
-	if st := open(cancel, &in, &out); !st.Ok() {
-		klog.InfoS("A file handle from the previous server could not be opened again", "nodeID", hdr.NodeId, "status", st)
-		return 0, st
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	kh := h.fhs[fh]
-	if kh == nil {
-		kh = &kernelHandle{}
-		h.fhs[fh] = kh
-	}
-	if kh.inner != 0 { // a concurrent request opened it too
-		go release(&fuse.ReleaseIn{Fh: out.Fh})
-		return kh.inner, fuse.OK
-	}
-	kh.inner = out.Fh
-	return out.Fh, fuse.OK
-}
-
-// issueLocked gives the kernel a handle for the bridge's out.Fh.
-func (h *handoverFS) issueLocked(out *fuse.OpenOut, open *openRecord) {
-	h.nextFh++
-	k := h.gen | h.nextFh
-	h.fhs[k] = &kernelHandle{inner: out.Fh, open: open}
-	out.Fh = k
-}
-
-// dropHandle forgets a kernel handle and returns what it was (nil: unknown).
-func (h *handoverFS) dropHandle(fh uint64) *kernelHandle {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	kh := h.fhs[fh]
-	delete(h.fhs, fh)
-	if kh != nil && kh.open != nil {
-		h.countMode(*kh.open, -1)
-	}
-	return kh
-}
-
-func (h *handoverFS) Lookup(cancel <-chan struct{}, hdr *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
-	if st := h.ensure(cancel, hdr); !st.Ok() {
-		return st
-	}
-	st := h.RawFileSystem.Lookup(cancel, hdr, name, out)
-	if st.Ok() && out.NodeId != 0 {
-		h.counted(out.NodeId)
-	}
-	return st
-}
-
-func (h *handoverFS) Forget(nodeID, nlookup uint64) {
-	h.mu.Lock()
-	n := min(nlookup, h.counts[nodeID])
-	if n == h.counts[nodeID] {
-		delete(h.counts, nodeID)
+	mo := mountOptions(f.opts)
+	var server *fuse.Server
+	if h.Resume {
+		server, err = resumeServer(f.rawFS(h.Generation, opens), &mo, fuseFD, h.InitFile)
 	} else {
-		h.counts[nodeID] -= n
+		server, err = fuse.NewServer(f.rawFS(h.Generation, opens), fmt.Sprintf("/dev/fd/%d", fuseFD), &mo)
+		if err == nil { // else go-fuse closed fuseFD
+			err = writeInit(h.InitFile, server.KernelSettings())
+		}
 	}
-	h.mu.Unlock()
-	if n > 0 {
-		h.RawFileSystem.Forget(nodeID, n)
+	if err != nil {
+		return nil, fmt.Errorf("serving %s: %w", dir, err)
 	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		return nil, fmt.Errorf("serving %s: %w", dir, err)
+	}
+	if !h.Resume {
+		if err := mountutil.SetReadAheadKB(dir, f.opts.ReadAheadKB); err != nil {
+			klog.V(2).InfoS("Could not raise read_ahead_kb", "path", dir, "err", err)
+		}
+	}
+	if h.HandbackSocket != "" {
+		c, err := serveHandback(h.HandbackSocket, h.FD)
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, c)
+	}
+	return &Mount{Dir: dir, server: server, byFD: true, closers: closers}, nil
 }
 
-func (h *handoverFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
-	fh := &in.Fh_
-	if in.Flags_&fuse.FUSE_GETATTR_FH == 0 {
-		fh = new(uint64)
+// resumeServer starts a go-fuse server on a connection that is already
+// initialized. go-fuse reads INIT first, so it is given one end of a
+// socket pair carrying the recorded INIT; its reply is read and dropped
+// (the kernel keeps what it negotiated with the first server, and the
+// same options negotiate the same). Then the FUSE descriptor is dup'ed
+// over that end — the server has not read anything else yet — and the
+// kernel is asked to resend what the dead server had read.
+func resumeServer(fs fuse.RawFileSystem, mo *fuse.MountOptions, fuseFD int, initFile string) (*fuse.Server, error) {
+	defer unix.Close(fuseFD)
+	initMsg, err := os.ReadFile(initFile)
+	if err != nil {
+		return nil, fmt.Errorf("the connection's INIT: %w", err)
 	}
-	if st := h.prepare(cancel, &in.InHeader, fh, false); !st.Ok() {
-		return st
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
 	}
-	return h.RawFileSystem.GetAttr(cancel, in, out)
+	ours, theirs := pair[0], pair[1]
+	defer unix.Close(ours)
+	if _, err := unix.Write(ours, initMsg); err != nil {
+		unix.Close(theirs)
+		return nil, fmt.Errorf("replaying INIT: %w", err)
+	}
+	server, err := fuse.NewServer(fs, fmt.Sprintf("/dev/fd/%d", theirs), mo)
+	if err != nil {
+		return nil, fmt.Errorf("replaying INIT: %w", err)
+	}
+	reply := make([]byte, 4096)
+	n, err := unix.Read(ours, reply)
+	var out fuse.OutHeader
+	if err == nil {
+		err = binary.Read(bytes.NewReader(reply[:n]), binary.NativeEndian, &out)
+	}
+	if err != nil || out.Status != 0 {
+		return nil, fmt.Errorf("replaying INIT: status %d: %v", out.Status, err)
+	}
+	if err := unix.Dup3(fuseFD, theirs, unix.O_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("taking over the FUSE descriptor: %w", err)
+	}
+	resend := fuse.OutHeader{Length: uint32(binary.Size(fuse.OutHeader{})), Status: -fuse.NOTIFY_RESEND} // notify codes are positive on the wire
+	var b bytes.Buffer
+	_ = binary.Write(&b, binary.NativeEndian, &resend)
+	if _, err := unix.Write(theirs, b.Bytes()); err != nil {
+		// Before Linux 6.9: requests in flight at the crash stay unanswered.
+		klog.ErrorS(err, "The kernel did not resend the requests in flight")
+	}
+	return server, nil
 }
 
-func (h *handoverFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
-		return st
+// writeInit records the connection's INIT request (header and body), as
+// the kernel sent it, for a successor to replay.
+func writeInit(path string, in *fuse.InitIn) error {
+	msg := *in
+	msg.InHeader = fuse.InHeader{Length: uint32(binary.Size(msg)), Opcode: opInit, Unique: 1}
+	var b bytes.Buffer
+	if err := binary.Write(&b, binary.NativeEndian, &msg); err != nil {
+		return err
 	}
-	st := h.RawFileSystem.Open(cancel, in, out)
-	if !st.Ok() {
-		return st
+	if err := atomicfile.WriteFile(path, b.Bytes(), 0o600); err != nil {
+		return fmt.Errorf("recording INIT: %w", err)
 	}
-	h.mu.Lock()
-	r := h.settleMode(in.NodeId, out)
-	h.issueLocked(out, &r)
-	h.mu.Unlock()
-	// Recorded before the reply hands the handle out; the file write is
-	// kept out of h.mu, which the read path takes.
-	if err := h.opens.opened(out.Fh, r); err != nil {
-		klog.ErrorS(err, "Could not record an open file")
-	}
-	return st
-}
-
-func (h *handoverFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	st := h.RawFileSystem.OpenDir(cancel, in, out)
-	if st.Ok() {
-		h.mu.Lock()
-		h.issueLocked(out, nil)
-		h.mu.Unlock()
-	}
-	return st
-}
-
-func (h *handoverFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
-	if st := h.prepare(cancel, &in.InHeader, &in.Fh, false); !st.Ok() {
-		return nil, st
-	}
-	return h.RawFileSystem.Read(cancel, in, buf)
-}
-
-func (h *handoverFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	if st := h.prepare(cancel, &in.InHeader, &in.Fh, true); !st.Ok() {
-		return st
-	}
-	return h.RawFileSystem.ReadDir(cancel, in, out)
-}
-
-func (h *handoverFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return fuse.ENOSYS // off (MountOptions.DisableReadDirPlus): its entries would escape counts
-}
-
-func (h *handoverFS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
-	if st := h.prepare(cancel, &in.InHeader, &in.Fh, false); !st.Ok() {
-		return st
-	}
-	return h.RawFileSystem.Lseek(cancel, in, out)
-}
-
-func (h *handoverFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
-	h.mu.RLock()
-	kh := h.fhs[in.Fh]
-	h.mu.RUnlock()
-	if kh == nil || kh.inner == 0 {
-		return fuse.OK // another process's handle, not opened again: nothing to flush
-	}
-	in.Fh = kh.inner
-	return h.RawFileSystem.Flush(cancel, in)
-}
-
-func (h *handoverFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
-	kh := h.dropHandle(in.Fh)
-	// Recorded before the bridge may close the backing id.
-	if err := h.opens.released(in.Fh); err != nil {
-		klog.ErrorS(err, "Could not record a released file")
-	}
-	if kh != nil && kh.inner != 0 {
-		in.Fh = kh.inner
-		h.RawFileSystem.Release(cancel, in)
-	}
-}
-
-func (h *handoverFS) ReleaseDir(in *fuse.ReleaseIn) {
-	if kh := h.dropHandle(in.Fh); kh != nil && kh.inner != 0 {
-		in.Fh = kh.inner
-		h.RawFileSystem.ReleaseDir(in)
-	}
-}
-
-func (h *handoverFS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status    { return fuse.OK }
-func (h *handoverFS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status { return fuse.OK }
-
-func (h *handoverFS) Statx(cancel <-chan struct{}, in *fuse.StatxIn, out *fuse.StatxOut) fuse.Status {
-	return fuse.ENOSYS // the kernel falls back to GETATTR
-}
-
-func (h *handoverFS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
-	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	return h.RawFileSystem.Access(cancel, in)
-}
-
-func (h *handoverFS) Readlink(cancel <-chan struct{}, hdr *fuse.InHeader) ([]byte, fuse.Status) {
-	if st := h.ensure(cancel, hdr); !st.Ok() {
-		return nil, st
-	}
-	return h.RawFileSystem.Readlink(cancel, hdr)
-}
-
-func (h *handoverFS) GetXAttr(cancel <-chan struct{}, hdr *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
-	if st := h.ensure(cancel, hdr); !st.Ok() {
-		return 0, st
-	}
-	return h.RawFileSystem.GetXAttr(cancel, hdr, attr, dest)
-}
-
-func (h *handoverFS) ListXAttr(cancel <-chan struct{}, hdr *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
-	if st := h.ensure(cancel, hdr); !st.Ok() {
-		return 0, st
-	}
-	return h.RawFileSystem.ListXAttr(cancel, hdr, dest)
-}
-
-func (h *handoverFS) StatFs(cancel <-chan struct{}, hdr *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
-	if st := h.ensure(cancel, hdr); !st.Ok() {
-		return st
-	}
-	return h.RawFileSystem.StatFs(cancel, hdr, out)
-}
-
-// Locks and ioctls are not negotiated on this read-only file system; the
-// kernel answers them itself.
-func (h *handoverFS) GetLk(cancel <-chan struct{}, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
-	return fuse.ENOSYS
-}
-func (h *handoverFS) SetLk(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status  { return fuse.ENOSYS }
-func (h *handoverFS) SetLkw(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status { return fuse.ENOSYS }
-func (h *handoverFS) Ioctl(cancel <-chan struct{}, in *fuse.IoctlIn, inbuf []byte, out *fuse.IoctlOut, outbuf []byte) fuse.Status {
-	return fuse.ENOSYS
+	return nil
 }

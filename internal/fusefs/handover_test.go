@@ -223,6 +223,9 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	held = append(held, ptFile)
+	if openBacking(t, filepath.Join(state, "opens"), ptPath) == 0 {
+		t.Fatal("p.bin is open in cached mode: the passthrough takeover would go untested")
+	}
 
 	// A read in flight when gen 1 is killed (each origin block takes 300 ms).
 	var wg sync.WaitGroup
@@ -318,4 +321,29 @@ func mustWriteFile(t *testing.T, path string, data []byte) {
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// openBacking is the backing id the serving process recorded in its open
+// log for an open file at path (0: cached mode).
+func openBacking(t *testing.T, logPath, path string) int32 {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &openLog{live: map[uint64]openRecord{}}
+	for _, line := range strings.Split(string(raw), "\n") {
+		l.apply(line)
+	}
+	var backing int32
+	for _, r := range l.live {
+		if r.node == st.Sys().(*syscall.Stat_t).Ino {
+			backing = max(backing, r.backing)
+		}
+	}
+	return backing
 }
