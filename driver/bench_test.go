@@ -25,9 +25,7 @@ func BenchmarkNodePublish(b *testing.B) {
 	dir := b.TempDir()
 	data := filepath.Join(dir, "data")
 	mustWrite(b, filepath.Join(data, "sub", "f.bin"), make([]byte, 4096))
-	l := &procLauncher{binary: sluiceBinary(b), wait: time.Minute, args: []string{"--cache-memory", "16Mi"}}
-	n, err := newNodeServer("bench", filepath.Join(dir, "state"), filepath.Join(dir, "cache"), l,
-		mount.NewWithoutSystemd(""), mountutil.Unmount)
+	n, err := newNodeServer("bench", filepath.Join(dir, "state"), filepath.Join(dir, "cache"), realDeps(b))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -62,6 +60,13 @@ func BenchmarkNodePublish(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
 
+// realDeps serve sessions with real serving processes and mounts.
+func realDeps(b *testing.B) sessionDeps {
+	keeper := &fdKeeper{}
+	l := &procLauncher{binary: sluiceBinary(b), wait: time.Minute, args: []string{"--cache-memory", "16Mi"}, keeper: keeper}
+	return sessionDeps{launcher: l, conns: keeper, mounter: mount.NewWithoutSystemd(""), unmount: mountutil.Unmount}
+}
+
 // benchNode is a node service with real serving processes and mounts, no
 // disk tier, over a dataset holding one 1 MiB f.bin.
 func benchNode(b *testing.B) (n *nodeServer, data, staging string) {
@@ -69,8 +74,7 @@ func benchNode(b *testing.B) (n *nodeServer, data, staging string) {
 	dir := b.TempDir()
 	data = filepath.Join(dir, "data")
 	mustWrite(b, filepath.Join(data, "f.bin"), make([]byte, 1<<20))
-	l := &procLauncher{binary: sluiceBinary(b), wait: time.Minute, args: []string{"--cache-memory", "16Mi"}}
-	n, err := newNodeServer("bench", filepath.Join(dir, "state"), "", l, mount.NewWithoutSystemd(""), mountutil.Unmount)
+	n, err := newNodeServer("bench", filepath.Join(dir, "state"), "", realDeps(b))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -129,7 +133,7 @@ func BenchmarkServingProcessTakeover(b *testing.B) {
 		go func() { read <- readFirstByte(filepath.Join(staging, "f.bin"), make([]byte, 1)) }()
 		err := n.sessions.ensureServing(ctx, s, credentials{})
 		took := s.rec.Generation
-		s.op.Unlock()
+		s.release()
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -15,7 +14,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2"
 
-	"github.com/sluice-dev/sluice/internal/atomicfile"
+	"github.com/sluice-dev/sluice/driver/state"
 )
 
 // maxVolumeIDLen is the longest volume id handed out (CSI allows 128
@@ -70,7 +69,7 @@ func newControllerServer(stateDir string) (*controllerServer, error) {
 	}
 	for _, f := range files {
 		var r volumeRecord
-		if err := readJSON(f, &r); err != nil {
+		if err := state.ReadJSON(f, &r); err != nil {
 			klog.ErrorS(err, "Skipping an unreadable volume record", "file", f)
 			continue
 		}
@@ -141,7 +140,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		return &csi.CreateVolumeResponse{Volume: old.volume()}, nil
 	}
 	if c.dir != "" {
-		if err := writeJSON(c.recordFile(rec.ID), rec); err != nil {
+		if err := state.WriteJSON(c.recordFile(rec.ID), rec); err != nil {
 			return nil, fmt.Errorf("recording volume %s: %w", rec.ID, err)
 		}
 	}
@@ -204,25 +203,4 @@ func (c *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 			Type: csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 		}},
 	}}}, nil
-}
-
-// writeJSON writes v to path atomically (temporary file, fsync, rename),
-// readable by its owner only.
-func writeJSON(path string, v any) error {
-	data, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.WriteFile(path, append(data, '\n'), 0o600)
-}
-
-func readJSON(path string, v any) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(data, v); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
 }

@@ -1,7 +1,11 @@
 // Package driver is the CSI driver csi.sluice.dev, run as `sluice csi`:
 // one file per CSI service (identity.go, controller.go, node.go), the gRPC
 // plumbing (server.go) and the one place where errors become gRPC codes
-// (errors.go).
+// (errors.go). The node's FUSE sessions (sessions.go) are served by child
+// processes, `sluice csi serve-session` (servesession.go), which the
+// launcher starts and supervises (launcher.go) and which report to it on a
+// pipe (readypipe.go); the keeper holds their FUSE connections
+// (keeper.go); their records are package driver/state.
 //
 // # Volumes
 //
@@ -32,17 +36,24 @@
 //
 // # Sessions
 //
-// The node serves each (source, credentials) pair, or Dataset, with one
-// FUSE session (sessions.go): a child process, `sluice csi serve-session`,
-// mounts the source at <state-dir>/sessions/<key>/mnt with its own memory
-// and disk cache (<cache-dir>/<key>). NodeStageVolume binds that mount read-only at
-// the staging path; NodePublishVolume binds the staging path, or its
-// subPath, read-only at the target. Every volume of the same dataset on a
-// node therefore shares one session and one cache, and reads the origin
-// once. Inline volumes bind the session directly at their target; the
-// session ends with its last stage or inline volume. Volumes with other
+// The node serves volumes with FUSE sessions (sessions.go): a child
+// process, `sluice csi serve-session`, mounts the source (or Dataset)
+// read-only with its own memory and disk cache (<cache-dir>/<key>).
+//
+//   - A staged volume has a session of its own, mounted at the staging
+//     path itself: the kubelet unstages a volume only when no other mount
+//     of its device exists, so a staged session keeps no mount beside it.
+//     NodePublishVolume binds the staging path, or its subPath, read-only
+//     at each pod's target, so every pod using the volume shares its
+//     session and cache and the node reads the origin once for them.
+//   - Inline volumes of the same source (or Dataset) and credentials share
+//     one session, mounted at <state-dir>/sessions/<key>/mnt and bound at
+//     each target.
+//
+// A session ends with its last stage or inline volume. Volumes with other
 // credentials never share a session (the key hashes them), nor do source
-// and dataset volumes.
+// and dataset volumes. What the node remembers of a session, and the
+// files of its directory, are package driver/state.
 //
 // # Surviving restarts
 //
@@ -92,7 +103,7 @@
 //     kernel to an inode log (inodes); a request on an id the successor
 //     does not know makes it look the id up ("." through go-fuse's
 //     NodeLookupNoder), which finds the path in the log and the entry in
-//     the namespace (an object changed since is ESTALE). FORGET counts are
+//     the listing cache (an object changed since is ESTALE). FORGET counts are
 //     trimmed to what the successor handed out; READDIRPLUS is off so that
 //     every node id passes through LOOKUP.
 //   - File handles carry the child's generation in their top bits; a

@@ -13,8 +13,9 @@ import (
 // Error kinds. Code below wraps them with %w and the reason; toStatus turns
 // them into gRPC codes. This file is the one place where errors become
 // codes: the RPCs' argument checks return status.Error(codes.InvalidArgument)
-// directly, and every other error passes through toStatus (in the server's
-// interceptor, and in the serving child's report to the node).
+// directly, and every other error passes through toStatus in the server's
+// interceptor. A serving child reports its error's code (codeOf) to the
+// node (readypipe.go), which makes it an error again with errorForCode.
 var (
 	errInvalid       = errors.New("invalid argument")
 	errNotFound      = errors.New("not found")

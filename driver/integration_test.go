@@ -17,6 +17,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-dev/sluice/driver/state"
 	"github.com/sluice-dev/sluice/internal/mountutil"
 	"github.com/sluice-dev/sluice/internal/testutil"
 	"github.com/sluice-dev/sluice/internal/testutil/faultproxy"
@@ -83,10 +84,9 @@ func (n *realNode) start(t *testing.T) {
 
 // cleanup stops whatever a failed test left: serving children and mounts.
 func (n *realNode) cleanup(t *testing.T) {
-	files, _ := filepath.Glob(filepath.Join(n.state, "sessions", "*", "session.json"))
-	for _, f := range files {
-		var rec sessionRecord
-		if readJSON(f, &rec) == nil && rec.Pid > 0 {
+	recs, _ := state.List(filepath.Join(n.state, "sessions"))
+	for _, rec := range recs {
+		if rec.Pid > 0 {
 			_ = syscall.Kill(rec.Pid, syscall.SIGKILL)
 		}
 	}
@@ -120,15 +120,11 @@ func (n *realNode) unpublish(t *testing.T, target string) {
 
 func (n *realNode) sessionPid(t *testing.T) int {
 	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(n.state, "sessions", "*", "session.json"))
-	if len(files) != 1 {
-		t.Fatalf("%d sessions, want 1", len(files))
+	recs, err := state.List(filepath.Join(n.state, "sessions"))
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("%d sessions (%v), want 1", len(recs), err)
 	}
-	var rec sessionRecord
-	if err := readJSON(files[0], &rec); err != nil {
-		t.Fatal(err)
-	}
-	return rec.Pid
+	return recs[0].Pid
 }
 
 // readLoop reads path's file over and over until stop is closed, counting

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/sluice-dev/sluice/driver/state"
 	"github.com/sluice-dev/sluice/internal/fusefs"
 )
 
@@ -24,6 +25,11 @@ type fdKeeper struct {
 	mu  sync.Mutex
 	fds map[string]*os.File // session key → descriptor
 }
+
+var _ connKeeper = (*fdKeeper)(nil)
+
+// holds reports whether key's connection is kept and still up.
+func (k *fdKeeper) holds(key string) bool { return k.get(key) != nil }
 
 // get returns key's descriptor if its connection is still up; one whose
 // connection ended (unmounted, aborted) is closed and forgotten.
@@ -68,8 +74,8 @@ func (k *fdKeeper) drop(key string) {
 
 // fetch takes the descriptor back from rec's live child (after this
 // process restarted).
-func (k *fdKeeper) fetch(rec *sessionRecord) {
-	f, err := fusefs.FetchFD(rec.handbackSocket(), 2*time.Second)
+func (k *fdKeeper) fetch(rec *state.Session) {
+	f, err := fusefs.FetchFD(rec.Handover().HandbackSocket, 2*time.Second)
 	if err != nil {
 		klog.ErrorS(err, "Could not take the FUSE descriptor back from the serving process; a crash of it will remount",
 			"session", rec.Key, "pid", rec.Pid)

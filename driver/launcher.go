@@ -1,12 +1,10 @@
 package driver
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -20,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/sluice-dev/sluice/driver/state"
 	"github.com/sluice-dev/sluice/internal/cacheserver"
 	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/fusefs"
@@ -44,7 +43,7 @@ type procLauncher struct {
 	cgroup, cgroupRoot string
 	// keeper holds the sessions' FUSE descriptors: this process mounts
 	// and hands the descriptor to each child it starts.
-	keeper fdKeeper
+	keeper *fdKeeper
 
 	exitsOnce sync.Once
 	exitCh    chan struct{} // a child this process started or adopted exited
@@ -52,7 +51,7 @@ type procLauncher struct {
 
 // notifyOnExit signals exits when rec's child — adopted, so not ours to
 // wait for — exits (a pidfd polls readable then).
-func (l *procLauncher) notifyOnExit(rec *sessionRecord) {
+func (l *procLauncher) notifyOnExit(rec *state.Session) {
 	fd, err := unix.PidfdOpen(rec.Pid, 0)
 	if err != nil {
 		return // the tick finds it
@@ -90,47 +89,62 @@ func (l *procLauncher) childExited() {
 
 var _ launcher = (*procLauncher)(nil)
 
-func (l *procLauncher) holds(rec *sessionRecord) bool { return l.keeper.get(rec.Key) != nil }
-func (l *procLauncher) release(rec *sessionRecord)    { l.keeper.drop(rec.Key) }
-
-// start mounts rec's FUSE connection (unless this process still holds its
-// descriptor: then the new child takes the live connection over) and
-// starts a child serving it.
-func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds credentials) (err error) {
+// start mounts rec's FUSE connection (unless the keeper still holds it:
+// then the new child takes the live connection over) and starts a child
+// serving it.
+func (l *procLauncher) start(ctx context.Context, rec *state.Session, creds credentials) (err error) {
 	fuseFile, gen := l.keeper.get(rec.Key), rec.Generation+1
 	resume := fuseFile != nil
 	if resume && rec.Pid > 0 && !waitThreadsGone(rec.Pid, 2*time.Second) {
 		klog.InfoS("Threads of the dead serving process still exit; taking over anyway", "pid", rec.Pid)
 	}
 	if !resume {
-		fsName := rec.Source
-		if rec.Dataset != "" {
-			_, name := contract.SplitDatasetRef(rec.Dataset)
-			fsName = cacheserver.WorkersID(name)
-		}
-		if fuseFile, err = fusefs.MountFD(rec.mountDir(), fusefs.Options{FsName: fsName, AllowOther: true}); err != nil {
+		if fuseFile, err = mountFUSE(rec); err != nil {
 			return err
 		}
 		gen = 1
 		defer func() {
 			if err != nil {
-				_ = mountutil.Unmount(rec.mountDir())
+				_ = mountutil.Unmount(rec.MountDir())
 				fuseFile.Close()
 			}
 		}()
 	}
-	logf, err := os.OpenFile(rec.logFile(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	c, err := l.spawn(rec, creds, fuseFile, l.serveArgs(rec, gen, resume))
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
-	r, w, err := os.Pipe()
-	if err != nil {
+	defer c.report.close()
+	if err = c.report.wait(ctx, l.wait); err == nil {
+		rec.Pid, rec.Generation = c.cmd.Process.Pid, gen
+		l.keeper.put(rec.Key, fuseFile)
+		rec.StartTime, err = procStartTime(rec.Pid)
 		return err
 	}
-	defer r.Close()
-	args := []string{"csi", "serve-session", "--mount-dir", rec.mountDir(),
-		"--cache-dir", rec.CacheDir, "--stats-socket", rec.statsSocket(), "--ready-fd", "3",
+	_ = c.cmd.Process.Kill()
+	<-c.exited
+	if errors.Is(err, errNoReport) {
+		err = fmt.Errorf("%w: the serving process exited: %s", errUnavailable, lastLine(rec.LogFile()))
+	}
+	return err
+}
+
+// mountFUSE mounts a new FUSE connection at rec's mount directory and
+// returns its /dev/fuse descriptor.
+func mountFUSE(rec *state.Session) (*os.File, error) {
+	fsName := rec.Source
+	if rec.Dataset != "" {
+		_, name := contract.SplitDatasetRef(rec.Dataset)
+		fsName = cacheserver.WorkersID(name)
+	}
+	return fusefs.MountFD(rec.MountDir(), fusefs.Options{FsName: fsName, AllowOther: true})
+}
+
+// serveArgs are the arguments of the serve-session that serves rec as
+// generation gen of its connection (resume: taking it over).
+func (l *procLauncher) serveArgs(rec *state.Session, gen int, resume bool) []string {
+	args := []string{"csi", "serve-session", "--mount-dir", rec.MountDir(),
+		"--cache-dir", rec.CacheDir, "--stats-socket", rec.StatsSocket(), "--ready-fd", "3",
 		"--fuse-fd", "4", "--handover-dir", rec.Dir, "--generation", strconv.Itoa(gen)}
 	if resume {
 		args = append(args, "--resume")
@@ -148,7 +162,30 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 	if rec.Readahead != "" {
 		args = append(args, "--readahead", rec.Readahead)
 	}
-	cmd := exec.Command(l.binary, append(args, l.args...)...)
+	return append(args, l.args...)
+}
+
+// child is a serving process just started.
+type child struct {
+	cmd    *exec.Cmd
+	report *readyPipe      // the node's end of its ready pipe
+	exited <-chan struct{} // closed once it exited (and was reaped)
+}
+
+// spawn starts `sluice args` as rec's serving child in its own session,
+// with creds in its environment, its output in the session's log, the
+// write end of a ready pipe as descriptor 3 and fuseFile as 4.
+func (l *procLauncher) spawn(rec *state.Session, creds credentials, fuseFile *os.File, args []string) (*child, error) {
+	logf, err := os.OpenFile(rec.LogFile(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	report, w, err := newReadyPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(l.binary, args...)
 	cmd.Env = childEnv(os.Environ(), creds)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{w, fuseFile}
@@ -156,7 +193,8 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 	err = cmd.Start()
 	w.Close()
 	if err != nil {
-		return fmt.Errorf("starting the serving process: %w", err)
+		report.close()
+		return nil, fmt.Errorf("starting the serving process: %w", err)
 	}
 	if l.cgroup != "" {
 		if err := escapeCgroup(l.cgroupRoot, l.cgroup, cmd.Process.Pid); err != nil {
@@ -166,24 +204,7 @@ func (l *procLauncher) start(ctx context.Context, rec *sessionRecord, creds cred
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited); l.childExited() }() // reaps our own child
-
-	line, err := readLine(ctx, r, l.wait)
-	if err == nil && line == "ready" {
-		rec.Pid, rec.Generation = cmd.Process.Pid, gen
-		l.keeper.put(rec.Key, fuseFile)
-		rec.StartTime, err = procStartTime(rec.Pid)
-		return err
-	}
-	_ = cmd.Process.Kill()
-	<-exited
-	if code, msg, ok := strings.Cut(strings.TrimPrefix(line, "error "), " "); ok && strings.HasPrefix(line, "error ") {
-		n, _ := strconv.ParseUint(code, 10, 32)
-		return errorForCode(n, msg)
-	}
-	if err == nil || errors.Is(err, io.EOF) {
-		err = fmt.Errorf("%w: the serving process exited: %s", errUnavailable, lastLine(rec.logFile()))
-	}
-	return err
+	return &child{cmd: cmd, report: report, exited: exited}, nil
 }
 
 // waitThreadsGone waits until no thread of pid runs any more. A killed
@@ -203,25 +224,6 @@ func waitThreadsGone(pid int, d time.Duration) bool {
 		}
 	}
 	return false
-}
-
-// readLine reads one line from r within d (or until ctx is done).
-func readLine(ctx context.Context, r *os.File, d time.Duration) (string, error) {
-	deadline := time.Now().Add(d)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	if err := r.SetReadDeadline(deadline); err != nil {
-		return "", err
-	}
-	line, err := bufio.NewReader(r).ReadString('\n')
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return "", fmt.Errorf("the serving process did not serve within %s: %w", d, context.DeadlineExceeded)
-	}
-	if err != nil && line == "" {
-		return "", err
-	}
-	return strings.TrimSpace(line), nil
 }
 
 // lastLine returns the last non-empty line of a log file (the child's
@@ -279,7 +281,7 @@ func procStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
-func (l *procLauncher) alive(rec *sessionRecord) bool {
+func (l *procLauncher) alive(rec *state.Session) bool {
 	if rec.Pid <= 0 {
 		return false
 	}
@@ -291,7 +293,7 @@ func (l *procLauncher) alive(rec *sessionRecord) bool {
 // credentials back from the child's environment
 // (/proc/PID/environ, readable by root only): they stay in memory, so the
 // watch can serve the session again should the child die later.
-func (l *procLauncher) adopt(rec *sessionRecord) credentials {
+func (l *procLauncher) adopt(rec *state.Session) credentials {
 	l.keeper.fetch(rec)
 	l.notifyOnExit(rec)
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(rec.Pid) + "/environ")
@@ -312,7 +314,7 @@ func (l *procLauncher) adopt(rec *sessionRecord) credentials {
 	return c
 }
 
-func (l *procLauncher) stop(ctx context.Context, rec *sessionRecord) error {
+func (l *procLauncher) stop(ctx context.Context, rec *state.Session) error {
 	if !l.alive(rec) {
 		l.keeper.drop(rec.Key)
 		return nil
@@ -341,11 +343,11 @@ func (l *procLauncher) stop(ctx context.Context, rec *sessionRecord) error {
 	return fmt.Errorf("%w: serving process %d does not exit", errUnavailable, rec.Pid)
 }
 
-func (l *procLauncher) stats(ctx context.Context, rec *sessionRecord) (sessionStats, error) {
+func (l *procLauncher) stats(ctx context.Context, rec *state.Session) (sessionStats, error) {
 	var st sessionStats
 	c := http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", rec.statsSocket())
+			return (&net.Dialer{}).DialContext(ctx, "unix", rec.StatsSocket())
 		},
 	}, Timeout: 5 * time.Second}
 	defer c.CloseIdleConnections()

@@ -9,6 +9,8 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/driver/state"
 )
 
 // nodeServer is the CSI Node service. NodeStageVolume starts (or joins)
@@ -49,7 +51,7 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		return nil, fmt.Errorf("NodeStageVolume %s: %w", req.GetVolumeId(), err)
 	}
 	// One session per staged volume, mounted at its staging path (see
-	// sessionRecord.MountAt); every pod using the volume binds from it.
+	// state.Session.MountAt); every pod using the volume binds from it.
 	key := sessionKey(spec.sessionSource()+"\x00"+staging, creds)
 	if other := n.sessions.keyOfPath(staging); other != "" && other != key {
 		return nil, fmt.Errorf("%w: staging path %s is in use by a volume with another source or credentials",
@@ -57,19 +59,19 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	m := n.sessions
 	s := m.acquire(key, &spec)
-	defer s.op.Unlock()
+	defer s.release()
 	s.rec.MountAt = staging
 	if workers != "" {
 		s.rec.Workers = workers // for the next start; a serving child keeps its address
 	}
 	if err := m.ensureServing(ctx, s, creds); err != nil {
-		if relErr := m.release(ctx, s); relErr != nil {
+		if relErr := m.stopUnlessPinned(ctx, s); relErr != nil {
 			klog.ErrorS(relErr, "Releasing a session that failed to serve", "session", key)
 		}
 		return nil, fmt.Errorf("NodeStageVolume %s: %w", req.GetVolumeId(), err)
 	}
 	// ensureServing mounted the session at the staging path itself.
-	if err := m.setRef(s, ref{Kind: refStage, VolumeID: req.GetVolumeId(), Path: staging}); err != nil {
+	if err := m.setRef(s, state.Ref{Kind: state.RefStage, VolumeID: req.GetVolumeId(), Path: staging}); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("Volume staged", "volumeID", req.GetVolumeId(), "stagingPath", staging, "session", key)
@@ -86,21 +88,18 @@ func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	staging := filepath.Clean(req.GetStagingTargetPath())
 	m := n.sessions
 	s, r := m.acquireByPath(staging)
-	if s == nil || r.Kind != refStage {
-		if s != nil {
-			s.op.Unlock()
-		}
+	defer s.release()
+	if s == nil || r.Kind != state.RefStage {
 		// Not (or no longer) ours: make sure nothing stays mounted there.
 		return &csi.NodeUnstageVolumeResponse{}, m.detachIfMounted(staging)
 	}
-	defer s.op.Unlock()
 	if err := m.detachIfMounted(staging); err != nil {
 		return nil, err
 	}
 	if err := m.dropRef(s, staging); err != nil {
 		return nil, err
 	}
-	if err := m.release(ctx, s); err != nil {
+	if err := m.stopUnlessPinned(ctx, s); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("Volume unstaged", "volumeID", req.GetVolumeId(), "stagingPath", staging)
@@ -127,25 +126,22 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	staging := filepath.Clean(req.GetStagingTargetPath())
 	m := n.sessions
 	s, r := m.acquireByPath(staging)
-	if s == nil || r.Kind != refStage {
-		if s != nil {
-			s.op.Unlock()
-		}
+	defer s.release()
+	if s == nil || r.Kind != state.RefStage {
 		return nil, fmt.Errorf("%w: volume %s is not staged at %s", errPrecondition, req.GetVolumeId(), staging)
 	}
-	defer s.op.Unlock()
 	// The access check above was for the Dataset the request names: it
 	// must be the one staged there (a source volume's request names none).
 	if s.rec.Dataset != spec.Dataset {
 		return nil, fmt.Errorf("%w: volume %s: the volume staged at %s serves %s, the request names %q",
-			errPrecondition, req.GetVolumeId(), staging, s.rec.origin(), spec.Dataset)
+			errPrecondition, req.GetVolumeId(), staging, s.rec.Origin(), spec.Dataset)
 	}
 	// Never publish a dead session: serve it again first (after a restart
 	// that needs the volume's secrets, this fails until NodeStageVolume).
 	if err := m.ensureServing(ctx, s, credentials{}); err != nil {
 		return nil, fmt.Errorf("NodePublishVolume %s: %w", req.GetVolumeId(), err)
 	}
-	want := ref{Kind: refPublish, VolumeID: req.GetVolumeId(), Path: target, SubPath: spec.SubPath, From: staging}
+	want := state.Ref{Kind: state.RefPublish, VolumeID: req.GetVolumeId(), Path: target, SubPath: spec.SubPath, From: staging}
 	if err := n.checkTarget(s, want); errors.Is(err, errDone) {
 		return &csi.NodePublishVolumeResponse{}, nil
 	} else if err != nil {
@@ -181,23 +177,23 @@ func (n *nodeServer) publishEphemeral(ctx context.Context, volID, target string,
 		return nil, fmt.Errorf("%w: target %s is in use by a volume with another source", errAlreadyExists, target)
 	}
 	s := m.acquire(key, &spec)
-	defer s.op.Unlock()
+	defer s.release()
 	if workers != "" {
 		s.rec.Workers = workers // for the next start; a serving child keeps its address
 	}
-	want := ref{Kind: refEphemeral, VolumeID: volID, Path: target, SubPath: spec.SubPath}
+	want := state.Ref{Kind: state.RefEphemeral, VolumeID: volID, Path: target, SubPath: spec.SubPath}
 	err = m.ensureServing(ctx, s, creds)
 	if err == nil {
 		err = n.checkTarget(s, want)
 	}
 	if err == nil {
-		err = n.bindTarget(filepath.Join(s.rec.mountDir(), spec.SubPath), target, spec.SubPath)
+		err = n.bindTarget(filepath.Join(s.rec.MountDir(), spec.SubPath), target, spec.SubPath)
 	}
 	if err == nil {
 		err = m.setRef(s, want)
 	}
 	if err != nil {
-		if relErr := m.release(ctx, s); relErr != nil {
+		if relErr := m.stopUnlessPinned(ctx, s); relErr != nil {
 			klog.ErrorS(relErr, "Releasing a session after a failed publish", "session", key)
 		}
 		if errors.Is(err, errDone) {
@@ -214,8 +210,8 @@ var errDone = errors.New("already published")
 
 // checkTarget returns errDone when target is already published as want,
 // and an AlreadyExists error when it is published differently.
-func (n *nodeServer) checkTarget(s *session, want ref) error {
-	r, ok := s.rec.refAt(want.Path)
+func (n *nodeServer) checkTarget(s *session, want state.Ref) error {
+	r, ok := s.rec.RefAt(want.Path)
 	if !ok {
 		return nil
 	}
@@ -259,9 +255,7 @@ func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	target := filepath.Clean(req.GetTargetPath())
 	m := n.sessions
 	s, _ := m.acquireByPath(target)
-	if s != nil {
-		defer s.op.Unlock()
-	}
+	defer s.release()
 	if err := m.detachIfMounted(target); err != nil {
 		return nil, err
 	}
@@ -272,7 +266,7 @@ func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 		if err := m.dropRef(s, target); err != nil {
 			return nil, err
 		}
-		if err := m.release(ctx, s); err != nil {
+		if err := m.stopUnlessPinned(ctx, s); err != nil {
 			return nil, err
 		}
 	}
@@ -292,15 +286,11 @@ func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	}
 	path := filepath.Clean(req.GetVolumePath())
 	m := n.sessions
-	s, r := m.acquireByPath(path)
-	if s == nil || r.VolumeID != req.GetVolumeId() {
-		if s != nil {
-			s.op.Unlock()
-		}
+	// The record is a copy: the child is asked without holding the session.
+	rec, ok := m.recordAt(path, req.GetVolumeId())
+	if !ok {
 		return nil, fmt.Errorf("%w: volume %s is not published or staged at %s", errNotFound, req.GetVolumeId(), path)
 	}
-	rec := s.rec
-	s.op.Unlock()
 	st, err := m.launcher.stats(ctx, &rec)
 	if err != nil {
 		return nil, err

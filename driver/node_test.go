@@ -4,195 +4,121 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	mount "k8s.io/mount-utils"
 )
 
-// fakeLauncher stands in for the serving processes.
-type fakeLauncher struct {
-	mu        sync.Mutex
-	next      int
-	live      map[int]bool
-	starts    int
-	failWith  error
-	lastCreds credentials
-	lastRec   sessionRecord // as last started
-	// mounter, when set, records the mount a real child makes at its
-	// record's mountDir.
-	mounter *mount.FakeMounter
-}
-
-func (l *fakeLauncher) start(_ context.Context, rec *sessionRecord, creds credentials) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.failWith != nil {
-		return l.failWith
-	}
-	l.next++
-	rec.Pid, rec.StartTime = 1000+l.next, 1
-	l.live[rec.Pid] = true
-	l.starts++
-	l.lastCreds = creds
-	l.lastRec = *rec
-	if l.mounter != nil {
-		return l.mounter.Mount("sluice", rec.mountDir(), "fuse.sluice", nil)
-	}
-	return nil
-}
-
-func (l *fakeLauncher) adopt(*sessionRecord) credentials {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.lastCreds
-}
-
-func (l *fakeLauncher) alive(rec *sessionRecord) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.live[rec.Pid]
-}
-
-func (l *fakeLauncher) stop(_ context.Context, rec *sessionRecord) error {
-	l.kill(rec.Pid)
-	if l.mounter != nil { // a child unmounts on SIGTERM
-		_ = l.mounter.Unmount(rec.mountDir())
-	}
-	return nil
-}
-
-func (l *fakeLauncher) kill(pid int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.live, pid)
-}
-
-func (l *fakeLauncher) running() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.live)
-}
-
-func (l *fakeLauncher) holds(*sessionRecord) bool { return false }
-func (l *fakeLauncher) release(*sessionRecord)    {}
-
-func (l *fakeLauncher) stats(context.Context, *sessionRecord) (sessionStats, error) {
-	return sessionStats{BytesServed: 10, OriginBytes: 5, MemoryBytes: 4, DiskBytes: 6, DiskLimit: 100}, nil
-}
-
-// nodeFixture is a node service over a fake mounter and launcher.
-type nodeFixture struct {
-	state   string
-	l       *fakeLauncher
-	mounter *mount.FakeMounter
-	srv     *nodeServer
-	c       csi.NodeClient
-}
-
-func newNodeFixture(t *testing.T, state string) *nodeFixture {
-	t.Helper()
-	mounter := mount.NewFakeMounter(nil)
-	f := &nodeFixture{state: state, l: &fakeLauncher{live: map[int]bool{}, mounter: mounter}, mounter: mounter}
-	srv, err := newNodeServer("node-1", state, filepath.Join(state, "cache"), f.l, f.mounter, f.mounter.Unmount)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.srv = srv
-	f.c = csi.NewNodeClient(serveInProcess(t, services{identity: &identityServer{}, node: srv}))
-	return f
-}
-
-func (f *nodeFixture) mounted(path string) bool {
-	mnt, _ := f.srv.sessions.mounted(path)
-	return mnt
-}
-
-var fileCtx = map[string]string{"source": "file:///srv/data"}
-
-func stageReq(id, staging string, ctx map[string]string) *csi.NodeStageVolumeRequest {
-	return &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: readerMany, VolumeContext: ctx}
-}
-
 func TestNodeStageVolume(t *testing.T) {
-	dir := t.TempDir()
-	f := newNodeFixture(t, filepath.Join(dir, "state"))
-	staging := filepath.Join(dir, "staging")
 	secrets := map[string]string{secretAccessKeyID: "AKIDEXAMPLE", secretSecretAccessKey: "wJalrXUtnFEMI/K7MDENG"}
 	writer := capability(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	stage := func(staging string) *csi.NodeStageVolumeRequest {
+		return withSecrets(stageReq("v", staging, fileCtx), secrets)
+	}
+	// Each row gets its own node; before (if set) is staged there first.
 	tests := []struct {
-		name     string
-		req      *csi.NodeStageVolumeRequest
-		wantCode codes.Code
-		wantMsg  string
+		name       string
+		before     func(staging string) *csi.NodeStageVolumeRequest
+		req        func(staging string) *csi.NodeStageVolumeRequest
+		wantCode   codes.Code
+		wantMsg    string
+		wantStarts int // sessions started, before's included
 	}{
-		{"no volume id", stageReq("", staging, fileCtx), codes.InvalidArgument, "volume id"},
-		{"no staging path", stageReq("v", "", fileCtx), codes.InvalidArgument, "staging target path"},
-		{"relative staging path", stageReq("v", "rel/dir", fileCtx), codes.InvalidArgument, "not absolute"},
-		{"no capability", &csi.NodeStageVolumeRequest{VolumeId: "v", StagingTargetPath: staging, VolumeContext: fileCtx},
-			codes.InvalidArgument, "capability"},
-		{"writer", &csi.NodeStageVolumeRequest{VolumeId: "v", StagingTargetPath: staging, VolumeContext: fileCtx,
-			VolumeCapability: writer}, codes.InvalidArgument, "read-only"},
-		{"no source", stageReq("v", staging, map[string]string{}), codes.InvalidArgument, "source"},
-		{"unknown attribute", stageReq("v", staging, map[string]string{"source": "file:///x", "foo": "1"}), codes.InvalidArgument, "foo"},
-		{"dataset without namespace", stageReq("v", staging, map[string]string{"dataset": "d"}), codes.InvalidArgument, "namespace/name"},
-		{"half the secrets", &csi.NodeStageVolumeRequest{VolumeId: "v", StagingTargetPath: staging, VolumeCapability: readerMany,
-			VolumeContext: fileCtx, Secrets: map[string]string{secretAccessKeyID: "AK"}}, codes.InvalidArgument, secretSecretAccessKey},
-		{"stage", &csi.NodeStageVolumeRequest{VolumeId: "v", StagingTargetPath: staging, VolumeCapability: readerMany,
-			VolumeContext: fileCtx, Secrets: secrets}, codes.OK, ""},
-		{"stage again", &csi.NodeStageVolumeRequest{VolumeId: "v", StagingTargetPath: staging, VolumeCapability: readerMany,
-			VolumeContext: fileCtx, Secrets: secrets}, codes.OK, ""},
-		{"other source at the same staging path", stageReq("w", staging, map[string]string{"source": "file:///other"}),
-			codes.AlreadyExists, "in use"},
+		{"no volume id", nil, func(s string) *csi.NodeStageVolumeRequest { return stageReq("", s, fileCtx) },
+			codes.InvalidArgument, "volume id", 0},
+		{"no staging path", nil, func(string) *csi.NodeStageVolumeRequest { return stageReq("v", "", fileCtx) },
+			codes.InvalidArgument, "staging target path", 0},
+		{"relative staging path", nil, func(string) *csi.NodeStageVolumeRequest { return stageReq("v", "rel/dir", fileCtx) },
+			codes.InvalidArgument, "not absolute", 0},
+		{"no capability", nil, func(s string) *csi.NodeStageVolumeRequest {
+			r := stageReq("v", s, fileCtx)
+			r.VolumeCapability = nil
+			return r
+		}, codes.InvalidArgument, "capability", 0},
+		{"writer", nil, func(s string) *csi.NodeStageVolumeRequest {
+			r := stageReq("v", s, fileCtx)
+			r.VolumeCapability = writer
+			return r
+		}, codes.InvalidArgument, "read-only", 0},
+		{"no source", nil, func(s string) *csi.NodeStageVolumeRequest { return stageReq("v", s, map[string]string{}) },
+			codes.InvalidArgument, "source", 0},
+		{"unknown attribute", nil, func(s string) *csi.NodeStageVolumeRequest {
+			return stageReq("v", s, map[string]string{"source": "file:///x", "foo": "1"})
+		}, codes.InvalidArgument, "foo", 0},
+		{"dataset without namespace", nil, func(s string) *csi.NodeStageVolumeRequest {
+			return stageReq("v", s, map[string]string{"dataset": "d"})
+		}, codes.InvalidArgument, "namespace/name", 0},
+		{"half the secrets", nil, func(s string) *csi.NodeStageVolumeRequest {
+			return withSecrets(stageReq("v", s, fileCtx), map[string]string{secretAccessKeyID: "AK"})
+		}, codes.InvalidArgument, secretSecretAccessKey, 0},
+		{"stage", nil, stage, codes.OK, "", 1},
+		{"stage again", stage, stage, codes.OK, "", 1},
+		{"other source at the same staging path", stage, func(s string) *csi.NodeStageVolumeRequest {
+			return stageReq("w", s, map[string]string{"source": "file:///other"})
+		}, codes.AlreadyExists, "in use", 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := f.c.NodeStageVolume(context.Background(), tc.req)
+			dir := t.TempDir()
+			f := newNodeFixture(t, filepath.Join(dir, "state"))
+			staging := filepath.Join(dir, "staging")
+			ctx := context.Background()
+			if tc.before != nil {
+				if _, err := f.c.NodeStageVolume(ctx, tc.before(staging)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			req := tc.req(staging)
+			_, err := f.c.NodeStageVolume(ctx, req)
 			wantCode(t, err, tc.wantCode, tc.wantMsg)
+			if f.l.starts != tc.wantStarts || f.l.running() != tc.wantStarts {
+				t.Errorf("%d sessions started, %d running; want %d", f.l.starts, f.l.running(), tc.wantStarts)
+			}
+			if staged := tc.wantStarts > 0; f.mounted(staging) != staged {
+				t.Errorf("staging path mounted %v, want %v", f.mounted(staging), staged)
+			}
+			if tc.wantCode == codes.OK && f.l.lastCreds.AccessKeyID != req.Secrets[secretAccessKeyID] {
+				t.Errorf("the serving process got access key %q, want the volume's", f.l.lastCreds.AccessKeyID)
+			}
+			assertNoSecrets(t, dir, secrets)
 		})
 	}
-	if !f.mounted(staging) || f.l.starts != 1 || f.l.running() != 1 {
-		t.Fatalf("after staging: mounted %v, starts %d, running %d", f.mounted(staging), f.l.starts, f.l.running())
-	}
-	if f.l.lastCreds.AccessKeyID != "AKIDEXAMPLE" {
-		t.Error("the serving process did not get the volume's credentials")
-	}
-	assertNoSecrets(t, dir, secrets)
+}
 
-	// Staging the same volume again changes nothing.
-	if _, err := f.c.NodeStageVolume(context.Background(), func() *csi.NodeStageVolumeRequest {
-		r := stageReq("v1", staging, fileCtx)
-		r.Secrets = secrets
-		return r
-	}()); err != nil || f.l.starts != 1 {
-		t.Fatalf("restaging: %v, %d starts; want no new session", err, f.l.starts)
+// TestNodeStageSessions: each staged volume is served by a session mounted
+// at its own staging path (the kubelet unstages a volume only when no
+// other mount of its device exists, so staged volumes cannot share one
+// mount), and the session ends with the volume's last unstage.
+func TestNodeStageSessions(t *testing.T) {
+	dir := t.TempDir()
+	f := newNodeFixture(t, filepath.Join(dir, "state"))
+	ctx := context.Background()
+	secrets := map[string]string{secretAccessKeyID: "AKIDEXAMPLE", secretSecretAccessKey: "wJalrXUtnFEMI/K7MDENG"}
+	staging, staging2, staging3 := filepath.Join(dir, "staging"), filepath.Join(dir, "staging2"), filepath.Join(dir, "staging3")
+	steps := []struct {
+		req        *csi.NodeStageVolumeRequest
+		wantStarts int
+	}{
+		{withSecrets(stageReq("v", staging, fileCtx), secrets), 1},
+		{withSecrets(stageReq("v1", staging, fileCtx), secrets), 1}, // the same volume again changes nothing
+		{withSecrets(stageReq("v2", staging2, fileCtx), secrets), 2},
+		{stageReq("v3", staging3, fileCtx), 3}, // other (no) credentials
 	}
-	// Each staged volume is served by a session mounted at its own staging
-	// path: the kubelet unstages a volume only when no other mount of its
-	// device exists, so staged volumes cannot share one mount.
-	staging2 := filepath.Join(dir, "staging2")
-	req := stageReq("v2", staging2, fileCtx)
-	req.Secrets = secrets
-	if _, err := f.c.NodeStageVolume(context.Background(), req); err != nil {
-		t.Fatal(err)
+	for _, st := range steps {
+		if _, err := f.c.NodeStageVolume(ctx, st.req); err != nil {
+			t.Fatal(err)
+		}
+		if f.l.starts != st.wantStarts || !f.mounted(st.req.GetStagingTargetPath()) {
+			t.Fatalf("staging %s at %s: %d starts, mounted %v; want %d starts", st.req.GetVolumeId(),
+				st.req.GetStagingTargetPath(), f.l.starts, f.mounted(st.req.GetStagingTargetPath()), st.wantStarts)
+		}
 	}
-	if f.l.starts != 2 || !f.mounted(staging2) {
-		t.Errorf("a second staged volume: %d starts, mounted %v; want its own session", f.l.starts, f.mounted(staging2))
-	}
-	req = stageReq("v3", filepath.Join(dir, "staging3"), fileCtx)
-	if _, err := f.c.NodeStageVolume(context.Background(), req); err != nil {
-		t.Fatal(err)
-	}
-	if f.l.starts != 3 {
-		t.Errorf("a volume with other credentials: %d starts, want 3", f.l.starts)
-	}
-	// The session ends with its last unstage; unstage is idempotent.
-	for _, p := range []string{staging, staging, staging2, filepath.Join(dir, "staging3")} {
-		if _, err := f.c.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: "v", StagingTargetPath: p}); err != nil {
+	// Unstage is idempotent.
+	for _, p := range []string{staging, staging, staging2, staging3} {
+		if _, err := f.c.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "v", StagingTargetPath: p}); err != nil {
 			t.Fatal(err)
 		}
 		if f.mounted(p) {
@@ -239,95 +165,144 @@ func TestNodeUnstageAndUnpublishArguments(t *testing.T) {
 }
 
 func TestNodePublishVolume(t *testing.T) {
-	dir := t.TempDir()
-	f := newNodeFixture(t, filepath.Join(dir, "state"))
-	ctx := context.Background()
-	staging := filepath.Join(dir, "staging")
-	if _, err := f.c.NodeStageVolume(ctx, stageReq("v", staging, fileCtx)); err != nil {
-		t.Fatal(err)
-	}
-	// With the fake mounter the staging path is a plain directory: give it
-	// the subdirectory a real session would show.
-	if err := os.MkdirAll(filepath.Join(staging, "models"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	target := filepath.Join(dir, "pods", "p1", "volume")
-	sub := map[string]string{"source": "file:///srv/data", "subPath": "models"}
-	pub := func(id, target, staging string, vctx map[string]string) *csi.NodePublishVolumeRequest {
-		return &csi.NodePublishVolumeRequest{VolumeId: id, TargetPath: target, StagingTargetPath: staging,
-			VolumeCapability: readerOne, VolumeContext: vctx}
-	}
+	// Paths of a row, below its own directory: volume "v" is staged at
+	// staging (stagedNode); target and target2 are two pods' volumes.
+	type paths struct{ dir, staging, target, target2 string }
+	publishSub := func(p paths) *csi.NodePublishVolumeRequest { return pubReq("v", p.target, p.staging, subCtx) }
 	tests := []struct {
 		name     string
-		req      *csi.NodePublishVolumeRequest
+		before   func(p paths) *csi.NodePublishVolumeRequest // published first, if set
+		req      func(p paths) *csi.NodePublishVolumeRequest
 		wantCode codes.Code
 		wantMsg  string
+		// wantFrom is what req's target is bound from afterwards, below
+		// the staging path ("": not mounted).
+		wantFrom string
 	}{
-		{"no volume id", pub("", target, staging, fileCtx), codes.InvalidArgument, "volume id"},
-		{"no target", pub("v", "", staging, fileCtx), codes.InvalidArgument, "target path"},
-		{"relative target", pub("v", "t", staging, fileCtx), codes.InvalidArgument, "not absolute"},
-		{"no capability", &csi.NodePublishVolumeRequest{VolumeId: "v", TargetPath: target, StagingTargetPath: staging,
-			VolumeContext: fileCtx}, codes.InvalidArgument, "capability"},
-		{"writer", &csi.NodePublishVolumeRequest{VolumeId: "v", TargetPath: target, StagingTargetPath: staging,
-			VolumeContext: fileCtx, VolumeCapability: capability(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)},
-			codes.InvalidArgument, "read-only"},
-		{"no staging path", pub("v", target, "", fileCtx), codes.InvalidArgument, "staged first"},
-		{"not staged", pub("v", target, filepath.Join(dir, "elsewhere"), fileCtx), codes.FailedPrecondition, "not staged"},
-		{"missing subPath", pub("v", target, staging, map[string]string{"source": "file:///srv/data", "subPath": "nope"}),
-			codes.InvalidArgument, `subPath "nope" does not exist`},
-		{"publish subPath", pub("v", target, staging, sub), codes.OK, ""},
-		{"publish again", pub("v", target, staging, sub), codes.OK, ""},
-		{"same target, other subPath", pub("v", target, staging, fileCtx), codes.AlreadyExists, "already published"},
-		{"second pod", pub("v", filepath.Join(dir, "pods", "p2", "volume"), staging, fileCtx), codes.OK, ""},
+		{"no volume id", nil, func(p paths) *csi.NodePublishVolumeRequest { return pubReq("", p.target, p.staging, fileCtx) },
+			codes.InvalidArgument, "volume id", ""},
+		{"no target", nil, func(p paths) *csi.NodePublishVolumeRequest { return pubReq("v", "", p.staging, fileCtx) },
+			codes.InvalidArgument, "target path", ""},
+		{"relative target", nil, func(p paths) *csi.NodePublishVolumeRequest { return pubReq("v", "t", p.staging, fileCtx) },
+			codes.InvalidArgument, "not absolute", ""},
+		{"no capability", nil, func(p paths) *csi.NodePublishVolumeRequest {
+			r := pubReq("v", p.target, p.staging, fileCtx)
+			r.VolumeCapability = nil
+			return r
+		}, codes.InvalidArgument, "capability", ""},
+		{"writer", nil, func(p paths) *csi.NodePublishVolumeRequest {
+			r := pubReq("v", p.target, p.staging, fileCtx)
+			r.VolumeCapability = capability(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)
+			return r
+		}, codes.InvalidArgument, "read-only", ""},
+		{"no staging path", nil, func(p paths) *csi.NodePublishVolumeRequest { return pubReq("v", p.target, "", fileCtx) },
+			codes.InvalidArgument, "staged first", ""},
+		{"not staged", nil, func(p paths) *csi.NodePublishVolumeRequest {
+			return pubReq("v", p.target, filepath.Join(p.dir, "elsewhere"), fileCtx)
+		}, codes.FailedPrecondition, "not staged", ""},
+		{"missing subPath", nil, func(p paths) *csi.NodePublishVolumeRequest {
+			return pubReq("v", p.target, p.staging, map[string]string{"source": "file:///srv/data", "subPath": "nope"})
+		}, codes.InvalidArgument, `subPath "nope" does not exist`, ""},
+		{"publish subPath", nil, publishSub, codes.OK, "", "models"},
+		{"publish again", publishSub, publishSub, codes.OK, "", "models"},
+		{"same target, other subPath", publishSub, func(p paths) *csi.NodePublishVolumeRequest {
+			return pubReq("v", p.target, p.staging, fileCtx)
+		}, codes.AlreadyExists, "already published", "models"},
+		{"second pod", publishSub, func(p paths) *csi.NodePublishVolumeRequest {
+			return pubReq("v", p.target2, p.staging, fileCtx)
+		}, codes.OK, "", "."},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := f.c.NodePublishVolume(ctx, tc.req)
+			f, dir, staging := stagedNode(t)
+			p := paths{dir: dir, staging: staging, target: filepath.Join(dir, "pods", "p1", "volume"),
+				target2: filepath.Join(dir, "pods", "p2", "volume")}
+			ctx := context.Background()
+			if tc.before != nil {
+				if _, err := f.c.NodePublishVolume(ctx, tc.before(p)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			req := tc.req(p)
+			_, err := f.c.NodePublishVolume(ctx, req)
 			wantCode(t, err, tc.wantCode, tc.wantMsg)
+			var want []string
+			switch tc.wantFrom {
+			case "":
+			case ".":
+				// A bind of the staging path itself shows the session's
+				// device, as /proc/mounts does (the fake mounter resolves it).
+				want = []string{"sluice"}
+			default:
+				want = []string{filepath.Join(staging, tc.wantFrom)}
+			}
+			if got := f.mountsAt(req.GetTargetPath()); !slices.Equal(got, want) {
+				t.Errorf("target bound from %v, want %v", got, want)
+			}
+			for _, mp := range f.mounter.MountPoints {
+				if mp.Path == req.GetTargetPath() && strings.Join(mp.Opts, ",") != "bind,ro" {
+					t.Errorf("target mount options %v, want bind,ro", mp.Opts)
+				}
+			}
+			if f.l.starts != 1 || f.l.running() != 1 {
+				t.Errorf("%d sessions started, %d running; want the staged one only", f.l.starts, f.l.running())
+			}
 		})
 	}
-	if !f.mounted(target) {
-		t.Fatal("target not mounted")
-	}
-	var opts []string
-	for _, mp := range f.mounter.MountPoints {
-		if mp.Path == target {
-			opts = mp.Opts
-			if mp.Device != filepath.Join(staging, "models") {
-				t.Errorf("target bound from %s, want the staging path's subPath", mp.Device)
-			}
-		}
-	}
-	if strings.Join(opts, ",") != "bind,ro" {
-		t.Errorf("target mount options %v, want bind,ro", opts)
-	}
+}
 
-	// Stats: by target or staging path; NotFound elsewhere.
-	st, err := f.c.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "v", VolumePath: target})
-	if err != nil || st.GetUsage()[0].GetUsed() != 10 || st.GetUsage()[0].GetTotal() != 100 {
-		t.Fatalf("NodeGetVolumeStats = %v, %v", st, err)
-	}
-	for _, tc := range []struct {
+func TestNodeGetVolumeStats(t *testing.T) {
+	tests := []struct {
 		name     string
-		req      *csi.NodeGetVolumeStatsRequest
+		req      func(staging, target string) *csi.NodeGetVolumeStatsRequest
 		wantCode codes.Code
 	}{
-		{"no id", &csi.NodeGetVolumeStatsRequest{VolumePath: target}, codes.InvalidArgument},
-		{"no path", &csi.NodeGetVolumeStatsRequest{VolumeId: "v"}, codes.InvalidArgument},
-		{"unknown path", &csi.NodeGetVolumeStatsRequest{VolumeId: "v", VolumePath: "/some/path"}, codes.NotFound},
-		{"other volume", &csi.NodeGetVolumeStatsRequest{VolumeId: "w", VolumePath: target}, codes.NotFound},
-		{"staging path", &csi.NodeGetVolumeStatsRequest{VolumeId: "v", VolumePath: staging}, codes.OK},
-	} {
-		_, err := f.c.NodeGetVolumeStats(ctx, tc.req)
-		if status.Code(err) != tc.wantCode {
-			t.Errorf("stats %s: code %v, want %v", tc.name, status.Code(err), tc.wantCode)
-		}
+		{"no id", func(_, target string) *csi.NodeGetVolumeStatsRequest {
+			return &csi.NodeGetVolumeStatsRequest{VolumePath: target}
+		}, codes.InvalidArgument},
+		{"no path", func(_, _ string) *csi.NodeGetVolumeStatsRequest {
+			return &csi.NodeGetVolumeStatsRequest{VolumeId: "v"}
+		}, codes.InvalidArgument},
+		{"unknown path", func(_, _ string) *csi.NodeGetVolumeStatsRequest {
+			return &csi.NodeGetVolumeStatsRequest{VolumeId: "v", VolumePath: "/some/path"}
+		}, codes.NotFound},
+		{"other volume", func(_, target string) *csi.NodeGetVolumeStatsRequest {
+			return &csi.NodeGetVolumeStatsRequest{VolumeId: "w", VolumePath: target}
+		}, codes.NotFound},
+		{"target path", func(_, target string) *csi.NodeGetVolumeStatsRequest {
+			return &csi.NodeGetVolumeStatsRequest{VolumeId: "v", VolumePath: target}
+		}, codes.OK},
+		{"staging path", func(staging, _ string) *csi.NodeGetVolumeStatsRequest {
+			return &csi.NodeGetVolumeStatsRequest{VolumeId: "v", VolumePath: staging}
+		}, codes.OK},
 	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, staging, target := publishedNode(t)
+			st, err := f.c.NodeGetVolumeStats(context.Background(), tc.req(staging, target))
+			wantCode(t, err, tc.wantCode, "")
+			if tc.wantCode != codes.OK {
+				return
+			}
+			// The fake session has 4 bytes in memory and 6 on a disk of 100.
+			u := st.GetUsage()
+			if len(u) != 1 || u[0].GetUsed() != 10 || u[0].GetTotal() != 100 || u[0].GetAvailable() != 94 {
+				t.Errorf("usage %v; want used 10, total 100, available 94", u)
+			}
+		})
+	}
+}
 
+func TestNodeUnpublishVolume(t *testing.T) {
+	f, _, target := publishedNode(t)
+	ctx := context.Background()
 	// Unpublish removes the mount and the directory, idempotently.
 	for i := 0; i < 2; i++ {
 		if _, err := f.c.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "v", TargetPath: target}); err != nil {
 			t.Fatal(err)
+		}
+		if f.mounted(target) {
+			t.Fatalf("unpublish %d: target still mounted", i+1)
 		}
 	}
 	if _, err := os.Stat(target); !os.IsNotExist(err) {
@@ -375,23 +350,6 @@ func TestNodePublishEphemeral(t *testing.T) {
 			t.Errorf("after unpublishing %d of 2 inline volumes: %d sessions running, want %d", i+1, f.l.running(), want)
 		}
 	}
-}
-
-// assertNoSecrets fails if a secret value appears in any file below dir.
-func assertNoSecrets(t *testing.T, dir string, secrets map[string]string) {
-	t.Helper()
-	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return nil
-		}
-		data, _ := os.ReadFile(p)
-		for _, v := range secrets {
-			if strings.Contains(string(data), v) {
-				t.Errorf("secret written to %s", p)
-			}
-		}
-		return nil
-	})
 }
 
 func TestNodeReconcile(t *testing.T) {

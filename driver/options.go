@@ -165,10 +165,12 @@ func (o *Options) Run(ctx context.Context) error {
 				return fmt.Errorf("finding the sluice binary: %w", err)
 			}
 		}
+		keeper := &fdKeeper{}
 		l := &procLauncher{binary: bin, wait: o.ServeWait, tokenFile: o.WorkerTokenFile,
-			cgroup: o.SessionCgroup, cgroupRoot: o.CgroupRoot,
+			cgroup: o.SessionCgroup, cgroupRoot: o.CgroupRoot, keeper: keeper,
 			args: append([]string{"--cache-memory", o.CacheMemory}, o.ChildArgs...)}
-		n, err := newNodeServer(o.NodeID, o.StateDir, o.CacheDir, l, mount.NewWithoutSystemd(""), mountutil.Unmount)
+		n, err := newNodeServer(o.NodeID, o.StateDir, o.CacheDir, sessionDeps{launcher: l, conns: keeper,
+			mounter: mount.NewWithoutSystemd(""), unmount: mountutil.Unmount})
 		if err != nil {
 			return err
 		}
@@ -200,12 +202,12 @@ func (o *Options) Run(ctx context.Context) error {
 }
 
 // newNodeServer builds the node service over its state directory.
-func newNodeServer(nodeID, stateDir, cacheDir string, l launcher, m mount.Interface, unmount func(string) error) (*nodeServer, error) {
+func newNodeServer(nodeID, stateDir, cacheDir string, deps sessionDeps) (*nodeServer, error) {
 	dir := filepath.Join(stateDir, "sessions")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("--state-dir: %w", err)
 	}
 	return &nodeServer{nodeID: nodeID, sessions: &sessionManager{
-		dir: dir, cacheDir: cacheDir, launcher: l, mounter: m, unmount: unmount, sessions: map[string]*session{},
+		dir: dir, cacheDir: cacheDir, sessionDeps: deps, sessions: map[string]*session{},
 	}}, nil
 }

@@ -15,137 +15,58 @@ import (
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 
-	"github.com/sluice-dev/sluice/internal/fusefs"
+	"github.com/sluice-dev/sluice/driver/state"
 )
 
 // Lock order: session.op before sessionManager.mu. mu is held only for
 // short map and ref updates, never across a launch, a mount or a wait.
 
-// refKind says why a path refers to a session.
-type refKind string
-
-const (
-	refStage     refKind = "stage"     // a staging path bound to the session's mount
-	refPublish   refKind = "publish"   // a target bound from a staging path (subPath)
-	refEphemeral refKind = "ephemeral" // an inline volume's target bound to the session's mount
-)
-
-// ref is one path that refers to a session. Stage and ephemeral refs keep
-// the session alive; publish refs are remembered for stats and re-binding.
-type ref struct {
-	Kind     refKind `json:"kind"`
-	VolumeID string  `json:"volumeId"`
-	Path     string  `json:"path"`
-	SubPath  string  `json:"subPath,omitempty"`
-	From     string  `json:"from,omitempty"` // publish: the staging path
-}
-
-// sessionRecord is the state file of one FUSE session. It holds no
-// secrets: NeedsCreds says that a re-serve needs the volume's secrets,
-// which only the next NodeStageVolume (or NodePublishVolume) brings. A
-// dataset session (Dataset and Workers instead of Source) reads through
-// the cache workers with the node's own token and never needs secrets.
-type sessionRecord struct {
-	Key       string `json:"key"`
-	Source    string `json:"source,omitempty"`
-	Dataset   string `json:"dataset,omitempty"` // namespace/name
-	Workers   string `json:"workers,omitempty"` // host:port of the Dataset's workers
-	CacheSize string `json:"cacheSize,omitempty"`
-	Readahead string `json:"readahead,omitempty"`
-	Dir       string `json:"dir"`
-	CacheDir  string `json:"cacheDir"`
-	Pid       int    `json:"pid"`
-	StartTime uint64 `json:"startTime"`
-	// Generation counts the children that served the current FUSE
-	// connection (1: the one that mounted it).
-	Generation int   `json:"generation,omitempty"`
-	NeedsCreds bool  `json:"needsCredentials"`
-	Refs       []ref `json:"refs"`
-	// MountAt, when set, is where the child mounts: the staging path of a
-	// staged volume. The kubelet unstages a volume only when no other
-	// mount of its device exists (GetDeviceMountRefs), so a staged
-	// session must not keep a mount of its own beside the staging path.
-	MountAt string `json:"mountAt,omitempty"`
-}
-
-func (r *sessionRecord) mountDir() string {
-	if r.MountAt != "" {
-		return r.MountAt
-	}
-	return filepath.Join(r.Dir, "mnt")
-}
-
-// origin names what the session serves, for logs.
-func (r *sessionRecord) origin() string {
-	if r.Dataset != "" {
-		return "dataset " + r.Dataset
-	}
-	return r.Source
-}
-
-func (r *sessionRecord) statsSocket() string { return filepath.Join(r.Dir, "stats.sock") }
-func (r *sessionRecord) logFile() string     { return filepath.Join(r.Dir, "serve.log") }
-func (r *sessionRecord) stateFile() string   { return filepath.Join(r.Dir, "session.json") }
-
-// The serving child's handover files (fusefs.Handover), in the session's
-// directory: the connection's INIT, the inode log and the handback socket.
-func (r *sessionRecord) handoverFiles() []string {
-	h := handoverIn(r.Dir)
-	return []string{h.InitFile, h.InodeLog, h.OpenLog, h.HandbackSocket}
-}
-func (r *sessionRecord) handbackSocket() string { return handoverIn(r.Dir).HandbackSocket }
-
-// handoverIn names the handover files in a session directory.
-func handoverIn(dir string) fusefs.Handover {
-	return fusefs.Handover{InitFile: filepath.Join(dir, "fuse-init"), InodeLog: filepath.Join(dir, "inodes"),
-		OpenLog: filepath.Join(dir, "opens"), HandbackSocket: filepath.Join(dir, "fuse.sock")}
-}
-
-// refAt returns the ref at path, if any.
-func (r *sessionRecord) refAt(path string) (ref, bool) {
-	i := slices.IndexFunc(r.Refs, func(x ref) bool { return x.Path == path })
-	if i < 0 {
-		return ref{}, false
-	}
-	return r.Refs[i], true
-}
-
-// pinned reports whether a stage or ephemeral ref keeps the session alive.
-func (r *sessionRecord) pinned() bool {
-	return slices.ContainsFunc(r.Refs, func(x ref) bool { return x.Kind != refPublish })
-}
-
 // session is one FUSE session: a serving child and the paths bound to it.
 type session struct {
 	op    sync.Mutex    // serializes operations on this session
-	rec   sessionRecord // refs change under op and the manager's mu
+	rec   state.Session // refs change under op and the manager's mu
 	creds credentials   // in memory only, for re-serving
 	gone  bool          // stopped and removed from the manager
 }
 
-// launcher starts and supervises serving processes (procLauncher; a fake
+// release ends the operation on s that acquire or acquireByPath began. A
+// nil s (none found) is no operation, so that an RPC can defer release
+// right after acquiring, whatever it found.
+func (s *session) release() {
+	if s != nil {
+		s.op.Unlock()
+	}
+}
+
+// launcher starts and supervises serving children (procLauncher; a fake
 // in unit tests).
 type launcher interface {
 	// start launches a child serving rec's source (or Dataset) at
-	// rec.mountDir() and returns once it serves, recording its pid and
-	// start time in rec.
-	start(ctx context.Context, rec *sessionRecord, creds credentials) error
+	// rec.MountDir() and returns once it serves, recording its pid, start
+	// time and generation in rec.
+	start(ctx context.Context, rec *state.Session, creds credentials) error
 	// alive reports whether rec's child is running.
-	alive(rec *sessionRecord) bool
+	alive(rec *state.Session) bool
 	// stop ends rec's child (SIGTERM, then SIGKILL) and waits for it.
-	stop(ctx context.Context, rec *sessionRecord) error
+	stop(ctx context.Context, rec *state.Session) error
 	// adopt takes over a live child that an earlier node process started
 	// and returns the credentials it serves with (from its environment,
 	// so that it can be served again if it dies; nothing is on disk).
-	adopt(rec *sessionRecord) credentials
+	adopt(rec *state.Session) credentials
 	// stats asks rec's child for its counters.
-	stats(ctx context.Context, rec *sessionRecord) (sessionStats, error)
-	// holds reports whether the launcher holds rec's live FUSE connection
-	// (its /dev/fuse descriptor): then start hands it to the new child,
-	// and nothing is mounted or bound again.
-	holds(rec *sessionRecord) bool
-	// release closes rec's FUSE descriptor.
-	release(rec *sessionRecord)
+	stats(ctx context.Context, rec *state.Session) (sessionStats, error)
+}
+
+// connKeeper keeps the sessions' live FUSE connections, their /dev/fuse
+// descriptors, across the death of a serving child (fdKeeper; a fake in
+// unit tests).
+type connKeeper interface {
+	// holds reports whether the live FUSE connection of session key is
+	// kept: then the launcher hands it to the new child, and nothing is
+	// mounted or bound again.
+	holds(key string) bool
+	// drop closes session key's descriptor.
+	drop(key string)
 }
 
 // sessionStats are a session's counters.
@@ -157,13 +78,19 @@ type sessionStats struct {
 	DiskLimit   int64 `json:"diskLimit"`
 }
 
-// sessionManager owns the node's sessions and their state files.
+// sessionDeps are what the sessions are served and mounted with.
+type sessionDeps struct {
+	launcher launcher
+	conns    connKeeper
+	mounter  mount.Interface
+	unmount  func(path string) error // detaches lazily (mountutil.Unmount)
+}
+
+// sessionManager owns the node's sessions and their records.
 type sessionManager struct {
 	dir      string // <state-dir>/sessions
 	cacheDir string // "" disables the disk tier
-	launcher launcher
-	mounter  mount.Interface
-	unmount  func(path string) error // detaches lazily (mountutil.Unmount)
+	sessionDeps
 
 	mu       sync.Mutex
 	sessions map[string]*session
@@ -182,8 +109,9 @@ func sessionKey(src string, c credentials) string {
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
-// acquire returns the session for key, locked, creating it from spec if
-// create is set (nil if it does not exist and create is not set).
+// acquire begins an operation on the session for key: it returns the
+// session locked, creating it from spec if there is none (nil if there is
+// none and spec is nil). The caller defers s.release().
 func (m *sessionManager) acquire(key string, spec *volumeSpec) *session {
 	for {
 		m.mu.Lock()
@@ -193,7 +121,7 @@ func (m *sessionManager) acquire(key string, spec *volumeSpec) *session {
 				m.mu.Unlock()
 				return nil
 			}
-			s = &session{rec: sessionRecord{
+			s = &session{rec: state.Session{
 				Key: key, Source: spec.Source, Dataset: spec.Dataset, CacheSize: spec.CacheSize, Readahead: spec.Readahead,
 				Dir: filepath.Join(m.dir, key),
 			}}
@@ -211,27 +139,40 @@ func (m *sessionManager) acquire(key string, spec *volumeSpec) *session {
 	}
 }
 
-// acquireByPath returns the locked session that has a ref at path.
-func (m *sessionManager) acquireByPath(path string) (*session, ref) {
+// acquireByPath begins an operation on the session that has a ref at
+// path: it returns the session locked and the ref (nil if no session has
+// one). The caller defers s.release().
+func (m *sessionManager) acquireByPath(path string) (*session, state.Ref) {
 	for {
 		m.mu.Lock()
 		var found *session
 		for _, s := range m.sessions {
-			if _, ok := s.rec.refAt(path); ok {
+			if _, ok := s.rec.RefAt(path); ok {
 				found = s
 				break
 			}
 		}
 		m.mu.Unlock()
 		if found == nil {
-			return nil, ref{}
+			return nil, state.Ref{}
 		}
 		found.op.Lock()
-		if r, ok := found.rec.refAt(path); ok && !found.gone {
+		if r, ok := found.rec.RefAt(path); ok && !found.gone {
 			return found, r
 		}
 		found.op.Unlock()
 	}
+}
+
+// recordAt returns a copy of the record of the session that has a ref of
+// volumeID at path (false if none has).
+func (m *sessionManager) recordAt(path, volumeID string) (state.Session, bool) {
+	s, r := m.acquireByPath(path)
+	defer s.release()
+	if s == nil || r.VolumeID != volumeID {
+		return state.Session{}, false
+	}
+	return s.rec, true
 }
 
 // keyOfPath returns the key of the session with a ref at path ("" if none).
@@ -239,7 +180,7 @@ func (m *sessionManager) keyOfPath(path string) string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k, s := range m.sessions {
-		if _, ok := s.rec.refAt(path); ok {
+		if _, ok := s.rec.RefAt(path); ok {
 			return k
 		}
 	}
@@ -247,9 +188,9 @@ func (m *sessionManager) keyOfPath(path string) string {
 }
 
 // setRef adds or replaces the ref at r.Path and saves the record.
-func (m *sessionManager) setRef(s *session, r ref) error {
+func (m *sessionManager) setRef(s *session, r state.Ref) error {
 	m.mu.Lock()
-	s.rec.Refs = slices.DeleteFunc(s.rec.Refs, func(x ref) bool { return x.Path == r.Path })
+	s.rec.Refs = slices.DeleteFunc(s.rec.Refs, func(x state.Ref) bool { return x.Path == r.Path })
 	s.rec.Refs = append(s.rec.Refs, r)
 	m.mu.Unlock()
 	return m.save(s)
@@ -258,20 +199,18 @@ func (m *sessionManager) setRef(s *session, r ref) error {
 // dropRef removes the ref at path and saves the record.
 func (m *sessionManager) dropRef(s *session, path string) error {
 	m.mu.Lock()
-	s.rec.Refs = slices.DeleteFunc(s.rec.Refs, func(x ref) bool { return x.Path == path })
+	s.rec.Refs = slices.DeleteFunc(s.rec.Refs, func(x state.Ref) bool { return x.Path == path })
 	m.mu.Unlock()
 	return m.save(s)
 }
 
+// save writes s's record (a copy taken under mu).
 func (m *sessionManager) save(s *session) error {
-	if err := os.MkdirAll(s.rec.Dir, 0o700); err != nil {
-		return err
-	}
 	m.mu.Lock()
 	rec := s.rec
 	rec.Refs = slices.Clone(s.rec.Refs)
 	m.mu.Unlock()
-	return writeJSON(rec.stateFile(), &rec)
+	return state.Save(&rec)
 }
 
 // ensureServing (re)starts s's child unless it is alive, then re-binds
@@ -288,7 +227,7 @@ func (m *sessionManager) ensureServing(ctx context.Context, s *session, creds cr
 		return fmt.Errorf("%w: session %s needs the volume's secrets to be served again", errPrecondition, s.rec.Key)
 	}
 	s.rec.NeedsCreds = !s.creds.empty()
-	if m.launcher.holds(&s.rec) {
+	if m.conns.holds(s.rec.Key) {
 		// The connection lived on: its readers wait for the new child.
 		err := m.launcher.start(ctx, &s.rec, s.creds)
 		if err == nil {
@@ -297,12 +236,12 @@ func (m *sessionManager) ensureServing(ctx context.Context, s *session, creds cr
 			return m.save(s)
 		}
 		klog.ErrorS(err, "Taking the FUSE connection over failed; mounting again", "session", s.rec.Key)
-		m.launcher.release(&s.rec)
+		m.conns.drop(s.rec.Key)
 	}
-	if err := m.detachIfMounted(s.rec.mountDir()); err != nil {
+	if err := m.detachIfMounted(s.rec.MountDir()); err != nil {
 		return err
 	}
-	for _, d := range []string{s.rec.Dir, s.rec.mountDir()} {
+	for _, d := range []string{s.rec.Dir, s.rec.MountDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
@@ -316,7 +255,7 @@ func (m *sessionManager) ensureServing(ctx context.Context, s *session, creds cr
 		s.rec.Pid = 0
 		return err
 	}
-	klog.InfoS("Serving session", "session", s.rec.Key, "source", s.rec.origin(), "pid", s.rec.Pid)
+	klog.InfoS("Serving session", "session", s.rec.Key, "source", s.rec.Origin(), "pid", s.rec.Pid)
 	if err := m.save(s); err != nil {
 		return err
 	}
@@ -328,16 +267,16 @@ func (m *sessionManager) ensureServing(ctx context.Context, s *session, creds cr
 // paths.
 func (m *sessionManager) rebind(s *session) error {
 	var errs []error
-	for _, kinds := range [][]refKind{{refStage, refEphemeral}, {refPublish}} {
+	for _, kinds := range [][]state.RefKind{{state.RefStage, state.RefEphemeral}, {state.RefPublish}} {
 		for _, r := range s.rec.Refs {
 			if !slices.Contains(kinds, r.Kind) {
 				continue
 			}
-			if r.Path == s.rec.mountDir() {
+			if r.Path == s.rec.MountDir() {
 				continue // the child's own mount point
 			}
-			from := filepath.Join(s.rec.mountDir(), r.SubPath)
-			if r.Kind == refPublish {
+			from := filepath.Join(s.rec.MountDir(), r.SubPath)
+			if r.Kind == state.RefPublish {
 				from = filepath.Join(r.From, r.SubPath)
 			}
 			if err := m.detachIfMounted(r.Path); err != nil {
@@ -360,29 +299,23 @@ func (m *sessionManager) stop(ctx context.Context, s *session) error {
 			return fmt.Errorf("stopping session %s: %w", s.rec.Key, err)
 		}
 	}
-	if err := m.detachIfMounted(s.rec.mountDir()); err != nil {
+	if err := m.detachIfMounted(s.rec.MountDir()); err != nil {
 		return err
 	}
-	files := append(s.rec.handoverFiles(), s.rec.statsSocket(), s.rec.logFile(), s.rec.stateFile(), s.rec.Dir)
-	if s.rec.MountAt == "" {
-		files = append([]string{s.rec.mountDir()}, files...) // a staging path is the kubelet's to remove
-	}
-	for _, p := range files {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			klog.ErrorS(err, "Could not remove a session file", "path", p)
-		}
+	if err := state.Remove(&s.rec); err != nil {
+		klog.ErrorS(err, "Could not remove a session file", "session", s.rec.Key)
 	}
 	m.mu.Lock()
 	delete(m.sessions, s.rec.Key)
 	s.gone = true
 	m.mu.Unlock()
-	klog.InfoS("Session stopped", "session", s.rec.Key, "source", s.rec.origin())
+	klog.InfoS("Session stopped", "session", s.rec.Key, "source", s.rec.Origin())
 	return nil
 }
 
-// release stops s if nothing pins it any more.
-func (m *sessionManager) release(ctx context.Context, s *session) error {
-	if s.rec.pinned() {
+// stopUnlessPinned stops s if nothing pins it any more.
+func (m *sessionManager) stopUnlessPinned(ctx context.Context, s *session) error {
+	if s.rec.Pinned() {
 		return nil
 	}
 	return m.stop(ctx, s)
@@ -423,48 +356,50 @@ func (m *sessionManager) bind(from, target string) error {
 	return nil
 }
 
-// reconcile loads the state files: sessions whose child lives are adopted;
-// dead ones are served again when they need no secrets (their paths
-// re-bound), else their stale mount is detached and they wait for the next
-// NodeStageVolume; sessions that nothing pins are stopped.
+// reconcile loads the session records: sessions whose child lives are
+// adopted; dead ones are served again when they need no secrets (their
+// paths re-bound), else their stale mount is detached and they wait for
+// the next NodeStageVolume; sessions that nothing pins are stopped.
 func (m *sessionManager) reconcile(ctx context.Context) error {
-	files, err := filepath.Glob(filepath.Join(m.dir, "*", "session.json"))
+	recs, err := state.List(m.dir)
 	if err != nil {
 		return err
 	}
-	for _, f := range files {
-		s := &session{}
-		if err := readJSON(f, &s.rec); err != nil {
-			klog.ErrorS(err, "Skipping an unreadable session record", "file", f)
-			continue
-		}
-		m.mu.Lock()
-		m.sessions[s.rec.Key] = s
-		m.mu.Unlock()
-		s.op.Lock()
-		switch {
-		case !s.rec.pinned():
-			err = m.stop(ctx, s)
-		case s.rec.Pid != 0 && m.launcher.alive(&s.rec):
-			s.creds = m.launcher.adopt(&s.rec)
-			klog.InfoS("Adopted a serving session", "session", s.rec.Key, "pid", s.rec.Pid, "refs", len(s.rec.Refs))
-		case s.rec.NeedsCreds:
-			klog.InfoS("Session needs its volume's secrets to serve again; waiting for NodeStageVolume",
-				"session", s.rec.Key, "source", s.rec.origin())
-			s.rec.Pid = 0
-			if err = m.detachIfMounted(s.rec.mountDir()); err == nil {
-				err = m.save(s)
-			}
-		default:
-			klog.InfoS("Serving a session again after its process died", "session", s.rec.Key, "source", s.rec.origin())
-			err = m.ensureServing(ctx, s, credentials{})
-		}
-		s.op.Unlock()
-		if err != nil {
-			klog.ErrorS(err, "Reconciling a session", "session", s.rec.Key)
+	for _, rec := range recs {
+		if err := m.restore(ctx, rec); err != nil {
+			klog.ErrorS(err, "Reconciling a session", "session", rec.Key)
 		}
 	}
 	return nil
+}
+
+// restore takes over one session that rec records (see reconcile).
+func (m *sessionManager) restore(ctx context.Context, rec state.Session) error {
+	s := &session{rec: rec}
+	m.mu.Lock()
+	m.sessions[rec.Key] = s
+	m.mu.Unlock()
+	s.op.Lock()
+	defer s.release()
+	switch {
+	case !s.rec.Pinned():
+		return m.stop(ctx, s)
+	case s.rec.Pid != 0 && m.launcher.alive(&s.rec):
+		s.creds = m.launcher.adopt(&s.rec)
+		klog.InfoS("Adopted a serving session", "session", s.rec.Key, "pid", s.rec.Pid, "refs", len(s.rec.Refs))
+		return nil
+	case s.rec.NeedsCreds:
+		klog.InfoS("Session needs its volume's secrets to serve again; waiting for NodeStageVolume",
+			"session", s.rec.Key, "source", s.rec.Origin())
+		s.rec.Pid = 0
+		if err := m.detachIfMounted(s.rec.MountDir()); err != nil {
+			return err
+		}
+		return m.save(s)
+	default:
+		klog.InfoS("Serving a session again after its process died", "session", s.rec.Key, "source", s.rec.Origin())
+		return m.ensureServing(ctx, s, credentials{})
+	}
 }
 
 // watch serves sessions again whose child died while this process runs
@@ -487,18 +422,24 @@ func (m *sessionManager) watch(ctx context.Context, every time.Duration, wake <-
 		}
 		m.mu.Unlock()
 		for _, k := range keys {
-			s := m.acquire(k, nil)
-			if s == nil {
-				continue
-			}
-			dead := s.rec.Pid == 0 || !m.launcher.alive(&s.rec)
-			if s.rec.pinned() && dead && !(s.rec.NeedsCreds && s.creds.empty()) {
-				klog.InfoS("Serving process died; serving again", "session", k, "pid", s.rec.Pid)
-				if err := m.ensureServing(ctx, s, credentials{}); err != nil {
-					klog.ErrorS(err, "Could not serve a session again", "session", k)
-				}
-			}
-			s.op.Unlock()
+			m.serveIfDead(ctx, k)
+		}
+	}
+}
+
+// serveIfDead serves session key again if its child died, something pins
+// it and its secrets (if it needs any) are in memory.
+func (m *sessionManager) serveIfDead(ctx context.Context, key string) {
+	s := m.acquire(key, nil)
+	defer s.release()
+	if s == nil {
+		return
+	}
+	dead := s.rec.Pid == 0 || !m.launcher.alive(&s.rec)
+	if s.rec.Pinned() && dead && !(s.rec.NeedsCreds && s.creds.empty()) {
+		klog.InfoS("Serving process died; serving again", "session", key, "pid", s.rec.Pid)
+		if err := m.ensureServing(ctx, s, credentials{}); err != nil {
+			klog.ErrorS(err, "Could not serve a session again", "session", key)
 		}
 	}
 }

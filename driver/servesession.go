@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
 
+	"github.com/sluice-dev/sluice/driver/state"
 	"github.com/sluice-dev/sluice/internal/app"
 	"github.com/sluice-dev/sluice/internal/datapath"
 	"github.com/sluice-dev/sluice/internal/fusefs"
@@ -66,7 +67,7 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin before giving up")
 	fs.IntVar(&o.FuseFD, "fuse-fd", 0, "inherited /dev/fuse descriptor already mounted at --mount-dir (0: mount here)")
-	fs.StringVar(&o.HandoverDir, "handover-dir", "", "with --fuse-fd: directory of the connection's INIT record, inode log and handback socket")
+	fs.StringVar(&o.HandoverDir, "handover-dir", "", "with --fuse-fd: directory of the connection's INIT record, inode and open logs and handback socket")
 	fs.IntVar(&o.Generation, "generation", 1, "with --fuse-fd: this process's number among the connection's servers")
 	fs.BoolVar(&o.Resume, "resume", false, "with --fuse-fd: take over a connection whose previous server died")
 }
@@ -76,16 +77,8 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 // mount is unmounted from outside. Failures before serving are also
 // reported, with their gRPC code, on o.ReadyFD.
 func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
-	var ready *os.File
-	if o.ReadyFD > 0 {
-		ready = os.NewFile(uintptr(o.ReadyFD), "ready")
-		defer func() {
-			if err != nil {
-				fmt.Fprintf(ready, "error %d %s\n", codeOf(err), oneLine(err.Error()))
-			}
-			ready.Close()
-		}()
-	}
+	report := inheritedReadyPipe(o.ReadyFD)
+	defer func() { report.fail(err) }() // nothing once ready
 	if (o.Source == "") == (o.Dataset == "") || (o.Dataset != "" && o.Workers == "") || !filepath.IsAbs(o.MountDir) {
 		return fmt.Errorf("%w: serve-session needs --source or --dataset with --workers, and an absolute --mount-dir", errInvalid)
 	}
@@ -117,7 +110,7 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 	})
 	var mnt *fusefs.Mount
 	if o.FuseFD > 0 {
-		h := handoverIn(o.HandoverDir)
+		h := state.HandoverIn(o.HandoverDir)
 		h.FD, h.Generation, h.Resume = os.NewFile(uintptr(o.FuseFD), "/dev/fuse"), uint16(o.Generation), o.Resume
 		mnt, err = fsys.ServeFD(o.MountDir, h)
 	} else {
@@ -140,22 +133,8 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 	}
 	klog.InfoS("Session serving", "source", rt.Source.ID(), "mountDir", o.MountDir, "pid", os.Getpid(),
 		"generation", o.Generation, "resumed", o.Resume)
-	if ready != nil {
-		fmt.Fprintln(ready, "ready")
-		ready.Close()
-		ready = nil
-	}
+	report.ready()
 	return mnt.ServeUntil(ctx)
-}
-
-func oneLine(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c == '\n' || c == '\r' {
-			b[i] = ' '
-		}
-	}
-	return string(b)
 }
 
 // serveStats serves the session's counters on a unix socket.
