@@ -3,7 +3,6 @@ package cachectl
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
+	"github.com/sluice-dev/sluice/internal/contract"
 )
 
 // DatasetReconciler makes each Dataset a StatefulSet of cache workers
@@ -295,8 +295,8 @@ func setCondition(st *v1alpha1.DatasetStatus, typ string, status metav1.Conditio
 
 func equalStatus(a, b v1alpha1.DatasetStatus) bool { return equality.Semantic.DeepEqual(a, b) }
 
-// splitDataset splits "namespace/name".
+// splitDataset splits "namespace/name"; ok is false unless both are set.
 func splitDataset(s string) (ns, name string, ok bool) {
-	ns, name, ok = strings.Cut(s, "/")
-	return ns, name, ok && ns != "" && name != ""
+	ns, name = contract.SplitDatasetRef(s)
+	return ns, name, ns != "" && name != ""
 }

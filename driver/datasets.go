@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -77,8 +76,8 @@ func newDatasetResolver(kubeconfig string) (*datasetResolver, error) {
 // service account without the right to read Datasets is
 // FailedPrecondition; anything else Unavailable (the caller retries).
 func (r *datasetResolver) get(ctx context.Context, ref string) (*v1alpha1.Dataset, error) {
-	ns, name, ok := strings.Cut(ref, "/")
-	if !ok {
+	ns, name := contract.SplitDatasetRef(ref)
+	if ns == "" {
 		return nil, fmt.Errorf("%w: Dataset %q: want namespace/name", errInvalid, ref)
 	}
 	if r == nil || r.reader == nil {
