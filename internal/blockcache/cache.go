@@ -10,11 +10,14 @@
 //	present-block index with CRC-32C per block) → Getter (origin or workers)
 //
 // Exactly one fetch per block is in flight per process (singleflight); other
-// readers of that block wait for it. Sequential readers (see Reader) trigger
+// readers of that block wait for it. A fetched block is served from memory
+// at once; its disk copy is written behind (writebehind.go), and dropped
+// when the queue is full rather than delaying a reader. Sequential readers (see Reader) trigger
 // parallel readahead of the next blocks; random readers do not.
 //
-// Lock order: Cache has no lock of its own; memoryTier.mu and diskTier.mu
-// are leaves and are never held together or across a Getter call.
+// Lock order: Cache has no lock of its own; memoryTier.mu, diskTier.mu and
+// writeBehind.mu are leaves and are never held together or across a Getter
+// call.
 package blockcache
 
 import (
@@ -34,17 +37,23 @@ import (
 
 // Config configures a Cache. Zero values take the defaults.
 type Config struct {
-	BlockSize    int64 // default 4 MiB
-	MemoryBytes  int64 // default 256 MiB
-	DiskDir      string
-	DiskBytes    int64 // 0 with DiskDir set: default 10 GiB
-	Readahead    int   // blocks ahead of a sequential reader; 0: none (flags default to DefaultReadahead)
-	MaxPrefetch  int   // parallel readahead fetches; default 16
-	MaxFetches   int   // parallel fetches from the tier below; default 32
+	BlockSize   int64 // default 4 MiB
+	MemoryBytes int64 // default 256 MiB
+	DiskDir     string
+	DiskBytes   int64 // 0 with DiskDir set: default 10 GiB
+	// DirectWrites writes disk copies with O_DIRECT (see writebehind.go).
+	DirectWrites bool
+	Readahead    int // blocks ahead of a sequential reader; 0: none (flags default to DefaultReadahead)
+	MaxPrefetch  int // parallel readahead fetches; default 16
+	MaxFetches   int // parallel fetches from the tier below; default 32
 	FetchTimeout time.Duration
 	Getter       Getter
 	Metrics      *metrics.Cache
 }
+
+// openFlushTimeout bounds how long an open waits for an object's queued
+// disk writes before it settles for reads through the process.
+const openFlushTimeout = 2 * time.Second
 
 // Defaults.
 const (
@@ -62,6 +71,7 @@ type Cache struct {
 	cfg      Config
 	mem      *memoryTier
 	disk     *diskTier
+	behind   *writeBehind // nil without a disk tier
 	flights  singleflight.Group
 	prefetch chan struct{}
 	fetches  *fetchSlots
@@ -106,6 +116,7 @@ func New(cfg Config) (*Cache, error) {
 			return nil, err
 		}
 		c.disk = d
+		c.behind = newWriteBehind(d.write, int(writeBehindBytes/cfg.BlockSize), cfg.DirectWrites)
 	}
 	c.bg, c.stop = context.WithCancel(context.Background())
 	c.publishSizes()
@@ -115,10 +126,12 @@ func New(cfg Config) (*Cache, error) {
 // BlockSize is the configured block size.
 func (c *Cache) BlockSize() int64 { return c.cfg.BlockSize }
 
-// Close stops readahead and releases the disk tier.
+// Close stops readahead, writes the disk copies still queued and releases
+// the disk tier.
 func (c *Cache) Close() {
 	c.stop()
 	if c.disk != nil {
+		c.behind.close()
 		c.disk.close()
 	}
 }
@@ -245,17 +258,17 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead boo
 		defer c.fetches.release()
 		buf := make([]byte, b.Len())
 		start := time.Now()
-		err := c.cfg.Getter.GetBlock(fctx, b, buf)
+		crc, known, err := c.get(fctx, b, buf)
 		c.cfg.Metrics.Fetched(len(buf), time.Since(start), err)
 		if err != nil {
 			return nil, fmt.Errorf("fetching block %d of %s: %w", b.Index, b.Object.Path, err)
 		}
-		crc := Checksum(buf)
+		if !known {
+			crc = Checksum(buf)
+		}
 		c.putMemory(key, buf, crc)
-		if c.disk != nil {
-			if err := c.disk.write(b, buf, crc); err != nil {
-				klog.V(2).InfoS("Disk tier write failed", "path", b.Object.Path, "block", b.Index, "err", err)
-			}
+		if c.disk != nil && !c.behind.submit(b, buf, crc) {
+			c.cfg.Metrics.DiskDropped()
 		}
 		c.publishSizes()
 		return memEntry{data: buf, crc: crc}, nil
@@ -270,6 +283,15 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead boo
 	case <-ctx.Done():
 		return nil, 0, ctx.Err()
 	}
+}
+
+// get fetches b into buf from the tier below, with the block's checksum
+// when that tier sent one it checked.
+func (c *Cache) get(ctx context.Context, b BlockRef, buf []byte) (uint32, bool, error) {
+	if cg, ok := c.cfg.Getter.(checksumGetter); ok {
+		return cg.GetBlockChecksum(ctx, b, buf)
+	}
+	return 0, false, c.cfg.Getter.GetBlock(ctx, b, buf)
 }
 
 func (c *Cache) putMemory(key string, data []byte, crc uint32) {
@@ -320,5 +342,8 @@ func (c *Cache) OpenLocal(obj ObjectRef) (f *os.File, release func(), ok bool) {
 	if c.disk == nil || obj.Size == 0 {
 		return nil, nil, false
 	}
+	// A file read just now may still have blocks in the write-behind
+	// queue: wait for them rather than serve it through this process.
+	c.behind.flush(obj, openFlushTimeout)
 	return c.disk.openComplete(obj)
 }

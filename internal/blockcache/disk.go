@@ -49,10 +49,19 @@ type diskObject struct {
 	id      string
 	ref     ObjectRef
 	data    *os.File
+	direct  *os.File // O_DIRECT writes of data (nil: unsupported)
 	idx     *os.File
 	blocks  map[int64]*list.Element // values are *diskBlock
 	pins    int                     // readers, writers and passthrough opens; pinned objects are not evicted
 	nblocks int64
+}
+
+func (o *diskObject) closeFiles() {
+	o.data.Close()
+	o.idx.Close()
+	if o.direct != nil {
+		o.direct.Close()
+	}
 }
 
 type diskBlock struct {
@@ -205,7 +214,8 @@ func (d *diskTier) openObjectFiles(ref ObjectRef, id string, rewrite bool, live 
 		data.Close()
 		return nil, err
 	}
-	return &diskObject{id: id, ref: ref, data: data, idx: idx, blocks: map[int64]*list.Element{},
+	return &diskObject{id: id, ref: ref, data: data, direct: openDirect(d.objectPath(id, ".data")), idx: idx,
+		blocks:  map[int64]*list.Element{},
 		nblocks: nblocks(ref.Size, d.blockSize)}, nil
 }
 
@@ -322,9 +332,10 @@ func (d *diskTier) unpin(o *diskObject) {
 	d.maybeCloseLocked(o)
 }
 
-// write stores a block whose CRC-32C is crc. It is skipped (not an error)
-// when the tier cannot make room because everything else is pinned.
-func (d *diskTier) write(b BlockRef, data []byte, crc uint32) error {
+// write stores a block whose CRC-32C is crc, with O_DIRECT when direct is
+// set and the file system allows it (see direct.go). It is skipped (not an
+// error) when the tier cannot make room because everything else is pinned.
+func (d *diskTier) write(b BlockRef, data []byte, crc uint32, direct bool) error {
 	id := b.Object.id()
 	d.mu.Lock()
 	o := d.objects[id]
@@ -350,7 +361,11 @@ func (d *diskTier) write(b BlockRef, data []byte, crc uint32) error {
 	d.used += int64(len(data))
 	d.mu.Unlock()
 
-	_, err := o.data.WriteAt(data, b.Offset())
+	var df *os.File
+	if direct {
+		df = o.direct
+	}
+	err := writeBlockData(o.data, df, data, b.Offset())
 	if err == nil {
 		_, err = o.idx.Write(record(b.Index, blk.length, blk.crc))
 	}
@@ -404,8 +419,7 @@ func (d *diskTier) maybeCloseLocked(o *diskObject) {
 		return
 	}
 	delete(d.objects, o.id)
-	o.data.Close()
-	o.idx.Close()
+	o.closeFiles()
 	os.Remove(d.objectPath(o.id, ".idx"))
 	os.Remove(d.objectPath(o.id, ".data"))
 }
@@ -464,8 +478,7 @@ func (d *diskTier) close() {
 	d.mu.Lock()
 	d.writeCleanRecord()
 	for _, o := range d.objects {
-		o.data.Close()
-		o.idx.Close()
+		o.closeFiles()
 	}
 	d.objects = map[string]*diskObject{}
 	d.lru.Init()

@@ -68,3 +68,20 @@ type OriginGetter struct{ Source source.Source }
 func (g OriginGetter) GetBlock(ctx context.Context, b BlockRef, p []byte) error {
 	return g.Source.ReadAt(ctx, b.Object.Path, b.Object.Version, p, b.Offset())
 }
+
+// GetBlockChecksum implements checksumGetter when the source sends
+// checked CRCs (source.ChecksumReader).
+func (g OriginGetter) GetBlockChecksum(ctx context.Context, b BlockRef, p []byte) (uint32, bool, error) {
+	cr, ok := g.Source.(source.ChecksumReader)
+	if !ok {
+		return 0, false, g.GetBlock(ctx, b, p)
+	}
+	crc, err := cr.ReadAtChecksum(ctx, b.Object.Path, b.Object.Version, p, b.Offset())
+	return crc, err == nil, err
+}
+
+// checksumGetter is a Getter that may return a block's CRC-32C, already
+// checked, with its bytes: one checksum pass per block per process.
+type checksumGetter interface {
+	GetBlockChecksum(ctx context.Context, b BlockRef, p []byte) (crc uint32, known bool, err error)
+}

@@ -191,25 +191,46 @@ func (s *Source) Stat(ctx context.Context, p string) (source.Entry, error) {
 // every client reading the same block asks the same worker, so the origin
 // is read once per block across the cluster.
 func (s *Source) ReadAt(ctx context.Context, p, version string, buf []byte, off int64) error {
+	_, err := s.ReadAtChecksum(ctx, p, version, buf, off)
+	return err
+}
+
+var _ source.ChecksumReader = (*Source)(nil)
+
+// ReadAtChecksum implements source.ChecksumReader: ReadAt, returning the
+// CRC-32C the worker sent and this process checked (computed here when the
+// origin fallback answered).
+func (s *Source) ReadAtChecksum(ctx context.Context, p, version string, buf []byte, off int64) (uint32, error) {
 	key := p + "\x00" + version + "\x00" + strconv.FormatInt(off, 10)
-	return s.do(ctx, "read", key, func(ctx context.Context, ws []*worker) (int, error) {
-		return s.readHedged(ctx, ws, p, version, buf, off)
-	}, func(ctx context.Context) error { return s.Fallback.ReadAt(ctx, p, version, buf, off) })
+	var crc uint32
+	err := s.do(ctx, "read", key, func(ctx context.Context, ws []*worker) (int, error) {
+		used, c, err := s.readHedged(ctx, ws, p, version, buf, off)
+		crc = c
+		return used, err
+	}, func(ctx context.Context) error {
+		err := s.Fallback.ReadAt(ctx, p, version, buf, off)
+		if err == nil {
+			crc = blockcache.Checksum(buf)
+		}
+		return err
+	})
+	return crc, err
 }
 
 type readResult struct {
 	w   *worker
+	crc uint32
 	err error
 }
 
 // readHedged reads from ws[0], and also from ws[1] when ws[0] shows no sign
 // of life within the hedge delay and the budget allows a hedge.
-func (s *Source) readHedged(ctx context.Context, ws []*worker, p, version string, buf []byte, off int64) (int, error) {
+func (s *Source) readHedged(ctx context.Context, ws []*worker, p, version string, buf []byte, off int64) (int, uint32, error) {
 	primary := ws[0]
 	if len(ws) < 2 || s.pool.cfg.HedgeRate < 0 {
-		err := s.read(ctx, primary, p, version, buf, off, nil)
+		crc, err := s.read(ctx, primary, p, version, buf, off, nil)
 		s.judge(ctx, primary, err)
-		return 1, err
+		return 1, crc, err
 	}
 	s.pool.earnHedge()
 	pctx, pcancel := context.WithCancelCause(ctx)
@@ -217,26 +238,30 @@ func (s *Source) readHedged(ctx context.Context, ws []*worker, p, version string
 	var signed atomic.Bool
 	done := make(chan readResult, 2)
 	go func() {
-		done <- readResult{primary, s.read(pctx, primary, p, version, buf, off, func() { signed.Store(true) })}
+		crc, err := s.read(pctx, primary, p, version, buf, off, func() { signed.Store(true) })
+		done <- readResult{primary, crc, err}
 	}()
 	timer := time.NewTimer(s.pool.hedgeDelay())
 	defer timer.Stop()
 	select {
 	case r := <-done:
 		s.judge(pctx, primary, r.err)
-		return 1, r.err
+		return 1, r.crc, r.err
 	case <-timer.C:
 	}
 	if signed.Load() || !s.pool.takeHedge() {
 		r := <-done
 		s.judge(pctx, primary, r.err)
-		return 1, r.err
+		return 1, r.crc, r.err
 	}
 	second := ws[1]
 	hbuf := make([]byte, len(buf))
 	hctx, hcancel := context.WithCancelCause(ctx)
 	defer hcancel(nil)
-	go func() { done <- readResult{second, s.read(hctx, second, p, version, hbuf, off, nil)} }()
+	go func() {
+		crc, err := s.read(hctx, second, p, version, hbuf, off, nil)
+		done <- readResult{second, crc, err}
+	}()
 	var first error
 	primaryRunning := true
 	for pending := 2; pending > 0; pending-- {
@@ -248,7 +273,7 @@ func (s *Source) readHedged(ctx context.Context, ws []*worker, p, version string
 			hcancel(errLostRace)
 			s.pool.markOK(primary)
 			s.pool.cfg.Metrics.Hedged(false)
-			return 2, nil
+			return 2, r.crc, nil
 		}
 		if r.err == nil {
 			pcancel(errLostRace)
@@ -261,7 +286,7 @@ func (s *Source) readHedged(ctx context.Context, ws []*worker, p, version string
 			if !signed.Load() {
 				s.pool.strike(primary)
 			}
-			return 2, nil
+			return 2, r.crc, nil
 		}
 		if r.w == primary {
 			s.judge(pctx, primary, r.err)
@@ -277,35 +302,35 @@ func (s *Source) readHedged(ctx context.Context, ws []*worker, p, version string
 			if primaryRunning {
 				<-done
 			}
-			return 2, r.err
+			return 2, 0, r.err
 		}
 	}
 	s.pool.cfg.Metrics.Hedged(false)
-	return 2, first
+	return 2, 0, first
 }
 
-// read fills buf from one worker.
-func (s *Source) read(ctx context.Context, w *worker, p, version string, buf []byte, off int64, onFirst func()) error {
+// read fills buf from one worker and returns the CRC-32C it sent, checked.
+func (s *Source) read(ctx context.Context, w *worker, p, version string, buf []byte, off int64, onFirst func()) (uint32, error) {
 	q := url.Values{"path": {p}, "version": {version}, "off": {strconv.FormatInt(off, 10)}, "len": {strconv.Itoa(len(buf))}}
 	resp, err := s.pool.get(ctx, w, "read", q, s.pool.attemptTimeout(int64(len(buf))), onFirst)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer resp.done()
 	if resp.ContentLength != int64(len(buf)) {
-		return fmt.Errorf("worker %s sent %d bytes, want %d", w.url, resp.ContentLength, len(buf))
+		return 0, fmt.Errorf("worker %s sent %d bytes, want %d", w.url, resp.ContentLength, len(buf))
 	}
 	want, err := strconv.ParseUint(resp.Header.Get(ChecksumHeader), 16, 32)
 	if err != nil {
-		return fmt.Errorf("worker %s sent no valid %s header", w.url, ChecksumHeader)
+		return 0, fmt.Errorf("worker %s sent no valid %s header", w.url, ChecksumHeader)
 	}
 	if _, err := io.ReadFull(resp.Body, buf); err != nil {
-		return resp.fail(fmt.Errorf("reading from worker %s: %w", w.url, err))
+		return 0, resp.fail(fmt.Errorf("reading from worker %s: %w", w.url, err))
 	}
 	if got := blockcache.Checksum(buf); got != uint32(want) {
-		return fmt.Errorf("worker %s: checksum mismatch", w.url)
+		return 0, fmt.Errorf("worker %s: checksum mismatch", w.url)
 	}
-	return nil
+	return uint32(want), nil
 }
 
 func (s *Source) getJSON(ctx context.Context, w *worker, op string, q url.Values, v any) error {

@@ -33,6 +33,9 @@ type Cache struct {
 	DiskBytes     prometheus.Gauge
 	Evictions     *prometheus.CounterVec
 	CorruptBlocks prometheus.Counter
+	// DiskDrops counts disk copies dropped because the write-behind queue
+	// was full (the reader was served from memory).
+	DiskDrops prometheus.Counter
 	// Hedges counts block requests sent to a second cache worker because
 	// the first showed no sign of life in time; HedgeWins those the second
 	// answered first.
@@ -67,6 +70,8 @@ func NewCache(reg prometheus.Registerer) *Cache {
 			Name: "sluice_cache_evictions_total", Help: "Blocks evicted from a tier."}, []string{"tier"}),
 		CorruptBlocks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_cache_corrupt_blocks_total", Help: "Disk blocks whose checksum did not match (re-fetched)."}),
+		DiskDrops: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_cache_disk_write_drops_total", Help: "Disk copies of fetched blocks dropped because the write-behind queue was full."}),
 		Hedges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_worker_hedges_total", Help: "Block requests also sent to the next cache worker because the first showed no sign of life in time."}),
 		HedgeWins: prometheus.NewCounter(prometheus.CounterOpts{
@@ -76,7 +81,7 @@ func NewCache(reg prometheus.Registerer) *Cache {
 	}
 	if reg != nil {
 		reg.MustRegister(m.BytesServed, m.OriginBytes, m.Hits, m.Misses, m.FetchLatency, m.FetchErrors,
-			m.MemoryBytes, m.DiskBytes, m.Evictions, m.CorruptBlocks, m.Hedges, m.HedgeWins, m.WorkerFailures)
+			m.MemoryBytes, m.DiskBytes, m.Evictions, m.CorruptBlocks, m.DiskDrops, m.Hedges, m.HedgeWins, m.WorkerFailures)
 	}
 	return m
 }
@@ -126,6 +131,13 @@ func (m *Cache) Evicted(tier string) {
 func (m *Cache) Corrupt() {
 	if m != nil {
 		m.CorruptBlocks.Inc()
+	}
+}
+
+// DiskDropped counts a disk copy dropped by a full write-behind queue.
+func (m *Cache) DiskDropped() {
+	if m != nil {
+		m.DiskDrops.Inc()
 	}
 }
 

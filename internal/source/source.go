@@ -52,6 +52,13 @@ type Source interface {
 	ReadAt(ctx context.Context, path, version string, p []byte, off int64) error
 }
 
+// ChecksumReader is a Source whose reads also return the CRC-32C
+// (Castagnoli) of the bytes, checked on the way in (the cache workers send
+// it with every block), so the block cache need not compute it again.
+type ChecksumReader interface {
+	ReadAtChecksum(ctx context.Context, path, version string, p []byte, off int64) (uint32, error)
+}
+
 // Sentinel errors. They are permanent: the retry wrapper never retries them.
 var (
 	ErrNotFound       = fs.ErrNotExist

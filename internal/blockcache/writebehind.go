@@ -1,0 +1,180 @@
+package blockcache
+
+import (
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// writeBehind writes fetched blocks to the disk tier off the read path: a
+// fetch hands its block over and returns to its readers at once. Writes
+// are buffered by default, so a file read cold is in the page cache when
+// it is next opened with passthrough; with direct set they go with
+// O_DIRECT (Config.DirectWrites: no page-cache allocation on the cold
+// path, but the next read of those blocks comes from the disk). When the
+// queue is full the disk copy is dropped:
+// the block stays in the memory tier and is fetched again only if it is
+// evicted before it is read. A full queue whose disk still makes progress
+// holds the fetch until there is room, at most stuckAfter (a slower disk
+// than network paces the reader, as the page cache must hold the file for
+// passthrough); a stuck disk never blocks or fails a read.
+// Writes queued or in progress are counted per object, so an open that
+// wants a fully cached file (passthrough) can wait for them (flush).
+//
+// Lock order: writeBehind.mu is a leaf; no disk write runs under it.
+type writeBehind struct {
+	write   func(b BlockRef, data []byte, crc uint32, direct bool) error // the disk tier's write
+	direct  bool
+	jobs    chan diskJob
+	wg      sync.WaitGroup // writers
+	senders sync.WaitGroup // submits that may still send on jobs
+
+	mu       sync.Mutex
+	closed   bool
+	pending  map[string]*objectWrites // object id → its unwritten blocks
+	dropped  int64
+	lastDone time.Time // when a write last finished
+}
+
+type diskJob struct {
+	b    BlockRef
+	data []byte
+	crc  uint32
+}
+
+// objectWrites counts an object's queued or running writes; done closes
+// when the count drops to zero.
+type objectWrites struct {
+	n    int
+	done chan struct{}
+}
+
+// Write-behind sizing: the queue holds at most writeBehindBytes of blocks
+// (at least two), written by writeBehindWriters goroutines; a disk that
+// finished no write for stuckAfter is taken as stuck.
+const (
+	writeBehindBytes   = 64 << 20
+	writeBehindWriters = 2
+	stuckAfter         = time.Second
+)
+
+// newWriteBehind starts the writers of a queue of queued blocks.
+func newWriteBehind(write func(BlockRef, []byte, uint32, bool) error, queued int, direct bool) *writeBehind {
+	w := &writeBehind{write: write, direct: direct, jobs: make(chan diskJob, max(2, queued)), pending: map[string]*objectWrites{},
+		lastDone: time.Now()} // a new disk is taken as working
+	for range writeBehindWriters {
+		w.wg.Add(1)
+		go w.run()
+	}
+	return w
+}
+
+// submit queues a block's disk write. When the queue is full it waits for
+// room while the disk makes progress (a write finished within stuckAfter),
+// at most stuckAfter; it drops the copy and reports false when the disk is
+// stuck or the queue closed.
+func (w *writeBehind) submit(b BlockRef, data []byte, crc uint32) bool {
+	id := b.Object.id()
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return false
+	}
+	ow := w.pending[id]
+	if ow == nil {
+		ow = &objectWrites{done: make(chan struct{})}
+		w.pending[id] = ow
+	}
+	ow.n++
+	progressing := time.Since(w.lastDone) < stuckAfter
+	w.senders.Add(1)
+	w.mu.Unlock()
+	defer w.senders.Done()
+	job := diskJob{b: b, data: data, crc: crc}
+	select {
+	case w.jobs <- job:
+		return true
+	default:
+	}
+	if progressing {
+		t := time.NewTimer(stuckAfter)
+		defer t.Stop()
+		select {
+		case w.jobs <- job:
+			return true
+		case <-t.C:
+		}
+	}
+	w.mu.Lock()
+	w.dropped++
+	w.mu.Unlock()
+	w.finished(id, false)
+	return false
+}
+
+func (w *writeBehind) run() {
+	defer w.wg.Done()
+	for j := range w.jobs {
+		if err := w.write(j.b, j.data, j.crc, w.direct); err != nil {
+			klog.V(2).InfoS("Disk tier write failed", "path", j.b.Object.Path, "block", j.b.Index, "err", err)
+		}
+		w.finished(j.b.Object.id(), true)
+	}
+}
+
+// finished ends one of id's pending writes; wrote says it reached the
+// disk (a dropped copy is no sign of the disk's progress).
+func (w *writeBehind) finished(id string, wrote bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if wrote {
+		w.lastDone = time.Now()
+	}
+	if ow := w.pending[id]; ow != nil {
+		if ow.n--; ow.n == 0 {
+			close(ow.done)
+			delete(w.pending, id)
+		}
+	}
+}
+
+// flush waits up to timeout for obj's queued writes; it reports whether
+// none is left.
+func (w *writeBehind) flush(obj ObjectRef, timeout time.Duration) bool {
+	w.mu.Lock()
+	ow := w.pending[obj.id()]
+	w.mu.Unlock()
+	if ow == nil {
+		return true
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-ow.done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// drops is the number of disk copies dropped because the queue was full.
+func (w *writeBehind) drops() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.dropped
+}
+
+// close writes what is queued and stops the writers.
+func (w *writeBehind) close() {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.closed = true
+	w.mu.Unlock()
+	w.senders.Wait()
+	close(w.jobs)
+	w.wg.Wait()
+}
