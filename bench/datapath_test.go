@@ -20,10 +20,17 @@ import (
 func parseOptions(t *testing.T, args ...string) *Options {
 	t.Helper()
 	o := &Options{}
-	fs := pflag.NewFlagSet("datapath", pflag.ContinueOnError)
-	o.AddFlags(fs)
-	// --sluice defaults to the sluice beside the running binary; a test
-	// binary has none, so name one (a later --sluice wins).
+	parseFlags(t, o.AddFlags, args)
+	return o
+}
+
+// parseFlags registers flags with add and parses args. --sluice defaults
+// to the sluice beside the running binary; a test binary has none, so one
+// is named first (a later --sluice wins).
+func parseFlags(t *testing.T, add func(*pflag.FlagSet), args []string) {
+	t.Helper()
+	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
+	add(fs)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +38,6 @@ func parseOptions(t *testing.T, args ...string) *Options {
 	if err := fs.Parse(append([]string{"--sluice", exe}, args...)); err != nil {
 		t.Fatal(err)
 	}
-	return o
 }
 
 func TestValidate(t *testing.T) {

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spf13/pflag"
-
 	"github.com/sluice-dev/sluice/internal/testutil"
 	"github.com/sluice-dev/sluice/internal/testutil/s3server"
 )
@@ -20,17 +18,7 @@ import (
 func parseFaults(t *testing.T, args ...string) *FaultsOptions {
 	t.Helper()
 	o := &FaultsOptions{}
-	fs := pflag.NewFlagSet("faults", pflag.ContinueOnError)
-	o.AddFlags(fs)
-	// --sluice defaults to the sluice beside the running binary; a test
-	// binary has none, so name one (a later --sluice wins).
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fs.Parse(append([]string{"--sluice", exe}, args...)); err != nil {
-		t.Fatal(err)
-	}
+	parseFlags(t, o.AddFlags, args)
 	return o
 }
 

@@ -5,21 +5,12 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/spf13/cobra"
-	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	root := &cobra.Command{
 		Use:           "sluice-bench",
 		Short:         "sluice's benchmarks and demo, on real processes",
@@ -29,10 +20,5 @@ func main() {
 	cli.AddKlogFlags(root)
 	root.AddCommand(newDemoCommand(), newBenchDatapathCommand(), newBenchBurstCommand(), newBenchFaultsCommand())
 	cli.TidyHelp(root)
-	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "sluice-bench:", err)
-		klog.Flush()
-		os.Exit(1)
-	}
-	klog.Flush()
+	cli.Main("sluice-bench", root)
 }

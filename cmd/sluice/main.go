@@ -5,28 +5,12 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/spf13/cobra"
-	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/cli"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := newRootCommand().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "sluice:", err)
-		klog.Flush()
-		os.Exit(1)
-	}
-	klog.Flush()
-}
+func main() { cli.Main("sluice", newRootCommand()) }
 
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{

@@ -74,7 +74,7 @@ type Cache struct {
 	behind   *writeBehind // nil without a disk tier
 	flights  singleflight.Group
 	prefetch chan struct{}
-	fetches  *fetchSlots
+	fetches  *source.Slots
 	bg       context.Context
 	stop     context.CancelFunc
 }
@@ -109,7 +109,7 @@ func New(cfg Config) (*Cache, error) {
 		cfg.FetchTimeout = DefaultFetchTimeout
 	}
 	c := &Cache{cfg: cfg, mem: newMemoryTier(cfg.MemoryBytes), prefetch: make(chan struct{}, cfg.MaxPrefetch),
-		fetches: newFetchSlots(cfg.MaxFetches)}
+		fetches: source.NewSlots(cfg.MaxFetches)}
 	if cfg.DiskDir != "" {
 		d, err := openDiskTier(cfg.DiskDir, cfg.DiskBytes, cfg.BlockSize)
 		if err != nil {
@@ -252,10 +252,10 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead boo
 		if readahead {
 			fctx = source.WithReadahead(fctx)
 		}
-		if err := c.fetches.acquire(fctx, readahead); err != nil {
+		if err := c.fetches.Acquire(fctx, readahead); err != nil {
 			return nil, err
 		}
-		defer c.fetches.release()
+		defer c.fetches.Release()
 		buf := make([]byte, b.Len())
 		start := time.Now()
 		crc, known, err := c.get(fctx, b, buf)

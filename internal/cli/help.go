@@ -1,10 +1,15 @@
-// Package cli holds what sluice's commands share on the command line:
-// klog's flags, all but -v and --vmodule hidden from --help, and a help
-// that lists flags in registration order with plain booleans.
+// Package cli holds what sluice's binaries share on the command line:
+// klog's flags, all but -v and --vmodule hidden from --help, a help that
+// lists flags in registration order with plain booleans, and Main.
 package cli
 
 import (
+	"context"
 	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -50,3 +55,16 @@ func TidyHelp(cmd *cobra.Command) {
 // plainBool is a bool flag's value without pflag's IsBoolFlag, so its
 // usage line reads --flag; NoOptDefVal "true" keeps --flag meaning true.
 type plainBool struct{ pflag.Value }
+
+// Main runs root until SIGINT or SIGTERM and exits 1 with "name: error"
+// on stderr when it fails; klog is flushed either way.
+func Main(name string, root *cobra.Command) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := root.ExecuteContext(ctx)
+	stop()
+	klog.Flush()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
+}

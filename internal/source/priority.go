@@ -4,7 +4,7 @@ import "context"
 
 // Readahead marking: a request that no reader waits for yet carries a mark
 // in its context, so every queue below it — the block cache's fetch slots,
-// the origin limiter, a cache worker (told by a request header) — serves the
+// the origin's Slots, a cache worker (told by a request header) — serves the
 // requests someone waits for first.
 type readaheadKey struct{}
 

@@ -134,7 +134,7 @@ func WithRetry(s Source, p RetryPolicy) Source {
 type retrySource struct {
 	s     Source
 	p     RetryPolicy
-	limit *limiter // nil: no limit
+	limit *Slots // nil: no limit
 }
 
 var _ Source = (*retrySource)(nil)
@@ -204,10 +204,10 @@ func (r *retrySource) do(ctx context.Context, op, path string, perAttempt time.D
 	return fmt.Errorf("%s %q: giving up after %d attempts: %w", op, path, r.p.Attempts, last)
 }
 
-// attempt runs one try within its deadline and a slot of the limiter.
+// attempt runs one try within its deadline and one of the origin's Slots.
 func (r *retrySource) attempt(ctx context.Context, perAttempt time.Duration, try func(context.Context) error) error {
 	if r.limit != nil {
-		if err := r.limit.acquire(ctx, IsReadahead(ctx)); err != nil {
+		if err := r.limit.Acquire(ctx, IsReadahead(ctx)); err != nil {
 			return err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,13 +15,13 @@ import (
 func TestLimiterAIMD(t *testing.T) {
 	tests := []struct {
 		name   string
-		steps  func(l *limiter)
+		steps  func(l *Slots)
 		wantLo int
 		wantHi int
 	}{
-		{name: "starts at the maximum", steps: func(*limiter) {}, wantLo: 16, wantHi: 16},
-		{name: "one throttle halves", steps: func(l *limiter) { cycle(t, l, true) }, wantLo: 8, wantHi: 8},
-		{name: "a storm of one round halves once", steps: func(l *limiter) {
+		{name: "starts at the maximum", steps: func(*Slots) {}, wantLo: 16, wantHi: 16},
+		{name: "one throttle halves", steps: func(l *Slots) { cycle(t, l, true) }, wantLo: 8, wantHi: 8},
+		{name: "a storm of one round halves once", steps: func(l *Slots) {
 			start := time.Now().Add(-time.Millisecond)
 			for range 8 {
 				mustAcquire(t, l, false)
@@ -29,12 +30,12 @@ func TestLimiterAIMD(t *testing.T) {
 				l.release(start, true, true)
 			}
 		}, wantLo: 8, wantHi: 8},
-		{name: "rounds of throttles go to one", steps: func(l *limiter) {
+		{name: "rounds of throttles go to one", steps: func(l *Slots) {
 			for range 10 {
 				cycle(t, l, true)
 			}
 		}, wantLo: 1, wantHi: 1},
-		{name: "good answers raise it back", steps: func(l *limiter) {
+		{name: "good answers raise it back", steps: func(l *Slots) {
 			for range 10 {
 				cycle(t, l, true)
 			}
@@ -42,7 +43,7 @@ func TestLimiterAIMD(t *testing.T) {
 				cycle(t, l, false)
 			}
 		}, wantLo: 6, wantHi: 9},
-		{name: "never past the maximum", steps: func(l *limiter) {
+		{name: "never past the maximum", steps: func(l *Slots) {
 			for range 100 {
 				cycle(t, l, false)
 			}
@@ -59,7 +60,7 @@ func TestLimiterAIMD(t *testing.T) {
 	}
 }
 
-func cycle(t *testing.T, l *limiter, throttled bool) {
+func cycle(t *testing.T, l *Slots, throttled bool) {
 	t.Helper()
 	mustAcquire(t, l, false)
 	start := time.Now()
@@ -67,62 +68,12 @@ func cycle(t *testing.T, l *limiter, throttled bool) {
 	l.release(start, throttled, true)
 }
 
-func mustAcquire(t *testing.T, l *limiter, readahead bool) {
+func mustAcquire(t *testing.T, l *Slots, readahead bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if err := l.acquire(ctx, readahead); err != nil {
+	if err := l.Acquire(ctx, readahead); err != nil {
 		t.Fatalf("acquire: %v", err)
-	}
-}
-
-// TestLimiterDemandFirst: a freed slot goes to a waiting demand request
-// before a readahead that waited longer.
-func TestLimiterDemandFirst(t *testing.T) {
-	l := newLimiter("test", 1)
-	mustAcquire(t, l, false)
-	order := make(chan string, 2)
-	ahead := make(chan struct{})
-	go func() {
-		close(ahead)
-		mustAcquireBg(l, true)
-		order <- "readahead"
-	}()
-	<-ahead
-	waitWaiters(t, l, 0, 1)
-	go func() {
-		mustAcquireBg(l, false)
-		order <- "demand"
-		l.release(time.Now(), false, true)
-	}()
-	waitWaiters(t, l, 1, 1)
-	l.release(time.Now(), false, true)
-	if first := <-order; first != "demand" {
-		t.Fatalf("%s got the slot first; want demand", first)
-	}
-	<-order
-}
-
-func mustAcquireBg(l *limiter, readahead bool) {
-	_ = l.acquire(context.Background(), readahead)
-}
-
-// waitWaiters waits until the limiter queues the given waiters (no sleeps
-// to order goroutines: the queue lengths are the condition).
-func waitWaiters(t *testing.T, l *limiter, demand, ahead int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		l.mu.Lock()
-		d, a := len(l.demand), len(l.ahead)
-		l.mu.Unlock()
-		if d == demand && a == ahead {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiters %d/%d, want %d/%d", d, a, demand, ahead)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -178,4 +129,85 @@ func (c *crowdSource) ReadAt(ctx context.Context, p, v string, buf []byte, off i
 	}
 	time.Sleep(time.Millisecond)
 	return nil
+}
+
+func TestSlotsServeDemandFirst(t *testing.T) {
+	s := NewSlots(1)
+	ctx := context.Background()
+	if err := s.Acquire(ctx, false); err != nil { // the only slot is taken
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var order []string
+	var wg sync.WaitGroup
+	queued := 0
+	start := func(name string, readahead bool) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Acquire(ctx, readahead); err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			order = append(order, name)
+			mu.Unlock()
+			s.Release()
+		}()
+		waitQueued(t, s, queued+1)
+		queued++
+	}
+	start("ahead-1", true)
+	start("ahead-2", true)
+	start("demand-1", false)
+	start("demand-2", false)
+	s.Release()
+	wg.Wait()
+	want := []string{"demand-1", "demand-2", "ahead-1", "ahead-2"}
+	if len(order) != len(want) {
+		t.Fatalf("order %v, want %v", order, want)
+	}
+	for i := range want {
+		if order[i] != want[i] {
+			t.Fatalf("order %v, want %v", order, want)
+		}
+	}
+	if s.inFlight != 0 {
+		t.Errorf("%d slots taken at the end, want 0", s.inFlight)
+	}
+}
+
+// waitQueued waits until n acquirers wait for a slot: the queue, not a
+// sleep, orders the goroutines.
+func waitQueued(t *testing.T, s *Slots, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		q := len(s.demand) + len(s.ahead)
+		s.mu.Unlock()
+		if q >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d waiters queued, want %d", q, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestSlotsCancelledWaiterGivesNothingAway(t *testing.T) {
+	s := NewSlots(1)
+	if err := s.Acquire(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := s.Acquire(ctx, true); err == nil {
+		t.Fatal("acquire succeeded with no free slot")
+	}
+	s.Release()
+	if s.inFlight != 0 || len(s.ahead) != 0 || len(s.demand) != 0 {
+		t.Fatalf("after cancel and release: %d taken, waiters %d/%d; want 0, 0/0", s.inFlight, len(s.demand), len(s.ahead))
+	}
 }

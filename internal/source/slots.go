@@ -8,16 +8,18 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// limiter bounds the requests in flight toward one origin with additive
+// Slots bounds requests in flight and hands a slot that frees to a waiting
+// demand request before any readahead, so a reader's block is not queued
+// behind every readahead (the block cache's fetches use it as it is).
+// Toward an origin (WithRetry) the limit also adapts, with additive
 // increase and multiplicative decrease (AIMD): every answer the origin
-// gives without throttling raises the limit by 1/limit (about one per
-// round of requests), and a throttling answer (ErrThrottled: S3 SlowDown,
-// HTTP 429 or 503) halves it, at most once per round: a throttled request
-// that started before the last decrease does not decrease it again. A slot
-// that frees is handed to a waiting demand request before any readahead.
+// gives without throttling raises it by 1/limit (about one per round of
+// requests), and a throttling answer (ErrThrottled: S3 SlowDown, HTTP 429
+// or 503) halves it, at most once per round: a throttled request that
+// started before the last decrease does not decrease it again.
 //
-// Lock order: limiter.mu is a leaf.
-type limiter struct {
+// Lock order: Slots.mu is a leaf.
+type Slots struct {
 	mu       sync.Mutex
 	limit    float64
 	max      float64
@@ -28,12 +30,15 @@ type limiter struct {
 	id       string
 }
 
-func newLimiter(id string, maxInFlight int) *limiter {
-	return &limiter{limit: float64(maxInFlight), max: float64(maxInFlight), id: id}
+// NewSlots returns n slots (a fixed limit unless used by WithRetry).
+func NewSlots(n int) *Slots { return newLimiter("", n) }
+
+func newLimiter(id string, maxInFlight int) *Slots {
+	return &Slots{limit: float64(maxInFlight), max: float64(maxInFlight), id: id}
 }
 
-// acquire waits for a slot; it returns ctx's error if ctx ends first.
-func (l *limiter) acquire(ctx context.Context, readahead bool) error {
+// Acquire waits for a slot; it returns ctx's error if ctx ends first.
+func (l *Slots) Acquire(ctx context.Context, readahead bool) error {
 	l.mu.Lock()
 	if l.roomLocked() && len(l.demand) == 0 && (!readahead || len(l.ahead) == 0) {
 		l.inFlight++
@@ -62,9 +67,12 @@ func (l *limiter) acquire(ctx context.Context, readahead bool) error {
 	return ctx.Err()
 }
 
+// Release frees a slot.
+func (l *Slots) Release() { l.release(time.Time{}, false, false) }
+
 // release frees a slot taken at start; throttled says the origin asked us
 // to slow down, answered that it gave any other answer.
-func (l *limiter) release(start time.Time, throttled, answered bool) {
+func (l *Slots) release(start time.Time, throttled, answered bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.inFlight--
@@ -80,15 +88,15 @@ func (l *limiter) release(start time.Time, throttled, answered bool) {
 }
 
 // Limit is the current limit (for tests and metrics).
-func (l *limiter) Limit() int {
+func (l *Slots) Limit() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return int(l.limit)
 }
 
-func (l *limiter) roomLocked() bool { return float64(l.inFlight) < l.limit }
+func (l *Slots) roomLocked() bool { return float64(l.inFlight) < l.limit }
 
-func (l *limiter) wakeLocked() {
+func (l *Slots) wakeLocked() {
 	for l.roomLocked() {
 		var q *[]chan struct{}
 		switch {
