@@ -146,8 +146,8 @@ func TestFaultsSmoke(t *testing.T) {
 	tmp := t.TempDir()
 	work := filepath.Join(tmp, "work")
 	jsonPath := filepath.Join(tmp, "out", "faults.json")
-	o := parseFaults(t, "--versitygw", gw, "--sluice", bin, "--files", "4", "--file-size", "2Mi", "--clients", "4",
-		"--workers", "2", "--bandwidth", "8M", "--block-size", "1Mi", "--fault-after", "300ms", "--restart-after", "300ms",
+	o := parseFaults(t, "--versitygw", gw, "--sluice", bin, "--files", "4", "--file-size", "2Mi", "--clients", "8",
+		"--workers", "3", "--bandwidth", "8M", "--block-size", "1Mi", "--fault-after", "300ms", "--restart-after", "300ms",
 		"--stop-for", "5s", "--timeout", "40s", "--scenarios", strings.Join(scenarios, ","),
 		"--work-dir", work, "--json", jsonPath)
 	if err := o.Validate(); err != nil {
@@ -185,7 +185,7 @@ func TestFaultsSmoke(t *testing.T) {
 				t.Fatalf("no result for %s", scenario)
 			case !r.Finished:
 				t.Errorf("the burst did not finish: %v %v", r.Failures, r.Errors)
-			case r.ReadErrors != 0 || r.WrongBytes != 0 || r.FileReads != 16:
+			case r.ReadErrors != 0 || r.WrongBytes != 0 || r.FileReads != 32:
 				t.Errorf("%d of %d file reads failed, %d wrong bytes: %v", r.ReadErrors, r.FileReads, r.WrongBytes, r.Errors)
 			}
 			if scenario != FaultNone && r.FaultAtSec == 0 {
