@@ -75,6 +75,7 @@ type Cache struct {
 	flights  singleflight.Group
 	prefetch chan struct{}
 	fetches  *source.Slots
+	promos   *promotions
 	bg       context.Context
 	stop     context.CancelFunc
 }
@@ -109,7 +110,7 @@ func New(cfg Config) (*Cache, error) {
 		cfg.FetchTimeout = DefaultFetchTimeout
 	}
 	c := &Cache{cfg: cfg, mem: newMemoryTier(cfg.MemoryBytes), prefetch: make(chan struct{}, cfg.MaxPrefetch),
-		fetches: source.NewSlots(cfg.MaxFetches)}
+		fetches: source.NewSlots(cfg.MaxFetches), promos: newPromotions()}
 	if cfg.DiskDir != "" {
 		d, err := openDiskTier(cfg.DiskDir, cfg.DiskBytes, cfg.BlockSize)
 		if err != nil {
@@ -235,9 +236,15 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (hit b
 // readers ask. The fetch runs on the cache's own context so that one reader
 // giving up does not fail the others; each waiter honours its own ctx. A
 // readahead fetch waits behind demand fetches for a slot and tells the tier
-// below it is readahead (source.WithReadahead).
+// below it is readahead (source.WithReadahead) — unless a reader joins it
+// first, which makes it a demand fetch (promote.go).
 func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead bool) ([]byte, uint32, error) {
+	if !readahead {
+		c.promos.demand(key)
+	}
 	ch := c.flights.DoChan(key, func() (any, error) {
+		pr := c.promos.enter(key)
+		defer c.promos.leave(key, pr)
 		if data, crc, ok := c.mem.get(key); ok {
 			return memEntry{data: data, crc: crc}, nil
 		}
@@ -249,13 +256,13 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead boo
 		}
 		fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
 		defer cancel()
-		if readahead {
-			fctx = source.WithReadahead(fctx)
-		}
-		if err := c.fetches.Acquire(fctx, readahead); err != nil {
+		if err := c.fetches.AcquirePromotable(fctx, readahead, pr.ch); err != nil {
 			return nil, err
 		}
 		defer c.fetches.Release()
+		if readahead && !c.promos.promoted(pr) {
+			fctx = source.WithReadahead(fctx)
+		}
 		buf := make([]byte, b.Len())
 		start := time.Now()
 		crc, known, err := c.get(fctx, b, buf)

@@ -39,6 +39,12 @@ func newLimiter(id string, maxInFlight int) *Slots {
 
 // Acquire waits for a slot; it returns ctx's error if ctx ends first.
 func (l *Slots) Acquire(ctx context.Context, readahead bool) error {
+	return l.AcquirePromotable(ctx, readahead, nil)
+}
+
+// AcquirePromotable is Acquire for a readahead request that a reader may
+// come to wait for: once promote closes, the request waits as demand.
+func (l *Slots) AcquirePromotable(ctx context.Context, readahead bool, promote <-chan struct{}) error {
 	l.mu.Lock()
 	if l.roomLocked() && len(l.demand) == 0 && (!readahead || len(l.ahead) == 0) {
 		l.inFlight++
@@ -50,12 +56,25 @@ func (l *Slots) Acquire(ctx context.Context, readahead bool) error {
 		l.ahead = append(l.ahead, ch)
 	} else {
 		l.demand = append(l.demand, ch)
+		promote = nil
 	}
 	l.mu.Unlock()
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
+	for {
+		select {
+		case <-ch:
+			return nil
+		case <-promote:
+			promote = nil
+			l.mu.Lock()
+			if dropWaiter(&l.ahead, ch) {
+				l.demand = append(l.demand, ch)
+				l.wakeLocked()
+			}
+			l.mu.Unlock()
+			continue
+		case <-ctx.Done():
+		}
+		break
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -65,6 +84,13 @@ func (l *Slots) Acquire(ctx context.Context, readahead bool) error {
 		l.wakeLocked()
 	}
 	return ctx.Err()
+}
+
+// Waiting reports how many demand and readahead requests wait for a slot.
+func (l *Slots) Waiting() (demand, readahead int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.demand), len(l.ahead)
 }
 
 // Release frees a slot.
