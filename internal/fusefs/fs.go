@@ -89,10 +89,10 @@ type Mount struct {
 	closers []func() error
 }
 
-// mountOptions are go-fuse's options for a file system with Options o;
-// MountFD gives the kernel the same ones when a keeper mounts for a
-// serving process.
-func mountOptions(o Options) fuse.MountOptions {
+// mountOptions are go-fuse's options for a file system with Options o,
+// served for a keeper (handover) or not; MountFD gives the kernel the same
+// ones when a keeper mounts for a serving process.
+func mountOptions(o Options, handover bool) fuse.MountOptions {
 	mo := fuse.MountOptions{
 		FsName:        o.FsName,
 		Name:          contract.FSName,
@@ -102,8 +102,8 @@ func mountOptions(o Options) fuse.MountOptions {
 		Debug:         o.Debug,
 		MaxBackground: 64,
 		// READDIRPLUS hands out node ids inside directory listings,
-		// where handoverFS cannot count them.
-		DisableReadDirPlus: true,
+		// where handoverFS cannot count them for a successor.
+		DisableReadDirPlus: handover,
 	}
 	if !o.Passthrough {
 		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
@@ -112,7 +112,7 @@ func mountOptions(o Options) fuse.MountOptions {
 }
 
 // rawFS is the node bridge behind handoverFS, node id = inode number.
-func (f *FS) rawFS(generation uint16, opens *openLog) *handoverFS {
+func (f *FS) rawFS(generation uint16, opens *openLog, plain bool) *handoverFS {
 	ttl := f.ns.TTL()
 	root := &dirNode{fsys: f}
 	bridge := fs.NewNodeFS(root, &fs.Options{
@@ -122,7 +122,7 @@ func (f *FS) rawFS(generation uint16, opens *openLog) *handoverFS {
 		ExternalNodeID:  true,
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 	})
-	f.front = newHandoverFS(bridge, generation, opens)
+	f.front = newHandoverFS(bridge, generation, opens, plain)
 	return f.front
 }
 
@@ -132,14 +132,14 @@ func (f *FS) Mount(dir string) (*Mount, error) {
 	if err := mountutil.PrepareTarget(dir); err != nil {
 		return nil, err
 	}
-	mo := mountOptions(f.opts)
+	mo := mountOptions(f.opts, false)
 	if os.Geteuid() == 0 {
 		mo.DirectMountStrict = true
 		mo.DirectMountFlags = mountFlags
 	} else {
 		mo.Options = append(mo.Options, "ro")
 	}
-	server, err := fuse.NewServer(f.rawFS(1, nil), dir, &mo)
+	server, err := fuse.NewServer(f.rawFS(1, nil, true), dir, &mo)
 	if err != nil {
 		return nil, fmt.Errorf("mounting %s: %w", dir, err)
 	}

@@ -38,7 +38,7 @@ func MountFD(dir string, o Options) (*os.File, error) {
 		return nil, fmt.Errorf("opening /dev/fuse: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), "/dev/fuse") // blocking: not in Go's poller
-	mo := mountOptions(o)
+	mo := mountOptions(o, true)
 	data := []string{fmt.Sprintf("fd=%d", fd), "rootmode=40000",
 		fmt.Sprintf("user_id=%d", os.Geteuid()), fmt.Sprintf("group_id=%d", os.Getegid()),
 		fmt.Sprintf("max_read=%d", mo.MaxWrite)}
@@ -112,12 +112,12 @@ func (f *FS) ServeFD(dir string, h Handover) (m *Mount, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("duplicating the FUSE descriptor: %w", err)
 	}
-	mo := mountOptions(f.opts)
+	mo := mountOptions(f.opts, true)
 	var server *fuse.Server
 	if h.Resume {
-		server, err = resumeServer(f.rawFS(h.Generation, opens), &mo, fuseFD, h.InitFile)
+		server, err = resumeServer(f.rawFS(h.Generation, opens, false), &mo, fuseFD, h.InitFile)
 	} else {
-		server, err = fuse.NewServer(f.rawFS(h.Generation, opens), fmt.Sprintf("/dev/fd/%d", fuseFD), &mo)
+		server, err = fuse.NewServer(f.rawFS(h.Generation, opens, false), fmt.Sprintf("/dev/fd/%d", fuseFD), &mo)
 		if err == nil { // else go-fuse closed fuseFD
 			err = writeInit(h.InitFile, server.KernelSettings())
 		}

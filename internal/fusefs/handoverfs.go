@@ -33,6 +33,10 @@ type handoverFS struct {
 	fuse.RawFileSystem
 	gen   uint64   // << 48
 	opens *openLog // nil: not taken over, nor to be
+	// plain: a mount that is never handed over (Mount). Node ids and
+	// handles are then the bridge's own: requests go straight through,
+	// READDIRPLUS is on, and only the io modes of open files are kept.
+	plain bool
 
 	mu     sync.RWMutex             // read-locked on the read path
 	counts map[uint64]uint64        // node id → lookups the bridge holds
@@ -53,11 +57,12 @@ type ioMode struct {
 	backing             int32
 }
 
-func newHandoverFS(inner fuse.RawFileSystem, generation uint16, opens *openLog) *handoverFS {
+func newHandoverFS(inner fuse.RawFileSystem, generation uint16, opens *openLog, plain bool) *handoverFS {
 	h := &handoverFS{
 		RawFileSystem: inner,
 		gen:           uint64(generation) << 48,
 		opens:         opens,
+		plain:         plain,
 		counts:        map[uint64]uint64{fuse.FUSE_ROOT_ID: 1},
 		fhs:           map[uint64]*kernelHandle{},
 		modes:         map[uint64]*ioMode{},
@@ -120,6 +125,9 @@ func (h *handoverFS) settleModeLocked(node uint64, out *fuse.OpenOut) openRecord
 // "." first, and *fh becomes the bridge's handle, opened again if another
 // process handed it out.
 func (h *handoverFS) prepare(cancel <-chan struct{}, hdr *fuse.InHeader, fh *uint64, dir bool) fuse.Status {
+	if h.plain {
+		return fuse.OK
+	}
 	h.mu.RLock()
 	known := hdr.NodeId == fuse.FUSE_ROOT_ID || h.counts[hdr.NodeId] > 0
 	var inner uint64
@@ -189,8 +197,13 @@ func (h *handoverFS) reopen(cancel <-chan struct{}, hdr *fuse.InHeader, fh uint6
 	return out.Fh, fuse.OK
 }
 
-// issueLocked gives the kernel a handle for the bridge's out.Fh.
+// issueLocked gives the kernel a handle for the bridge's out.Fh (the
+// bridge's own on a plain mount).
 func (h *handoverFS) issueLocked(out *fuse.OpenOut, open *openRecord) {
+	if h.plain {
+		h.fhs[out.Fh] = &kernelHandle{inner: out.Fh, open: open}
+		return
+	}
 	h.nextFh++
 	k := h.gen | h.nextFh
 	h.fhs[k] = &kernelHandle{inner: out.Fh, open: open}
@@ -210,6 +223,9 @@ func (h *handoverFS) dropHandle(fh uint64) *kernelHandle {
 }
 
 func (h *handoverFS) Lookup(cancel <-chan struct{}, hdr *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	if h.plain {
+		return h.RawFileSystem.Lookup(cancel, hdr, name, out)
+	}
 	if st := h.ensure(cancel, hdr); !st.Ok() {
 		return st
 	}
@@ -221,6 +237,10 @@ func (h *handoverFS) Lookup(cancel <-chan struct{}, hdr *fuse.InHeader, name str
 }
 
 func (h *handoverFS) Forget(nodeID, nlookup uint64) {
+	if h.plain {
+		h.RawFileSystem.Forget(nodeID, nlookup)
+		return
+	}
 	h.mu.Lock()
 	n := min(nlookup, h.counts[nodeID])
 	if n == h.counts[nodeID] {
@@ -266,6 +286,9 @@ func (h *handoverFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.Ope
 }
 
 func (h *handoverFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if h.plain {
+		return h.RawFileSystem.OpenDir(cancel, in, out)
+	}
 	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
 		return st
 	}
@@ -279,6 +302,9 @@ func (h *handoverFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.
 }
 
 func (h *handoverFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	if h.plain {
+		return h.RawFileSystem.Read(cancel, in, buf)
+	}
 	if st := h.prepare(cancel, &in.InHeader, &in.Fh, false); !st.Ok() {
 		return nil, st
 	}
@@ -293,7 +319,10 @@ func (h *handoverFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.
 }
 
 func (h *handoverFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return fuse.ENOSYS // off (MountOptions.DisableReadDirPlus): its entries would escape counts
+	if h.plain {
+		return h.RawFileSystem.ReadDirPlus(cancel, in, out)
+	}
+	return fuse.ENOSYS // off (mountOptions): its entries would escape counts
 }
 
 func (h *handoverFS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
@@ -304,6 +333,9 @@ func (h *handoverFS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.L
 }
 
 func (h *handoverFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	if h.plain {
+		return h.RawFileSystem.Flush(cancel, in)
+	}
 	h.mu.RLock()
 	kh := h.fhs[in.Fh]
 	h.mu.RUnlock()
@@ -327,6 +359,10 @@ func (h *handoverFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 }
 
 func (h *handoverFS) ReleaseDir(in *fuse.ReleaseIn) {
+	if h.plain {
+		h.RawFileSystem.ReleaseDir(in)
+		return
+	}
 	if kh := h.dropHandle(in.Fh); kh != nil && kh.inner != 0 {
 		in.Fh = kh.inner
 		h.RawFileSystem.ReleaseDir(in)

@@ -59,7 +59,7 @@ func (r *recordingFS) Release(_ <-chan struct{}, in *fuse.ReleaseIn) {
 
 func TestHandoverFSCountsAndHandles(t *testing.T) {
 	inner := &recordingFS{forgets: map[uint64]uint64{}}
-	h := newHandoverFS(inner, 2, nil)
+	h := newHandoverFS(inner, 2, nil, false)
 	var e fuse.EntryOut
 	h.Lookup(nil, &fuse.InHeader{NodeId: 1}, "abc", &e) // node 103, count 1
 	h.Lookup(nil, &fuse.InHeader{NodeId: 1}, "abc", &e) // count 2
@@ -154,7 +154,7 @@ func TestHandoverFSSettlesIOModes(t *testing.T) {
 	}
 	defer opens.close()
 	inner := &recordingFS{forgets: map[uint64]uint64{}}
-	h := newHandoverFS(inner, 2, opens)
+	h := newHandoverFS(inner, 2, opens, false)
 	const pt, keep = fuse.FOPEN_PASSTHROUGH, fuse.FOPEN_KEEP_CACHE
 	tests := []struct {
 		name         string
@@ -229,5 +229,40 @@ func TestOpenLogCompacts(t *testing.T) {
 	defer l.close()
 	if live := l.snapshot(); len(live) != 1 || live[1] != (openRecord{2, 3}) {
 		t.Errorf("live handles after compaction: %v", live)
+	}
+}
+
+// TestPlainHandoverFSPassesThrough: on a mount that is never handed over,
+// node ids and handles are the bridge's own and go through untouched,
+// forgets are not trimmed, and the io modes of open files are still kept.
+func TestPlainHandoverFSPassesThrough(t *testing.T) {
+	inner := &recordingFS{forgets: map[uint64]uint64{}, openFlags: fuse.FOPEN_PASSTHROUGH, backing: 4}
+	h := newHandoverFS(inner, 1, nil, true)
+	var oo fuse.OpenOut
+	h.Open(nil, &fuse.OpenIn{InHeader: fuse.InHeader{NodeId: 103}}, &oo)
+	if oo.Fh != 1 {
+		t.Fatalf("issued handle %#x; want the bridge's own (1)", oo.Fh)
+	}
+	in := &fuse.ReadIn{InHeader: fuse.InHeader{NodeId: 103}, Fh: oo.Fh}
+	if _, st := h.Read(nil, in, nil); !st.Ok() || in.Fh != 1 || inner.opens != 1 {
+		t.Fatalf("read: %v, handle %d, opens %d; want it passed through", st, in.Fh, inner.opens)
+	}
+	h.Forget(103, 5) // never counted here: forwarded as is
+	if inner.forgets[103] != 5 {
+		t.Errorf("bridge forgot %d, want 5", inner.forgets[103])
+	}
+	if h.cachedOpen(103) {
+		t.Error("a passthrough open counted as cached")
+	}
+	var cached fuse.OpenOut
+	inner.openFlags, inner.backing = 0, 0
+	h.Open(nil, &fuse.OpenIn{InHeader: fuse.InHeader{NodeId: 103}}, &cached)
+	if cached.OpenFlags&fuse.FOPEN_PASSTHROUGH == 0 || cached.BackingID != 4 {
+		t.Errorf("second open flags %#x backing %d; want it to match the open passthrough file", cached.OpenFlags, cached.BackingID)
+	}
+	h.Release(nil, &fuse.ReleaseIn{Fh: oo.Fh})
+	h.Release(nil, &fuse.ReleaseIn{Fh: cached.Fh})
+	if len(inner.released) != 2 || len(h.modes) != 0 {
+		t.Errorf("releases %v, io modes left %v; want both released and none left", inner.released, h.modes)
 	}
 }
