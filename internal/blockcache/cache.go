@@ -248,6 +248,12 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead boo
 		if data, crc, ok := c.mem.get(key); ok {
 			return memEntry{data: data, crc: crc}, nil
 		}
+		if c.behind != nil {
+			if data, crc, ok := c.behind.lookup(key); ok {
+				c.putMemory(key, data, crc)
+				return memEntry{data: data, crc: crc}, nil
+			}
+		}
 		if c.disk != nil && c.disk.has(b) {
 			buf := make([]byte, b.Len())
 			if hit, crc := c.readDisk(b, key, buf, 0); hit {
@@ -314,9 +320,19 @@ func (c *Cache) publishSizes() {
 	}
 }
 
-// present reports whether a block is in memory or on disk.
+// present reports whether a block is in memory, queued for the disk or
+// on it.
 func (c *Cache) present(b BlockRef) bool {
-	return c.mem.contains(b.Key()) || (c.disk != nil && c.disk.has(b))
+	if c.mem.contains(b.Key()) {
+		return true
+	}
+	if c.disk == nil {
+		return false
+	}
+	if _, _, ok := c.behind.lookup(b.Key()); ok {
+		return true
+	}
+	return c.disk.has(b)
 }
 
 // Prefetch fetches blocks [from, to] of obj in the background, at most

@@ -16,7 +16,7 @@ import (
 // queue is full the disk copy is dropped:
 // the block stays in the memory tier and is fetched again only if it is
 // evicted before it is read. A full queue whose disk still makes progress
-// holds the fetch until there is room, at most stuckAfter (a slower disk
+// holds the fetch until there is room, at most maxPace (a slower disk
 // than network paces the reader, as the page cache must hold the file for
 // passthrough); a stuck disk never blocks or fails a read.
 // Writes queued or in progress are counted per object, so an open that
@@ -26,6 +26,8 @@ import (
 type writeBehind struct {
 	write   func(b BlockRef, data []byte, crc uint32, direct bool) error // the disk tier's write
 	direct  bool
+	stuck   time.Duration // stuckAfter, shorter in tests
+	pace    time.Duration // maxPace, shorter in tests
 	jobs    chan diskJob
 	wg      sync.WaitGroup // writers
 	senders sync.WaitGroup // submits that may still send on jobs
@@ -33,6 +35,7 @@ type writeBehind struct {
 	mu       sync.Mutex
 	closed   bool
 	pending  map[string]*objectWrites // object id → its unwritten blocks
+	queued   map[string]diskJob       // block key → a block not yet on disk
 	dropped  int64
 	lastDone time.Time // when a write last finished
 }
@@ -52,17 +55,21 @@ type objectWrites struct {
 
 // Write-behind sizing: the queue holds at most writeBehindBytes of blocks
 // (at least two), written by writeBehindWriters goroutines; a disk that
-// finished no write for stuckAfter is taken as stuck.
+// finished no write for stuckAfter is taken as stuck, and a full queue
+// holds a fetch at most maxPace. Both are long: a worker's disk copies are
+// the cluster's cache, and under a burst of 64 clients on 2 cores a 1 s
+// bound dropped copies that the origin then had to send again.
 const (
 	writeBehindBytes   = 64 << 20
 	writeBehindWriters = 2
-	stuckAfter         = time.Second
+	stuckAfter         = 10 * time.Second
+	maxPace            = 5 * time.Second
 )
 
 // newWriteBehind starts the writers of a queue of queued blocks.
 func newWriteBehind(write func(BlockRef, []byte, uint32, bool) error, queued int, direct bool) *writeBehind {
 	w := &writeBehind{write: write, direct: direct, jobs: make(chan diskJob, max(2, queued)), pending: map[string]*objectWrites{},
-		lastDone: time.Now()} // a new disk is taken as working
+		queued: map[string]diskJob{}, lastDone: time.Now(), stuck: stuckAfter, pace: maxPace} // a new disk is taken as working
 	for range writeBehindWriters {
 		w.wg.Add(1)
 		go w.run()
@@ -87,18 +94,19 @@ func (w *writeBehind) submit(b BlockRef, data []byte, crc uint32) bool {
 		w.pending[id] = ow
 	}
 	ow.n++
-	progressing := time.Since(w.lastDone) < stuckAfter
+	job := diskJob{b: b, data: data, crc: crc}
+	w.queued[b.Key()] = job
+	progressing := time.Since(w.lastDone) < w.stuck
 	w.senders.Add(1)
 	w.mu.Unlock()
 	defer w.senders.Done()
-	job := diskJob{b: b, data: data, crc: crc}
 	select {
 	case w.jobs <- job:
 		return true
 	default:
 	}
 	if progressing {
-		t := time.NewTimer(stuckAfter)
+		t := time.NewTimer(w.pace)
 		defer t.Stop()
 		select {
 		case w.jobs <- job:
@@ -109,8 +117,17 @@ func (w *writeBehind) submit(b BlockRef, data []byte, crc uint32) bool {
 	w.mu.Lock()
 	w.dropped++
 	w.mu.Unlock()
-	w.finished(id, false)
+	w.finished(job, false)
 	return false
+}
+
+// lookup returns a block that is queued for the disk: evicted from memory
+// before its write, it is still served from here, not fetched again.
+func (w *writeBehind) lookup(key string) ([]byte, uint32, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	j, ok := w.queued[key]
+	return j.data, j.crc, ok
 }
 
 func (w *writeBehind) run() {
@@ -119,15 +136,17 @@ func (w *writeBehind) run() {
 		if err := w.write(j.b, j.data, j.crc, w.direct); err != nil {
 			klog.V(2).InfoS("Disk tier write failed", "path", j.b.Object.Path, "block", j.b.Index, "err", err)
 		}
-		w.finished(j.b.Object.id(), true)
+		w.finished(j, true)
 	}
 }
 
-// finished ends one of id's pending writes; wrote says it reached the
-// disk (a dropped copy is no sign of the disk's progress).
-func (w *writeBehind) finished(id string, wrote bool) {
+// finished ends one of j's object's pending writes; wrote says it reached
+// the disk (a dropped copy is no sign of the disk's progress).
+func (w *writeBehind) finished(j diskJob, wrote bool) {
+	id := j.b.Object.id()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	delete(w.queued, j.b.Key())
 	if wrote {
 		w.lastDone = time.Now()
 	}

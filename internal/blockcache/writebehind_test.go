@@ -27,6 +27,7 @@ func gatedWrites(c *Cache, queued int, free int64, skip *atomic.Bool) chan struc
 		}
 		return c.disk.write(b, data, crc, direct)
 	}, queued, false)
+	c.behind.stuck, c.behind.pace = 200*time.Millisecond, 50*time.Millisecond
 	return gate
 }
 
@@ -213,5 +214,23 @@ func TestDiskWriteModes(t *testing.T) {
 				t.Errorf("%d blocks fetched again after a restart; want all from the disk", n)
 			}
 		})
+	}
+}
+
+// TestQueuedBlocksAreServed: a block evicted from memory before its disk
+// write is served from the write-behind queue, not fetched again.
+func TestQueuedBlocksAreServed(t *testing.T) {
+	g := newMemGetter()
+	data := randBytes(6*(64<<10), 17)
+	obj := g.add("f", data)
+	c := newTestCache(t, g, func(c *Config) { c.MemoryBytes = 64 << 10 }) // one block
+	var skip atomic.Bool
+	gate := gatedWrites(c, 16, 0, &skip)
+	defer close(gate)
+	readAll(t, c, obj, data)
+	before := g.total.Load()
+	readAll(t, c, obj, data)
+	if n := g.total.Load() - before; n != 0 {
+		t.Errorf("%d blocks fetched again while their disk copies were queued", n)
 	}
 }
