@@ -72,9 +72,7 @@ func TestFullWriteQueueDropsCopiesNotReads(t *testing.T) {
 	}
 	// The memory tier (2 MiB) still holds the file: reading it again
 	// fetches nothing; the dropped copies are written when fetched anew.
-	before := g.total.Load()
-	readAll(t, c, obj, data)
-	if n := g.total.Load() - before; n != 0 {
+	if n := fetchesToRead(t, g, c, obj, data); n != 0 {
 		t.Errorf("%d fetches for a file held in memory", n)
 	}
 }
@@ -117,9 +115,7 @@ func TestCrashWithWritesQueued(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	before := g.total.Load()
-	readAll(t, c2, obj, data)
-	if n := g.total.Load() - before; n != blocks-written {
+	if n := fetchesToRead(t, g, c2, obj, data); n != blocks-written {
 		t.Errorf("%d blocks fetched after the crash, want the %d never written", n, blocks-written)
 	}
 }
@@ -208,9 +204,7 @@ func TestDiskWriteModes(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c2.Close()
-			before := g.total.Load()
-			readAll(t, c2, obj, data)
-			if n := g.total.Load() - before; n != 0 {
+			if n := fetchesToRead(t, g, c2, obj, data); n != 0 {
 				t.Errorf("%d blocks fetched again after a restart; want all from the disk", n)
 			}
 		})
@@ -228,9 +222,16 @@ func TestQueuedBlocksAreServed(t *testing.T) {
 	gate := gatedWrites(c, 16, 0, &skip)
 	defer close(gate)
 	readAll(t, c, obj, data)
-	before := g.total.Load()
-	readAll(t, c, obj, data)
-	if n := g.total.Load() - before; n != 0 {
+	if n := fetchesToRead(t, g, c, obj, data); n != 0 {
 		t.Errorf("%d blocks fetched again while their disk copies were queued", n)
 	}
+}
+
+// fetchesToRead reads obj whole through c, checks the bytes, and returns
+// how many blocks that fetched from g.
+func fetchesToRead(t *testing.T, g *memGetter, c *Cache, obj ObjectRef, data []byte) int64 {
+	t.Helper()
+	before := g.total.Load()
+	readAll(t, c, obj, data)
+	return g.total.Load() - before
 }
