@@ -6,6 +6,7 @@ import (
 	"debug/buildinfo"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime/debug"
@@ -16,6 +17,10 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/mountutil"
 )
+
+// LogDirEnv names a directory where each child's whole output is kept
+// (NAME-*.log), besides the last lines in memory.
+const LogDirEnv = "SLUICE_BENCH_LOG_DIR"
 
 // stopTimeout is how long a child gets to exit after SIGTERM before it is
 // killed (and its mount detached).
@@ -46,14 +51,29 @@ func startChild(name, mountPoint, bin string, args, env []string, want string) (
 	c := &child{name: name, mountPoint: mountPoint, out: newLineWatcher(want), exited: make(chan struct{})}
 	c.cmd = exec.Command(bin, args...)
 	c.cmd.Env = append(os.Environ(), env...)
-	c.cmd.Stdout = c.out
-	c.cmd.Stderr = c.out
+	var out io.Writer = c.out
+	var logFile *os.File
+	if dir := os.Getenv(LogDirEnv); dir != "" {
+		f, err := os.CreateTemp(dir, strings.NewReplacer("/", "_", " ", "-").Replace(name)+"-*.log")
+		if err != nil {
+			return nil, fmt.Errorf("keep the log of %s: %w", name, err)
+		}
+		logFile, out = f, io.MultiWriter(c.out, f)
+	}
+	c.cmd.Stdout = out
+	c.cmd.Stderr = out
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := c.cmd.Start(); err != nil {
+		if logFile != nil {
+			logFile.Close()
+		}
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	go func() {
 		c.waitErr = c.cmd.Wait()
+		if logFile != nil {
+			logFile.Close()
+		}
 		close(c.exited)
 	}()
 	return c, nil

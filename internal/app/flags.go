@@ -66,11 +66,14 @@ type CacheFlags struct {
 }
 
 // DefaultReadBudget is the read budget of mounts, sidecars and CSI
-// sessions; cache workers use WorkerReadBudget, which is shorter than
-// their clients' attempt deadline (see internal/cacheserver).
+// sessions. Cache workers use WorkerReadBudget, longer: a worker's fetch
+// serves every client that asks for the block, and a client's request
+// ends at the client's own deadline (a 504) while the fetch goes on, so the
+// client's next attempt joins it instead of starting the transfer again
+// (see internal/cacheserver).
 const (
 	DefaultReadBudget = 60 * time.Second
-	WorkerReadBudget  = 20 * time.Second
+	WorkerReadBudget  = 2 * time.Minute
 )
 
 // AddFlags registers the cache flags.

@@ -46,6 +46,8 @@ type Config struct {
 	Readahead    int // blocks ahead of a sequential reader; 0: none (flags default to DefaultReadahead)
 	MaxPrefetch  int // parallel readahead fetches; default 16
 	MaxFetches   int // parallel fetches from the tier below; default 32
+	// FetchTimeout bounds a fetch's wait for a slot, and then its
+	// transfer from the tier below (default 2 min).
 	FetchTimeout time.Duration
 	Getter       Getter
 	Metrics      *metrics.Cache
@@ -260,12 +262,18 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead boo
 				return memEntry{data: buf, crc: crc}, nil
 			}
 		}
-		fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
-		defer cancel()
-		if err := c.fetches.AcquirePromotable(fctx, readahead, pr.ch); err != nil {
+		// The wait for a slot and the transfer each get the whole budget:
+		// a transfer cut short because its slot came late would leave
+		// the bytes it had for the next attempt to fetch again.
+		wctx, cancelWait := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
+		err := c.fetches.AcquirePromotable(wctx, readahead, pr.ch)
+		cancelWait()
+		if err != nil {
 			return nil, err
 		}
 		defer c.fetches.Release()
+		fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
+		defer cancel()
 		if readahead && !c.promos.promoted(pr) {
 			fctx = source.WithReadahead(fctx)
 		}

@@ -116,7 +116,12 @@ func (w *writeBehind) submit(b BlockRef, data []byte, crc uint32) bool {
 	}
 	w.mu.Lock()
 	w.dropped++
+	n := w.dropped
 	w.mu.Unlock()
+	if n == 1 || n%100 == 0 {
+		klog.InfoS("Disk copies dropped: the disk tier writes slower than blocks arrive; an evicted block is fetched again",
+			"dropped", n, "stuck", !progressing)
+	}
 	w.finished(job, false)
 	return false
 }

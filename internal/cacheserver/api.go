@@ -17,7 +17,7 @@
 // "102 Processing" response after 20 ms and then every 500 ms. Errors are
 // plain-text reasons with 400 (bad request), 401 (token), 403 (permission),
 // 404 (unknown dataset or path), 412 (object version changed), 416
-// (range), 502 (origin failed), 503 (draining or busy) and 504 (the origin
+// (range), 429 (busy), 502 (origin failed), 503 (draining) and 504 (the origin
 // did not answer within the client's deadline).
 //
 // # Deadlines and retries
@@ -35,7 +35,8 @@
 //     policy); rounds are spaced by a jittered backoff of up to 1 s. One
 //     attempt at one worker has the deadline --worker-timeout (30 s) plus
 //     its bytes at 1 MiB/s, and the worker is told it (X-Sluice-Timeout-Ms).
-//     A worker that sends nothing — no 102, header or body byte — for 3 s
+//     A worker that sends nothing — no 102, header or body byte, on this
+//     request or any other of the process's requests to it — for 3 s
 //     (Silence), misses an attempt's deadline, fails the connection or
 //     answers garbage is marked failed for the whole process before the
 //     next attempt, which goes to the next worker in HRW order. A worker
@@ -47,12 +48,18 @@
 //     also sent to the next worker; at most HedgeRate (5 %) extra requests.
 //   - Health: Pool.Run probes failed workers' /readyz (1 s timeout) in
 //     backoff from 250 ms to 5 s and brings back those that answer.
-//   - Worker → origin (source.WithRetry): the worker waits for a block at
-//     most its own read budget (--read-budget, 20 s for workers) and never
-//     past the client's deadline less a margin, answering 504 then; each
-//     origin attempt has 10 s to its first byte plus its bytes at 1 MiB/s,
-//     and throttling answers (503 SlowDown, 429) halve the requests in
-//     flight toward the origin (AIMD).
+//   - Worker → origin (source.WithRetry): a worker's request ends at the
+//     client's deadline less a margin (504), while the block's fetch goes
+//     on for up to the worker's read budget (--read-budget, 2 min for
+//     workers), so the client's next attempt joins it rather than making
+//     the origin send the block again. Each origin attempt has 10 s to its
+//     first byte plus its bytes at 1 MiB/s; an attempt cut short mid-body
+//     is retried for the bytes that did not arrive (source.PartialError).
+//     Throttling answers (503 SlowDown, 429) halve the requests in flight
+//     toward the origin (AIMD).
+//   - A worker with too many requests in flight answers 429: the client
+//     keeps it in the set and asks it again in the next round, since the
+//     next worker would fetch the block from the origin.
 package cacheserver
 
 import (

@@ -25,27 +25,34 @@ var (
 )
 
 // watchdog ends an attempt whose worker falls silent: every sign of life
-// (an interim 102, the response header, a body read) resets it.
+// (an interim 102, the response header, a body read) resets it. The worker
+// is silent when neither this request nor any other of this process's
+// requests to it showed a sign of life within the silence: a worker that
+// answers other requests is busy (a burst's backlog, a starved CPU), not
+// gone, and such an attempt is bounded by its deadline instead — failing
+// the worker would send its blocks to workers that fetch them again.
 type watchdog struct {
 	start   time.Time
-	last    atomic.Int64 // UnixNano of the last sign of life
-	first   atomic.Int64 // UnixNano of the first, 0 before it
+	last    atomic.Int64  // UnixNano of the last sign of life
+	worker  *atomic.Int64 // the same, over all requests to the worker
+	first   atomic.Int64  // UnixNano of the first, 0 before it
 	silence time.Duration
 	timer   *time.Timer
 	cancel  context.CancelCauseFunc
 	onFirst func() // nil or called once, at the first sign of life
 }
 
-func watchSilence(ctx context.Context, silence time.Duration, onFirst func()) (context.Context, *watchdog) {
+func watchSilence(ctx context.Context, w *worker, silence time.Duration, onFirst func()) (context.Context, *watchdog) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	wd := &watchdog{start: time.Now(), silence: silence, cancel: cancel, onFirst: onFirst}
+	wd := &watchdog{start: time.Now(), worker: &w.lastSign, silence: silence, cancel: cancel, onFirst: onFirst}
 	wd.last.Store(wd.start.UnixNano())
 	wd.timer = time.AfterFunc(silence, wd.check)
 	return ctx, wd
 }
 
 func (wd *watchdog) check() {
-	idle := time.Since(time.Unix(0, wd.last.Load()))
+	last := max(wd.last.Load(), wd.worker.Load())
+	idle := time.Since(time.Unix(0, last))
 	if idle >= wd.silence {
 		wd.cancel(errSilent)
 		return
@@ -56,6 +63,7 @@ func (wd *watchdog) check() {
 func (wd *watchdog) alive() {
 	now := time.Now().UnixNano()
 	wd.last.Store(now)
+	wd.worker.Store(now)
 	if wd.first.CompareAndSwap(0, now) && wd.onFirst != nil {
 		wd.onFirst()
 	}
@@ -137,7 +145,7 @@ func (p *Pool) get(ctx context.Context, w *worker, op string, q url.Values, time
 		timeout = min(timeout, time.Until(d))
 	}
 	tctx, cancelTimeout := context.WithTimeoutCause(ctx, timeout, errDeadline)
-	wctx, wd := watchSilence(tctx, p.cfg.Silence, onFirst)
+	wctx, wd := watchSilence(tctx, w, p.cfg.Silence, onFirst)
 	release := func() { wd.stop(); cancelTimeout() }
 	trace := &httptrace.ClientTrace{
 		Got1xxResponse:       func(int, textproto.MIMEHeader) error { wd.alive(); return nil },

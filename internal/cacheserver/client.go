@@ -65,6 +65,14 @@ func originTrouble(err error) bool {
 	return errors.As(err, &we) && (we.code == http.StatusBadGateway || we.code == http.StatusGatewayTimeout)
 }
 
+// busy reports whether a live worker had too many requests in flight
+// (429): the next worker would have to fetch the block from the origin,
+// so the round waits for the next one instead.
+func busy(err error) bool {
+	var we *workerError
+	return errors.As(err, &we) && we.code == http.StatusTooManyRequests
+}
+
 // try asks the workers ws (in HRW order) and reports how many it used.
 type try func(ctx context.Context, ws []*worker) (used int, err error)
 
@@ -96,7 +104,7 @@ func (s *Source) do(ctx context.Context, op, key string, ask try, fallback func(
 			if ctx.Err() != nil {
 				return s.stopped(ctx, op, key, last)
 			}
-			if originTrouble(err) {
+			if originTrouble(err) || busy(err) {
 				break
 			}
 			i += used
@@ -135,9 +143,10 @@ func (s *Source) judge(actx context.Context, w *worker, err error) {
 	switch {
 	case err == nil:
 		s.pool.markOK(w)
-	case answered(err) || originTrouble(err) || actx.Err() != nil:
-		// A definite answer, a live worker whose origin failed, or an
-		// attempt the caller ended (gave up, or another worker won).
+	case answered(err) || originTrouble(err) || busy(err) || actx.Err() != nil:
+		// A definite answer, a live worker whose origin failed or that is
+		// busy, or an attempt the caller ended (gave up, or another
+		// worker won).
 	case errors.Is(err, errSilent):
 		s.pool.markFailed(w, "silent", err)
 	case errors.Is(err, errDeadline):
@@ -249,7 +258,7 @@ func (s *Source) readHedged(ctx context.Context, ws []*worker, p, version string
 		return 1, r.crc, r.err
 	case <-timer.C:
 	}
-	if signed.Load() || !s.pool.takeHedge() {
+	if signed.Load() || primary.aliveWithin(s.pool.hedgeDelay()) || !s.pool.takeHedge() {
 		r := <-done
 		s.judge(pctx, primary, r.err)
 		return 1, r.crc, r.err

@@ -6,8 +6,11 @@ import (
 )
 
 // Hedging: a block request whose worker shows no sign of life (an interim
-// 102 or the answer) within the set's recent p95 time to first sign is also
-// sent to the next worker in HRW order, and the first good answer wins.
+// 102 or the answer) within the set's recent p95 time to first sign, on
+// this request or any other of the process's requests to it, is also sent
+// to the next worker in HRW order, and the first good answer wins. A worker
+// that answers other requests is busy, not paused: hedging its requests
+// would make the next worker fetch their blocks from the origin again.
 // Workers answer or send a 102 within milliseconds however long the block
 // takes them (a slow origin shows as 102s, not as silence), so a hedge is
 // sent for a worker that is paused, overloaded or cut off — not for one
@@ -70,6 +73,12 @@ func (p *Pool) hedgeDelay() time.Duration {
 		return defaultHedgeDelay
 	}
 	return min(max(p.signs.p95, minHedgeDelay), maxHedgeDelay)
+}
+
+// aliveWithin reports whether any request to w showed a sign of life
+// within d.
+func (w *worker) aliveWithin(d time.Duration) bool {
+	return time.Since(time.Unix(0, w.lastSign.Load())) < d
 }
 
 // earnHedge credits one block request to the hedge budget.

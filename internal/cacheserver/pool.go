@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -76,6 +77,9 @@ type Pool struct {
 type worker struct {
 	url  string
 	seed uint64
+	// lastSign is the UnixNano of the last sign of life on any of this
+	// process's requests to the worker (see watchdog).
+	lastSign atomic.Int64
 	// Guarded by Pool.mu.
 	down      bool
 	retryAt   time.Time // next probe (or, without a prober, next use)

@@ -60,7 +60,7 @@ type ServerConfig struct {
 	Listings    *listcache.Cache
 	Cache       *blockcache.Cache
 	Auth        Authenticator
-	MaxInFlight int // concurrent data requests; more get 503 (default 1024)
+	MaxInFlight int // concurrent data requests; more get 429 (default 1024)
 }
 
 // Server is the cache worker's HTTP API.
@@ -122,7 +122,7 @@ func (s *Server) data(w http.ResponseWriter, r *http.Request) {
 	case s.slots <- struct{}{}:
 		defer func() { <-s.slots }()
 	default:
-		http.Error(w, "busy: too many requests in flight", http.StatusServiceUnavailable)
+		http.Error(w, "busy: too many requests in flight", http.StatusTooManyRequests)
 		return
 	}
 	if ds := r.PathValue("dataset"); ds != s.cfg.Dataset {

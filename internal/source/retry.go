@@ -143,7 +143,7 @@ func (r *retrySource) ID() string { return r.s.ID() }
 
 func (r *retrySource) List(ctx context.Context, dir string) ([]Entry, error) {
 	var out []Entry
-	err := r.do(ctx, "list", dir, r.p.List, func(ctx context.Context) error {
+	err := r.do(ctx, "list", dir, fixed(r.p.List), func(ctx context.Context) error {
 		var err error
 		out, err = r.s.List(ctx, dir)
 		return err
@@ -153,7 +153,7 @@ func (r *retrySource) List(ctx context.Context, dir string) ([]Entry, error) {
 
 func (r *retrySource) Stat(ctx context.Context, path string) (Entry, error) {
 	var out Entry
-	err := r.do(ctx, "stat", path, r.p.TTFB, func(ctx context.Context) error {
+	err := r.do(ctx, "stat", path, fixed(r.p.TTFB), func(ctx context.Context) error {
 		var err error
 		out, err = r.s.Stat(ctx, path)
 		return err
@@ -161,13 +161,23 @@ func (r *retrySource) Stat(ctx context.Context, path string) (Entry, error) {
 	return out, err
 }
 
+// ReadAt retries a read that failed after part of its bytes (PartialError)
+// for the rest only: each attempt asks for what has not arrived, with a
+// deadline sized to those bytes.
 func (r *retrySource) ReadAt(ctx context.Context, path, version string, p []byte, off int64) error {
-	return r.do(ctx, "read", path, r.p.AttemptTimeout(int64(len(p))), func(ctx context.Context) error {
-		return r.s.ReadAt(ctx, path, version, p, off)
-	})
+	done := 0
+	return r.do(ctx, "read", path, func() time.Duration { return r.p.AttemptTimeout(int64(len(p) - done)) },
+		func(ctx context.Context) error {
+			err := r.s.ReadAt(ctx, path, version, p[done:], off+int64(done))
+			done += min(received(err), len(p)-done)
+			return err
+		})
 }
 
-func (r *retrySource) do(ctx context.Context, op, path string, perAttempt time.Duration, try func(context.Context) error) error {
+// fixed is an attempt deadline that does not change between attempts.
+func fixed(d time.Duration) func() time.Duration { return func() time.Duration { return d } }
+
+func (r *retrySource) do(ctx context.Context, op, path string, perAttempt func() time.Duration, try func(context.Context) error) error {
 	ctx, cancel := r.p.Bound(ctx)
 	defer cancel()
 	var last error
@@ -187,7 +197,7 @@ func (r *retrySource) do(ctx context.Context, op, path string, perAttempt time.D
 		if ctx.Err() != nil {
 			return r.stopped(ctx, op, path, last)
 		}
-		err := r.attempt(ctx, perAttempt, try)
+		err := r.attempt(ctx, perAttempt(), try)
 		if err == nil {
 			return nil
 		}

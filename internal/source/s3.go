@@ -337,9 +337,9 @@ func (s *s3Source) ReadAt(ctx context.Context, p, version string, buf []byte, of
 	}
 	if n, err := io.ReadFull(body, buf); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("%s: body ended after %d bytes: %w", where, n, io.ErrUnexpectedEOF)
+			err = io.ErrUnexpectedEOF
 		}
-		return fmt.Errorf("%s: after %d bytes: %w", where, n, err)
+		return fmt.Errorf("%s: %w", where, partial(n, err))
 	}
 	return nil
 }
