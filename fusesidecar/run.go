@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/datapath"
 	"github.com/sluice-dev/sluice/internal/fusefs"
+	"github.com/sluice-dev/sluice/internal/heartbeat"
 	"github.com/sluice-dev/sluice/internal/metrics"
 	"github.com/sluice-dev/sluice/internal/mountutil"
 )
@@ -54,10 +54,10 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 	// first worker from this pod's first heartbeat, while the mount waits
 	// (bounded by --probe-timeout) for it.
 	if o.ControllerURL != "" {
-		hb := &heartbeater{url: strings.TrimSuffix(o.ControllerURL, "/") + contract.HeartbeatPath, tokenFile: o.TokenFile,
-			interval: o.HeartbeatInterval, reg: reg, volumes: o.Volumes}
+		hb := &heartbeat.Sender{URL: heartbeat.URL(o.ControllerURL), TokenFile: o.TokenFile,
+			Interval: o.HeartbeatInterval, Registry: reg, Volumes: o.Volumes}
 		go func() {
-			if hb.run(ctx) {
+			if hb.Run(ctx) {
 				cancel(errors.New("the controller asked the sidecar to exit"))
 			}
 		}()
@@ -102,37 +102,10 @@ func (o *Options) mount(ctx context.Context, v contract.SidecarVolume, m *metric
 	if cf.Dir != "" {
 		cf.Dir = filepath.Join(cf.Dir, v.Name)
 	}
-	if v.CacheSize != "" {
-		cf.Disk = v.CacheSize
-	}
-	if v.Readahead != "" {
-		n, err := strconv.Atoi(v.Readahead)
-		if err != nil {
-			return nil, fmt.Errorf("readahead %q: %w", v.Readahead, err)
-		}
-		cf.Readahead = n
-	}
-	sf := o.SourceFlags
-	if v.Dataset == "" && v.CredentialsEnv != "" {
-		// Each source volume may name its own Secret: its credentials come
-		// from its own variables, not the process environment.
-		sf.AccessKey = os.Getenv(v.CredentialsEnv + contract.EnvAccessKeyID)
-		sf.SecretKey = os.Getenv(v.CredentialsEnv + contract.EnvSecretAccessKey)
-		if sf.AccessKey == "" || sf.SecretKey == "" {
-			return nil, fmt.Errorf("credentials: %s%s and %s%s must both be set", v.CredentialsEnv, contract.EnvAccessKeyID,
-				v.CredentialsEnv, contract.EnvSecretAccessKey)
-		}
-	}
-	cfg, err := app.Config(v.Source, &sf, &cf, m, o.ProbeTime)
+	cfg, err := app.VolumeConfig(v, o.SourceFlags, cf, app.VolumeReader{TokenFile: o.TokenFile,
+		WorkerTimeout: o.WorkerTimeout, Probe: o.ProbeTime, Metrics: m})
 	if err != nil {
 		return nil, err
-	}
-	if v.Dataset != "" {
-		// No origin fallback: origin credentials stay with the workers.
-		w := datapath.WorkersAt(v.Workers)
-		_, w.Dataset = contract.SplitDatasetRef(v.Dataset)
-		w.TokenFile, w.Timeout, w.Refresh = o.TokenFile, o.WorkerTimeout, 10*time.Second
-		cfg.Source, cfg.Workers = "", &w
 	}
 	rt, err := datapath.Open(ctx, cfg)
 	if err != nil {

@@ -1,5 +1,5 @@
 // Command sluice is the one binary of sluice: each component is a
-// subcommand (mount, cache-worker, csi, webhook, fuse-sidecar,
+// subcommand (mount, fetch, cache-worker, csi, webhook, fuse-sidecar,
 // device-plugin, controller, version). Benchmarks and the demo are the
 // separate binary sluice-bench, so this one links no test harness.
 package main
@@ -20,7 +20,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	cli.AddKlogFlags(root)
-	root.AddCommand(newMountCommand(), newCacheWorkerCommand(), newCSICommand(), newWebhookCommand(),
+	root.AddCommand(newMountCommand(), newFetchCommand(), newCacheWorkerCommand(), newCSICommand(), newWebhookCommand(),
 		newFuseSidecarCommand(), newDevicePluginCommand(), newControllerCommand(), newVersionCommand())
 	cli.TidyHelp(root)
 	return root

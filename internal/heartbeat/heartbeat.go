@@ -1,4 +1,8 @@
-package fusesidecar
+// Package heartbeat posts a converted pod's read throughput to the
+// controller (contract.Heartbeat), from the counters of a metrics registry:
+// the FUSE sidecar and the copy-mode init container both send it, so the
+// Dataset's workers scale for the pods that read it.
+package heartbeat
 
 import (
 	"bytes"
@@ -17,26 +21,35 @@ import (
 	"github.com/sluice-dev/sluice/internal/contract"
 )
 
-// heartbeater posts the sidecar's throughput to the controller.
-type heartbeater struct {
-	url       string
-	tokenFile string
-	interval  time.Duration
-	reg       prometheus.Gatherer
-	volumes   []contract.SidecarVolume
-	client    *http.Client
+// Sender posts the process's throughput to the controller.
+type Sender struct {
+	// URL is the controller's heartbeat URL; TokenFile the projected token
+	// sent with each beat (re-read every time: tokens rotate).
+	URL       string
+	TokenFile string
+	Interval  time.Duration
+	// Registry holds the counters summed into each beat.
+	Registry prometheus.Gatherer
+	// Volumes are the pod's converted volumes (their Datasets are named).
+	Volumes []contract.SidecarVolume
+	client  *http.Client
 }
 
-// run heartbeats until ctx is done; it returns true when the controller
+// URL is the heartbeat URL of a controller base URL.
+func URL(controller string) string {
+	return strings.TrimSuffix(controller, "/") + contract.HeartbeatPath
+}
+
+// Run heartbeats until ctx is done; it returns true when the controller
 // answered "exit". Failures are logged and retried at the next beat: the
 // controller being away must not hurt the pod.
-func (h *heartbeater) run(ctx context.Context) bool {
+func (h *Sender) Run(ctx context.Context) bool {
 	if h.client == nil {
-		h.client = &http.Client{Timeout: max(h.interval, 2*time.Second)}
+		h.client = &http.Client{Timeout: max(h.Interval, 2*time.Second)}
 	}
 	var lastBytes int64
 	last := time.Now()
-	t := time.NewTicker(h.interval)
+	t := time.NewTicker(h.Interval)
 	defer t.Stop()
 	for first := true; ; first = false {
 		// The first heartbeat goes at once: it may be what starts the
@@ -53,28 +66,28 @@ func (h *heartbeater) run(ctx context.Context) bool {
 		lastBytes, last = hb.BytesServed, now
 		action, err := h.send(ctx, hb)
 		if err != nil {
-			klog.V(2).InfoS("Heartbeat failed", "url", h.url, "err", err)
+			klog.V(2).InfoS("Heartbeat failed", "url", h.URL, "err", err)
 			continue
 		}
 		if action == contract.HeartbeatExit {
-			klog.InfoS("The controller asked the sidecar to exit")
+			klog.InfoS("The controller asked this process to exit")
 			return true
 		}
 	}
 }
 
 // beat builds a heartbeat from the metrics registry.
-func (h *heartbeater) beat(lastBytes int64, dt time.Duration) contract.Heartbeat {
+func (h *Sender) beat(lastBytes int64, dt time.Duration) contract.Heartbeat {
 	hb := contract.Heartbeat{PodUID: os.Getenv(contract.EnvPodUID), Namespace: os.Getenv(contract.EnvPodNamespace),
 		Name: os.Getenv(contract.EnvPodName), IntervalSecs: dt.Seconds()}
-	for _, v := range h.volumes {
+	for _, v := range h.Volumes {
 		if v.Dataset != "" {
 			hb.Datasets = append(hb.Datasets, v.Dataset)
 		} else {
 			hb.Sources++
 		}
 	}
-	sums := sumMetrics(h.reg, "sluice_bytes_served_total", "sluice_cache_hits_total", "sluice_cache_misses_total")
+	sums := sumMetrics(h.Registry, "sluice_bytes_served_total", "sluice_cache_hits_total", "sluice_cache_misses_total")
 	hb.BytesServed = int64(sums["sluice_bytes_served_total"])
 	hb.CacheHits = int64(sums["sluice_cache_hits_total"])
 	hb.CacheMisses = int64(sums["sluice_cache_misses_total"])
@@ -84,18 +97,18 @@ func (h *heartbeater) beat(lastBytes int64, dt time.Duration) contract.Heartbeat
 	return hb
 }
 
-func (h *heartbeater) send(ctx context.Context, hb contract.Heartbeat) (string, error) {
+func (h *Sender) send(ctx context.Context, hb contract.Heartbeat) (string, error) {
 	body, err := json.Marshal(hb)
 	if err != nil {
 		return "", err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL, bytes.NewReader(body))
 	if err != nil {
 		return "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if h.tokenFile != "" {
-		tok, err := os.ReadFile(h.tokenFile) // re-read: projected tokens rotate
+	if h.TokenFile != "" {
+		tok, err := os.ReadFile(h.TokenFile) // re-read: projected tokens rotate
 		if err != nil {
 			return "", fmt.Errorf("token: %w", err)
 		}
