@@ -51,6 +51,13 @@ type Config struct {
 	ClusterDomain string `json:"clusterDomain"`
 	// ControllerURL receives the sidecars' heartbeats ("" disables them).
 	ControllerURL string `json:"controllerURL"`
+	// Mode is how converted pods get their data unless the pod's
+	// annotation or its namespace's label (sluice.dev/mode) says otherwise:
+	// "fuse" (the FUSE sidecar, the default) or "copy" (a copy-mode init
+	// container; no privileges, no /dev/fuse).
+	Mode string `json:"mode"`
+	// Copier sizes the copy-mode init containers.
+	Copier CopierConfig `json:"copier"`
 	// StartupTimeoutSeconds bounds how long the sidecar may take to serve
 	// every mount before the pod's start fails.
 	StartupTimeoutSeconds int32 `json:"startupTimeoutSeconds"`
@@ -80,6 +87,13 @@ type SidecarConfig struct {
 	CacheDisk string `json:"cacheDisk"`
 	// ExtraArgs are appended to the sidecar's arguments.
 	ExtraArgs []string `json:"extraArgs"`
+}
+
+// CopierConfig is the copy-mode init container's: the reads in flight and
+// its resources (its image is the sidecar's).
+type CopierConfig struct {
+	Parallel  int                         `json:"parallel"`
+	Resources corev1.ResourceRequirements `json:"resources"`
 }
 
 // PlatformProfile is a non-privileged profile.
@@ -154,6 +168,18 @@ func (c *Config) setDefaults() {
 	if c.ClusterDomain == "" {
 		c.ClusterDomain = "cluster.local"
 	}
+	if c.Mode == "" {
+		c.Mode = contract.ModeFUSE
+	}
+	if c.Copier.Parallel == 0 {
+		c.Copier.Parallel = 16
+	}
+	if c.Copier.Resources.Requests == nil && c.Copier.Resources.Limits == nil {
+		c.Copier.Resources = corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
+		}
+	}
 	if c.StartupTimeoutSeconds == 0 {
 		c.StartupTimeoutSeconds = 120
 	}
@@ -199,6 +225,12 @@ func (c *Config) Validate() error {
 		if _, err := resource.ParseQuantity(q.v); err != nil {
 			return fmt.Errorf("%s %q: %w", q.name, q.v, err)
 		}
+	}
+	if c.Mode != contract.ModeFUSE && c.Mode != contract.ModeCopy {
+		return fmt.Errorf("mode %q: want %q or %q", c.Mode, contract.ModeFUSE, contract.ModeCopy)
+	}
+	if c.Copier.Parallel < 1 || c.Copier.Parallel > 256 {
+		return fmt.Errorf("copier.parallel %d: want 1..256", c.Copier.Parallel)
 	}
 	if c.StartupTimeoutSeconds < 1 || c.StartupTimeoutSeconds > 3600 {
 		return fmt.Errorf("startupTimeoutSeconds %d: want 1..3600", c.StartupTimeoutSeconds)

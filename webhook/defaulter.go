@@ -13,6 +13,13 @@
 // probe that passes once every mount serves) where the kubelet supports it,
 // else containers[0] with a postStart hook that waits for the mounts.
 //
+// In copy mode (pod annotation sluice.dev/mode: copy, which also opts the
+// pod in; the namespace label of the same name; or the configured default)
+// each such volume becomes an emptyDir that an unprivileged init container
+// fills with `sluice fetch` before the pod's other containers start
+// (copy.go). A FUSE conversion in a namespace whose Pod Security level is
+// baseline or restricted is denied with a message naming copy mode.
+//
 // The annotation sluice.dev/injected marks a converted pod; a converted pod
 // is only re-validated (sidecar first, restartPolicy Always, propagation of
 // the app containers' mounts), so the webhook is idempotent and safe under
@@ -77,6 +84,20 @@ func (d *Defaulter) Default(ctx context.Context, pod *corev1.Pod) error {
 	if err != nil || len(vols) == 0 {
 		return err
 	}
+	mode, err := d.mode(ctx, pod, ns)
+	if err != nil {
+		return err
+	}
+	if mode == contract.ModeCopy {
+		if err := d.convertCopy(pod, vols); err != nil {
+			return err
+		}
+		klog.V(2).InfoS("Pod converted", "namespace", ns, "pod", podName(pod), "trigger", trig, "mode", contract.ModeCopy)
+		return nil
+	}
+	if err := d.checkPodSecurity(ctx, pod, ns); err != nil {
+		return err
+	}
 	if sidecarIndex(pod.Spec.InitContainers) >= 0 || sidecarIndex(pod.Spec.Containers) >= 0 {
 		return deny("the pod already has a container named %q but no %s annotation; rename the container", contract.SidecarName,
 			contract.InjectedAnnotation)
@@ -124,20 +145,27 @@ func (d *Defaulter) Default(ctx context.Context, pod *corev1.Pod) error {
 			pod.Annotations[k] = v
 		}
 	}
-	mode := modePostStart
+	mode = modePostStart
 	if native {
 		mode = modeNative
 	}
+	markConverted(pod, mode)
+	klog.V(2).InfoS("Pod converted", "namespace", ns, "pod", podName(pod), "trigger", trig, "mode", mode,
+		"volumes", names, "profile", d.Config.Profile)
+	return nil
+}
+
+// markConverted records how the pod was converted, as an annotation and
+// as a label (so the controller's reaper can watch just the converted pods).
+func markConverted(pod *corev1.Pod, mode string) {
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
 	pod.Annotations[contract.InjectedAnnotation] = mode
-	// The same mark as a label, so the controller's reaper can watch just
-	// the converted pods.
 	if pod.Labels == nil {
 		pod.Labels = map[string]string{}
 	}
 	pod.Labels[contract.InjectedLabel] = mode
-	klog.V(2).InfoS("Pod converted", "namespace", ns, "pod", podName(pod), "trigger", trig, "mode", mode,
-		"volumes", names, "profile", d.Config.Profile)
-	return nil
 }
 
 // revalidate re-checks a converted pod (another webhook may have changed
@@ -145,11 +173,15 @@ func (d *Defaulter) Default(ctx context.Context, pod *corev1.Pod) error {
 // HostToContainer on every container that mounts a converted volume.
 func (d *Defaulter) revalidate(ctx context.Context, pod *corev1.Pod, ns, mode string) error {
 	list := &pod.Spec.Containers
-	if mode == modeNative {
+	switch mode {
+	case modeNative:
 		list = &pod.Spec.InitContainers
-	} else if mode != modePostStart {
-		return deny("annotation %s=%q: want %q or %q (remove the annotation to convert the pod)", contract.InjectedAnnotation, mode,
-			modeNative, modePostStart)
+	case contract.ModeCopy:
+		return d.revalidateCopy(ctx, pod, ns)
+	case modePostStart:
+	default:
+		return deny("annotation %s=%q: want %q, %q or %q (remove the annotation to convert the pod)", contract.InjectedAnnotation,
+			mode, modeNative, modePostStart, contract.ModeCopy)
 	}
 	i := sidecarIndex(*list)
 	if i < 0 {
@@ -171,7 +203,12 @@ func (d *Defaulter) revalidate(ctx context.Context, pod *corev1.Pod, ns, mode st
 		names[i] = v.Name
 	}
 	setPropagation(pod, names)
-	// A sluice volume added after the conversion would never be served.
+	return d.noAddedVolumes(ctx, pod, ns)
+}
+
+// noAddedVolumes denies a converted pod that has a sluice volume again: one
+// added after the conversion would never be served.
+func (d *Defaulter) noAddedVolumes(ctx context.Context, pod *corev1.Pod, ns string) error {
 	added, err := d.sluiceVolumes(ctx, pod, ns)
 	if err != nil {
 		return err

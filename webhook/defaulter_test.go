@@ -46,6 +46,11 @@ func cluster() []client.Object {
 		pv("pv-other", "nfs.csi.k8s.io", map[string]string{"server": "nfs"}, nil),
 		pv("pv-foreign", contract.DriverName, map[string]string{contract.AttrSource: "s3://b"}, &corev1.SecretReference{Name: "k", Namespace: "kube-system"}),
 		dataset(ns, "imagenet"),
+		sizedDataset(ns, "sized", 10<<30),
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "locked", Labels: map[string]string{podSecurityEnforceLabel: "restricted"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "copying", Labels: map[string]string{contract.ModeLabel: contract.ModeCopy}}},
+		dataset("locked", "imagenet"),
+		dataset("copying", "imagenet"),
 		dataset("opted", "imagenet"),
 		dataset("shared", "coco", ns),
 		dataset("shared", "private"),
@@ -64,6 +69,12 @@ func annotate(k, v string) func(*corev1.Pod) {
 func dataset(namespace, name string, access ...string) *v1alpha1.Dataset {
 	return &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Spec: v1alpha1.DatasetSpec{Source: "s3://" + name, Access: v1alpha1.AccessSpec{Namespaces: access}}}
+}
+
+func sizedDataset(namespace, name string, size int64) *v1alpha1.Dataset {
+	ds := dataset(namespace, name)
+	ds.Status.Preload = &v1alpha1.PreloadStatus{TotalBytes: size, Bytes: size}
+	return ds
 }
 
 func node(name, kubelet string, serverless bool) *corev1.Node {

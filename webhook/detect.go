@@ -20,6 +20,7 @@ const (
 	triggerNodeSelector   = "node-selector"
 	triggerNodeAffinity   = "node-affinity"
 	triggerToleration     = "toleration"
+	triggerCopyAnnotation = "copy-annotation"
 )
 
 // trigger says why a pod is converted ("" when it is not).
@@ -29,6 +30,9 @@ func (d *Defaulter) trigger(ctx context.Context, pod *corev1.Pod, ns string) (st
 		return "", nil
 	case "true":
 		return triggerPodLabel, nil
+	}
+	if pod.Annotations[contract.ModeAnnotation] == contract.ModeCopy {
+		return triggerCopyAnnotation, nil
 	}
 	if t := d.serverlessTarget(pod); t != "" {
 		return t, nil

@@ -45,13 +45,9 @@ func (d *Defaulter) buildSidecar(s sidecarSpec) corev1.Container {
 	if cfg.ControllerURL != "" {
 		args = append(args, "--controller-url="+cfg.ControllerURL)
 	}
-	env := []corev1.EnvVar{
-		{Name: contract.EnvPodName, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-		{Name: contract.EnvPodNamespace, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
-		{Name: contract.EnvPodUID, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.uid"}}},
-		{Name: contract.EnvMemoryLimit, ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{
-			ContainerName: contract.SidecarName, Resource: "limits.memory", Divisor: resource.MustParse("1")}}},
-	}
+	env := append(podIdentityEnv(), corev1.EnvVar{Name: contract.EnvMemoryLimit, ValueFrom: &corev1.EnvVarSource{
+		ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: contract.SidecarName, Resource: "limits.memory",
+			Divisor: resource.MustParse("1")}}})
 	propagation := corev1.MountPropagationBidirectional
 	if s.profile != ProfilePrivileged {
 		propagation = corev1.MountPropagationNone // the platform propagates mounts
@@ -65,10 +61,7 @@ func (d *Defaulter) buildSidecar(s sidecarSpec) corev1.Container {
 		if v.secret != "" {
 			prefix := fmt.Sprintf("%s%d_", contract.CredentialEnvPrefix, i)
 			spec.CredentialsEnv = prefix
-			for _, key := range []string{contract.EnvAccessKeyID, contract.EnvSecretAccessKey} {
-				env = append(env, corev1.EnvVar{Name: prefix + key, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-					LocalObjectReference: corev1.LocalObjectReference{Name: v.secret}, Key: key}}})
-			}
+			env = append(env, credentialEnv(prefix, v.secret)...)
 		}
 		b, _ := json.Marshal(spec) // plain strings: cannot fail
 		args = append(args, "--volume="+string(b))
@@ -115,6 +108,26 @@ func (d *Defaulter) buildSidecar(s sidecarSpec) corev1.Container {
 		}}}}
 	}
 	return c
+}
+
+// podIdentityEnv tells a sluice container its pod (for heartbeats).
+func podIdentityEnv() []corev1.EnvVar {
+	field := func(name, path string) corev1.EnvVar {
+		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+	}
+	return []corev1.EnvVar{field(contract.EnvPodName, "metadata.name"), field(contract.EnvPodNamespace, "metadata.namespace"),
+		field(contract.EnvPodUID, "metadata.uid")}
+}
+
+// credentialEnv passes a source volume's origin credentials from Secret
+// secret as the two variables starting with prefix.
+func credentialEnv(prefix, secret string) []corev1.EnvVar {
+	var env []corev1.EnvVar
+	for _, key := range []string{contract.EnvAccessKeyID, contract.EnvSecretAccessKey} {
+		env = append(env, corev1.EnvVar{Name: prefix + key, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: secret}, Key: key}}})
+	}
+	return env
 }
 
 // securityContext is the sidecar's own: privileged in the default

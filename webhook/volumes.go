@@ -29,6 +29,7 @@ type sluiceVolume struct {
 	index  int // in pod.Spec.Volumes
 	spec   contract.SidecarVolume
 	secret string // Secret in the pod's namespace with the origin credentials
+	size   int64  // the dataset's bytes when its Dataset's status knows them, else 0
 }
 
 // admissionError is an error that denies the pod: its message says why and
@@ -82,41 +83,47 @@ func (d *Defaulter) sluiceVolumes(ctx context.Context, pod *corev1.Pod, ns strin
 		if err != nil {
 			return nil, err
 		}
+		var size int64
 		if spec.Dataset != "" {
-			if spec.Workers, err = d.datasetWorkers(ctx, v.Name, ns, spec.Dataset); err != nil {
+			if spec.Workers, size, err = d.datasetWorkers(ctx, v.Name, ns, spec.Dataset); err != nil {
 				return nil, err
 			}
 		}
 		if secret != "" && spec.Source == "" {
 			secret = "" // a dataset volume never gets origin credentials
 		}
-		out = append(out, sluiceVolume{index: i, spec: spec, secret: secret})
+		out = append(out, sluiceVolume{index: i, spec: spec, secret: secret, size: size})
 	}
 	return out, nil
 }
 
 // datasetWorkers reads the Dataset a volume names (one API read: no
 // informer, so a cluster without the Dataset API still admits other pods)
-// and returns its workers' address, denying the pod when the Dataset does
-// not exist or the pod's namespace may not read it.
-func (d *Defaulter) datasetWorkers(ctx context.Context, volName, podNS, dataset string) (string, error) {
+// and returns its workers' address and its size when a preload measured
+// it, denying the pod when the Dataset does not exist or the pod's
+// namespace may not read it.
+func (d *Defaulter) datasetWorkers(ctx context.Context, volName, podNS, dataset string) (string, int64, error) {
 	dsNS, dsName := contract.SplitDatasetRef(dataset)
 	ds := &v1alpha1.Dataset{}
 	err := d.APIReader.Get(ctx, types.NamespacedName{Namespace: dsNS, Name: dsName}, ds)
 	switch {
 	case apierrors.IsNotFound(err):
-		return "", deny("volume %q: Dataset %s not found: create it in namespace %q, or give the volume a %q URL instead",
+		return "", 0, deny("volume %q: Dataset %s not found: create it in namespace %q, or give the volume a %q URL instead",
 			volName, dataset, dsNS, contract.AttrSource)
 	case meta.IsNoMatchError(err):
-		return "", deny("volume %q: Dataset %s: the Dataset API (%s/%s) is not installed; deploy the sluice controller",
+		return "", 0, deny("volume %q: Dataset %s: the Dataset API (%s/%s) is not installed; deploy the sluice controller",
 			volName, dataset, contract.Group, contract.Version)
 	case err != nil:
-		return "", fmt.Errorf("reading Dataset %s: %w", dataset, err)
+		return "", 0, fmt.Errorf("reading Dataset %s: %w", dataset, err)
 	case !ds.MayRead(podNS):
-		return "", deny("volume %q: pods of namespace %q may not use Dataset %s: add %q to its spec.access.namespaces",
+		return "", 0, deny("volume %q: pods of namespace %q may not use Dataset %s: add %q to its spec.access.namespaces",
 			volName, podNS, dataset, podNS)
 	}
-	return ds.WorkersAddress(d.Config.ClusterDomain), nil
+	var size int64
+	if p := ds.Status.Preload; p != nil {
+		size = p.TotalBytes
+	}
+	return ds.WorkersAddress(d.Config.ClusterDomain), size, nil
 }
 
 // boundPV returns the PV of a claim when the claim is ours or someone

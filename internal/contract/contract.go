@@ -31,6 +31,17 @@ const (
 	// InjectedLabel carries the same mark as a label (the controller
 	// watches only pods that have it).
 	InjectedLabel = "sluice.dev/injected"
+	// ModeAnnotation on a pod (or ModeLabel on its namespace) chooses how
+	// its sluice volumes are served: ModeFUSE (the FUSE sidecar) or
+	// ModeCopy (an init container copies the data into an emptyDir; no
+	// privileges, no /dev/fuse). The annotation alone opts a pod in.
+	ModeAnnotation = "sluice.dev/mode"
+	ModeLabel      = "sluice.dev/mode"
+	ModeFUSE       = "fuse"
+	ModeCopy       = "copy"
+	// CopySizeLimitAnnotation caps what copy mode may write into the pod
+	// (a quantity; the emptyDir's sizeLimit).
+	CopySizeLimitAnnotation = "sluice.dev/copy-size-limit"
 	// NativeSidecarAnnotation ("true"/"false") on a pod overrides the
 	// webhook's choice between a native sidecar and a postStart hook.
 	NativeSidecarAnnotation = "sluice.dev/native-sidecar"
@@ -63,6 +74,10 @@ const (
 	TokenVolumeName = "sluice-token"
 	TokenDir        = "/var/run/secrets/sluice.dev"
 	TokenFile       = "token"
+	// CopierPrefix starts the names of the copy-mode init containers, and
+	// CopySubcommand is the sluice subcommand they run.
+	CopierPrefix   = "sluice-copy-"
+	CopySubcommand = "fetch"
 	// SidecarVolumeRoot is where the sidecar mounts each volume's emptyDir
 	// (SidecarVolumeRoot/<volume name>).
 	SidecarVolumeRoot = "/sluice/volumes"
