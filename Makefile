@@ -102,6 +102,8 @@ bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3
 		--json $(OUT)/bench/datapath.json $(BENCH_FLAGS)
 	$(BIN)/sluice-bench burst --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone --clients 16,64 \
 		--json $(OUT)/bench/burst.json $(BURST_FLAGS)
+	$(BIN)/sluice-bench burst --versitygw $(BIN)/versitygw --files 1 --file-size 2Gi --clients 8 \
+		--modes sluice,sluice-copy --json $(OUT)/bench/modelload.json $(BURST_FLAGS)
 	$(BIN)/sluice-bench faults --versitygw $(BIN)/versitygw --json $(OUT)/bench/faults.json $(FAULT_FLAGS)
 
 # A real single-node cluster (see e2e/cluster/up.sh); state in _output/e2e.

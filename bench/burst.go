@@ -66,6 +66,9 @@ const (
 	ModeNaive  = "naive"
 	ModeRclone = "rclone"
 	ModeSluice = "sluice"
+	// ModeCopy: each client copies the dataset with `sluice fetch`
+	// through the workers, then reads the copy.
+	ModeCopy = "sluice-copy"
 )
 
 // Validate checks the flags.
@@ -84,8 +87,8 @@ func (o *BurstOptions) Validate() error {
 		return errors.New("--clients: want 1..256 clients per run")
 	}
 	for _, m := range o.Modes {
-		if m != ModeNaive && m != ModeRclone && m != ModeSluice {
-			return fmt.Errorf("--modes: unknown mode %q (want naive, rclone, sluice)", m)
+		if m != ModeNaive && m != ModeRclone && m != ModeSluice && m != ModeCopy {
+			return fmt.Errorf("--modes: unknown mode %q (want naive, rclone, sluice, sluice-copy)", m)
 		}
 	}
 	if _, err := quantity("--block-size", o.BlockSize); err != nil {
@@ -246,6 +249,8 @@ func (e *burstEnv) run(ctx context.Context, mode string, n int) (BurstResult, er
 		ttfb, makespan, err = e.runMounted(ctx, n, e.startRclone)
 	case ModeSluice:
 		ttfb, makespan, err = e.runMounted(ctx, n, e.startSluice)
+	case ModeCopy:
+		ttfb, makespan, err = e.runCopied(ctx, n)
 	}
 	if err != nil {
 		return BurstResult{}, err
