@@ -65,10 +65,9 @@ func (p *plan) dir(ctx context.Context, cfg Config, dir, rel string) error {
 }
 
 // safeName reports whether name is one path element that stays inside
-// its directory, is not a partial file's name and is not too long.
+// its directory (source.ValidName) and is not a partial file's name.
 func safeName(name string) bool {
-	return name != "" && name != "." && name != ".." && len(name) <= 255 &&
-		!strings.ContainsAny(name, "/\x00") && !strings.HasSuffix(name, partialSuffix)
+	return source.ValidName(name) && !strings.HasSuffix(name, partialSuffix)
 }
 
 // included reports whether rel matches one of the globs (all when none).

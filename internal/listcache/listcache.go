@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/source"
 )
@@ -59,7 +60,7 @@ func (c *Cache) List(ctx context.Context, dir string) ([]source.Entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		sort.Slice(entries, func(i, j int) bool { return entries[i].Name < entries[j].Name })
+		entries = clean(c.src.ID(), dir, entries)
 		c.store(dir, entries)
 		return entries, nil
 	})
@@ -106,6 +107,34 @@ func (c *Cache) Stat(ctx context.Context, p string) (source.Entry, error) {
 	}
 	dir, name := path.Split(p)
 	return c.Lookup(ctx, path.Clean("/" + dir)[1:], name)
+}
+
+// clean sorts a listing and drops what no directory can hold: names that
+// are not one safe path element (source.ValidName) and second entries of a
+// name (a file wins over a directory of the same name). Every source
+// filters its own listings; this is the guard for the ones that come from
+// elsewhere (the cache workers), logged once per listing.
+func clean(src, dir string, entries []source.Entry) []source.Entry {
+	sort.SliceStable(entries, func(i, j int) bool {
+		if entries[i].Name != entries[j].Name {
+			return entries[i].Name < entries[j].Name
+		}
+		return !entries[i].IsDir && entries[j].IsDir
+	})
+	out := entries[:0]
+	var dropped []string
+	for _, e := range entries {
+		if !source.ValidName(e.Name) || (len(out) > 0 && out[len(out)-1].Name == e.Name) {
+			dropped = append(dropped, e.Name)
+			continue
+		}
+		out = append(out, e)
+	}
+	if len(dropped) > 0 {
+		klog.InfoS("Dropped listing entries no directory can hold (unsafe or repeated names)", "source", src, "dir", dir,
+			"dropped", len(dropped), "first", fmt.Sprintf("%q", dropped[0]))
+	}
+	return out
 }
 
 // Invalidate forgets the listing of one directory.

@@ -3,6 +3,8 @@ package listcache
 import (
 	"context"
 	"errors"
+	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -120,5 +122,51 @@ func TestConcurrentListingsShareOneOriginCall(t *testing.T) {
 	wg.Wait()
 	if got := src.lists.Load(); got != 1 {
 		t.Errorf("%d origin listings for 20 concurrent readers, want 1", got)
+	}
+}
+
+// listed is a source whose root lists entries as given.
+type listed struct{ entries []source.Entry }
+
+func (s listed) ID() string { return "listed://" }
+func (s listed) List(ctx context.Context, dir string) ([]source.Entry, error) {
+	return append([]source.Entry(nil), s.entries...), nil
+}
+func (s listed) Stat(ctx context.Context, p string) (source.Entry, error) {
+	return source.Entry{}, source.ErrNotFound
+}
+func (s listed) ReadAt(ctx context.Context, p, v string, b []byte, off int64) error {
+	return source.ErrNotFound
+}
+
+// TestListingsHoldOnlySafeNames: whatever a source lists, a cached listing
+// holds only names a directory can hold, each once, a file before a
+// directory of the same name.
+func TestListingsHoldOnlySafeNames(t *testing.T) {
+	f := func(n string) source.Entry { return source.Entry{Name: n, Size: 1} }
+	d := func(n string) source.Entry { return source.Entry{Name: n, IsDir: true} }
+	tests := []struct {
+		name    string
+		entries []source.Entry
+		want    []source.Entry
+	}{
+		{"safe names pass, sorted", []source.Entry{f("b"), d("a"), f("ünï")}, []source.Entry{d("a"), f("b"), f("ünï")}},
+		{"climbing and empty names", []source.Entry{f("../x"), f("a/../../b"), f("/abs"), f("."), d(".."), f(""), f("ok")},
+			[]source.Entry{f("ok")}},
+		{"NUL and overlong names", []source.Entry{f("a\x00b"), f(strings.Repeat("n", 256)), f(strings.Repeat("k", 255))},
+			[]source.Entry{f(strings.Repeat("k", 255))}},
+		{"a file and a directory of one name", []source.Entry{d("both"), f("both"), d("both")}, []source.Entry{f("both")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := New(listed{tc.entries}, time.Minute)
+			got, err := c.List(context.Background(), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("List = %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }

@@ -62,7 +62,7 @@ func (s *fileSource) List(ctx context.Context, dir string) ([]Entry, error) {
 	}
 	out := make([]Entry, 0, len(des))
 	for _, de := range des {
-		if !validName(de.Name()) {
+		if !ValidName(de.Name()) {
 			continue
 		}
 		fi, err := os.Stat(filepath.Join(full, de.Name())) // follows symlinks

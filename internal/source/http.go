@@ -67,7 +67,7 @@ func httpName(u *url.URL) string {
 		ep = ep[i+1:]
 	}
 	name, err := url.PathUnescape(ep)
-	if err != nil || !validName(name) {
+	if err != nil || !ValidName(name) {
 		return "index"
 	}
 	return name

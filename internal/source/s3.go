@@ -183,9 +183,11 @@ func (s *s3Source) List(ctx context.Context, dir string) ([]Entry, error) {
 	pfx := s.dirPrefix(dir)
 	noOwner := false
 	var (
-		out       []Entry
-		sawMarker bool
-		index     = map[string]int{} // name → position in out
+		out          []Entry
+		sawMarker    bool
+		index        = map[string]int{} // name → position in out
+		skipped      int
+		firstSkipped string
 	)
 	for obj := range s.client.ListObjectsIter(ctx, s.bucket, minio.ListObjectsOptions{
 		Prefix:     pfx,
@@ -208,8 +210,10 @@ func (s *s3Source) List(ctx context.Context, dir string) ([]Entry, error) {
 			e.ModTime = obj.LastModified
 			e.Version = objectVersion(obj.ETag, obj.LastModified, obj.Size)
 		}
-		if !validName(e.Name) {
-			klog.V(2).InfoS("Skipping S3 key that is no valid file name", "source", s.id, "key", obj.Key)
+		if !ValidName(e.Name) {
+			if skipped++; skipped == 1 {
+				firstSkipped = obj.Key
+			}
 			continue
 		}
 		if i, dup := index[e.Name]; dup {
@@ -224,6 +228,10 @@ func (s *s3Source) List(ctx context.Context, dir string) ([]Entry, error) {
 		}
 		index[e.Name] = len(out)
 		out = append(out, e)
+	}
+	if skipped > 0 {
+		klog.InfoS("Skipped S3 keys whose names cannot be file names (empty or dot elements, NUL, longer than 255 bytes)",
+			"source", s.id, "dir", dir, "skipped", skipped, "first", fmt.Sprintf("%q", firstSkipped))
 	}
 	// ListObjectsIter ends silently when ctx is cancelled.
 	if err := ctx.Err(); err != nil {

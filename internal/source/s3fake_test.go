@@ -101,7 +101,7 @@ func TestS3ReadErrors(t *testing.T) {
 }
 
 func TestS3ListCanned(t *testing.T) {
-	const listing = `<?xml version="1.0" encoding="UTF-8"?>
+	listing := `<?xml version="1.0" encoding="UTF-8"?>
 <ListBucketResult><Name>bkt</Name><Prefix>pre/</Prefix><KeyCount>5</KeyCount><MaxKeys>1000</MaxKeys>
 <Delimiter>/</Delimiter><IsTruncated>false</IsTruncated>
 <Contents><Key>pre/both</Key><LastModified>2024-01-02T03:04:05.000Z</LastModified><ETag>"e1"</ETag><Size>4</Size></Contents>
@@ -111,6 +111,9 @@ func TestS3ListCanned(t *testing.T) {
 <CommonPrefixes><Prefix>pre//</Prefix></CommonPrefixes>
 <CommonPrefixes><Prefix>pre/../</Prefix></CommonPrefixes>
 <CommonPrefixes><Prefix>pre/0dir/</Prefix></CommonPrefixes>
+<Contents><Key>pre/.</Key><LastModified>2024-01-02T03:04:05.000Z</LastModified><ETag>"d"</ETag><Size>1</Size></Contents>
+<Contents><Key>pre/x/../../y</Key><LastModified>2024-01-02T03:04:05.000Z</LastModified><ETag>"t"</ETag><Size>1</Size></Contents>
+<Contents><Key>pre/` + strings.Repeat("n", 256) + `</Key><LastModified>2024-01-02T03:04:05.000Z</LastModified><ETag>"l"</ETag><Size>1</Size></Contents>
 </ListBucketResult>`
 	src := s3Canned(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("list-type") != "2" || r.URL.Query().Get("delimiter") != "/" ||

@@ -184,9 +184,17 @@ func checkPath(p string) error {
 	return nil
 }
 
-// validName reports whether name can be a directory entry.
-func validName(name string) bool {
-	return name != "" && name != "." && name != ".." &&
+// MaxNameLen is the longest entry name shown (Linux's NAME_MAX): a longer
+// one breaks the readers of a directory (FUSE fails a whole readdir with
+// EIO past 1,024 bytes).
+const MaxNameLen = 255
+
+// ValidName reports whether name can be a directory entry: one path
+// element, not "." or "..", no NUL, at most MaxNameLen bytes. Listings
+// skip objects whose names are not, so nothing can name a file outside
+// its directory.
+func ValidName(name string) bool {
+	return name != "" && name != "." && name != ".." && len(name) <= MaxNameLen &&
 		!strings.ContainsRune(name, '/') && !strings.ContainsRune(name, 0)
 }
 
