@@ -305,11 +305,40 @@ func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{usage}}, nil
 }
 
+// NodeGetVolumeHealth reports what the serving process's last health probe
+// found (health.go); a process that does not answer is INACCESSIBLE.
+func (n *nodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalidArg("NodeGetVolumeHealth: volume id missing")
+	}
+	var rec state.Session
+	var ok bool
+	for _, p := range []string{req.GetVolumePublishPath(), req.GetStagingTargetPath()} {
+		if p != "" && !ok {
+			rec, ok = n.sessions.recordAt(filepath.Clean(p), req.GetVolumeId())
+		}
+	}
+	if !ok && req.GetVolumePublishPath() == "" && req.GetStagingTargetPath() == "" {
+		rec, ok = n.sessions.recordOfVolume(req.GetVolumeId()) // both paths are optional
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: volume %s is not published or staged at %q or %q", errNotFound, req.GetVolumeId(),
+			req.GetVolumePublishPath(), req.GetStagingTargetPath())
+	}
+	st, err := n.sessions.launcher.stats(ctx, &rec)
+	if err != nil {
+		st.Health = []healthEntry{{csi.VolumeHealthErrorType_INACCESSIBLE.String(), "SessionNotResponding",
+			fmt.Sprintf("the process serving the volume does not answer: %v", err)}}
+	}
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: volumeHealth(req.GetVolumeId(), st.Health)}, nil
+}
+
 func (n *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
 	var caps []*csi.NodeServiceCapability
 	for _, t := range []csi.NodeServiceCapability_RPC_Type{
 		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{
 			Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}},

@@ -23,6 +23,8 @@ type fakeLauncher struct {
 	failWith  error
 	lastCreds credentials
 	lastRec   state.Session // as last started
+	health    []healthEntry // what the sessions' stats report
+	statsErr  error         // what asking a session's stats returns
 	// mounter, when set, records the mount a real child makes at its
 	// record's MountDir.
 	mounter *mount.FakeMounter
@@ -81,7 +83,12 @@ func (l *fakeLauncher) running() int {
 }
 
 func (l *fakeLauncher) stats(context.Context, *state.Session) (sessionStats, error) {
-	return sessionStats{BytesServed: 10, OriginBytes: 5, MemoryBytes: 4, DiskBytes: 6, DiskLimit: 100}, nil
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.statsErr != nil {
+		return sessionStats{}, l.statsErr
+	}
+	return sessionStats{BytesServed: 10, OriginBytes: 5, MemoryBytes: 4, DiskBytes: 6, DiskLimit: 100, Health: l.health}, nil
 }
 
 // noConns keeps no FUSE connection: every start mounts.

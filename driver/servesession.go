@@ -124,7 +124,9 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 		if cfg, err := o.CacheFlags.Config(); err == nil && cfg.DiskDir != "" {
 			diskLimit = cfg.DiskBytes
 		}
-		srv, err := serveStats(o.StatsSocket, reg, m, rt, diskLimit)
+		hp := newHealthProbe(rt.Source, func() int64 { mem, disk := rt.Cache.Stats(); return mem + disk }, reg)
+		go hp.run(ctx)
+		srv, err := serveStats(o.StatsSocket, reg, m, rt, diskLimit, hp)
 		if err != nil {
 			_ = mnt.Unmount()
 			return err
@@ -138,7 +140,7 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 }
 
 // serveStats serves the session's counters on a unix socket.
-func serveStats(path string, reg *prometheus.Registry, m *metrics.Cache, rt *datapath.Runtime, diskLimit int64) (*http.Server, error) {
+func serveStats(path string, reg *prometheus.Registry, m *metrics.Cache, rt *datapath.Runtime, diskLimit int64, hp *healthProbe) (*http.Server, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
@@ -150,7 +152,7 @@ func serveStats(path string, reg *prometheus.Registry, m *metrics.Cache, rt *dat
 	mux.HandleFunc("/stats", func(w http.ResponseWriter, _ *http.Request) {
 		mem, disk := rt.Cache.Stats()
 		st := sessionStats{BytesServed: counter(m.BytesServed), OriginBytes: counter(m.OriginBytes),
-			MemoryBytes: mem, DiskBytes: disk, DiskLimit: diskLimit}
+			MemoryBytes: mem, DiskBytes: disk, DiskLimit: diskLimit, Health: hp.current()}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(st)
 	})

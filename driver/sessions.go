@@ -76,6 +76,8 @@ type sessionStats struct {
 	MemoryBytes int64 `json:"memoryBytes"`
 	DiskBytes   int64 `json:"diskBytes"`
 	DiskLimit   int64 `json:"diskLimit"`
+	// Health is what the session's last health probe found (health.go).
+	Health []healthEntry `json:"health,omitempty"`
 }
 
 // sessionDeps are what the sessions are served and mounted with.
@@ -173,6 +175,27 @@ func (m *sessionManager) recordAt(path, volumeID string) (state.Session, bool) {
 		return state.Session{}, false
 	}
 	return s.rec, true
+}
+
+// recordOfVolume returns a copy of the record of a session that has a ref
+// of volumeID at any path (false if none has).
+func (m *sessionManager) recordOfVolume(volumeID string) (state.Session, bool) {
+	m.mu.Lock()
+	var paths []string
+	for _, s := range m.sessions {
+		for _, r := range s.rec.Refs {
+			if r.VolumeID == volumeID {
+				paths = append(paths, r.Path)
+			}
+		}
+	}
+	m.mu.Unlock()
+	for _, p := range paths {
+		if rec, ok := m.recordAt(p, volumeID); ok {
+			return rec, true
+		}
+	}
+	return state.Session{}, false
 }
 
 // keyOfPath returns the key of the session with a ref at path ("" if none).

@@ -119,6 +119,12 @@ func TestServerlessPodThroughWebhook(t *testing.T) {
 	}
 	t.Logf("serverless pod converted (native sidecar) and verified every file in %s; sidecar ready after %s",
 		d.Round(time.Millisecond), sidecarReady(got))
+	// kubectl logs: the API server reaches the kubelet at the node's
+	// InternalIP (the node's name resolves nowhere).
+	logs, err := e.cs.CoreV1().Pods(ns).GetLogs(pod.Name, &corev1.PodLogOptions{Container: "check"}).Do(context.Background()).Raw()
+	if err != nil || !strings.Contains(string(logs), ": OK") {
+		t.Fatalf("the app's logs through the API server: %v\n%s", err, logs)
+	}
 }
 
 // sidecarReady is how long the sidecar took from its start until the app

@@ -75,6 +75,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
   --service-cluster-ip-range=10.96.0.0/24 --authorization-mode=Node,RBAC --allow-privileged=true \
   --kubelet-client-certificate="$PKI/admin.crt" --kubelet-client-key="$PKI/admin.key" \
+  --kubelet-preferred-address-types=InternalIP,Hostname --feature-gates=CSIVolumeHealth=true \
   --enable-priority-and-fairness=false
 KUBECTL_CURL=(curl -sf --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key")
 for i in $(seq 1 120); do "${KUBECTL_CURL[@]}" "https://$IP:6443/readyz" >/dev/null && break; sleep 0.5; done
@@ -157,6 +158,8 @@ authentication: {anonymous: {enabled: false}, webhook: {enabled: true}, x509: {c
 authorization: {mode: Webhook}
 tlsCertFile: $PKI/node.crt
 tlsPrivateKeyFile: $PKI/node.key
+featureGates: {CSIVolumeHealth: true}
+volumeStatsAggPeriod: 10s
 KCFG
 start kubelet "$K8S_BIN/kubelet" --config="$OUT/kubelet/config.yaml" --kubeconfig="$OUT/kubelet.kubeconfig" \
   --root-dir="$OUT/kubelet/root" --hostname-override="$NODE" --node-ip="$IP" --cert-dir="$OUT/kubelet/pki"

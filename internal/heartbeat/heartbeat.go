@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/contract"
+	"github.com/sluice-dev/sluice/internal/metrics"
 )
 
 // Sender posts the process's throughput to the controller.
@@ -87,7 +88,7 @@ func (h *Sender) beat(lastBytes int64, dt time.Duration) contract.Heartbeat {
 			hb.Sources++
 		}
 	}
-	sums := sumMetrics(h.Registry, "sluice_bytes_served_total", "sluice_cache_hits_total", "sluice_cache_misses_total")
+	sums := metrics.Sum(h.Registry, "sluice_bytes_served_total", "sluice_cache_hits_total", "sluice_cache_misses_total")
 	hb.BytesServed = int64(sums["sluice_bytes_served_total"])
 	hb.CacheHits = int64(sums["sluice_cache_hits_total"])
 	hb.CacheMisses = int64(sums["sluice_cache_misses_total"])
@@ -130,24 +131,4 @@ func (h *Sender) send(ctx context.Context, hb contract.Heartbeat) (string, error
 		}
 	}
 	return r.Action, nil
-}
-
-// sumMetrics sums every series of the named counters.
-func sumMetrics(g prometheus.Gatherer, names ...string) map[string]float64 {
-	out := map[string]float64{}
-	fams, err := g.Gather()
-	if err != nil {
-		return out
-	}
-	for _, f := range fams {
-		for _, n := range names {
-			if f.GetName() != n {
-				continue
-			}
-			for _, m := range f.GetMetric() {
-				out[n] += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return out
 }

@@ -188,3 +188,24 @@ func Serve(addr string, reg *prometheus.Registry) (*http.Server, error) {
 	go srv.Serve(ln) // returns ErrServerClosed once the caller closes srv
 	return srv, nil
 }
+
+// Sum adds up every series of each named counter or gauge in g (0 for a
+// name g does not have).
+func Sum(g prometheus.Gatherer, names ...string) map[string]float64 {
+	out := map[string]float64{}
+	fams, err := g.Gather()
+	if err != nil {
+		return out
+	}
+	for _, f := range fams {
+		for _, n := range names {
+			if f.GetName() != n {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				out[n] += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return out
+}

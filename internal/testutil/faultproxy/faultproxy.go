@@ -56,6 +56,9 @@ type Config struct {
 	// Seed makes the fault sequence reproducible (for a given order of
 	// requests).
 	Seed int64
+	// Listen is the proxy's address (default "127.0.0.1:0": loopback, a
+	// free port); pods reach a proxy on the node's address.
+	Listen string
 }
 
 // Proxy is a running fault-injecting reverse proxy on 127.0.0.1.
@@ -85,7 +88,11 @@ func New(upstream string, cfg Config) (*Proxy, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	listen := cfg.Listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, fmt.Errorf("faultproxy: listen: %w", err)
 	}
