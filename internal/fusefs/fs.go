@@ -69,6 +69,7 @@ type FS struct {
 	opts   Options
 	inodes *inodeLog   // nil unless served for a keeper (ServeFD)
 	front  *handoverFS // set by rawFS: it knows the io mode of open files
+	walks  dirWalks    // readers going through directories in order (walk.go)
 }
 
 // New returns a file system over ns and cache.

@@ -125,6 +125,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if f.fsys.opts.Passthrough && !f.fsys.front.cachedOpen(f.StableAttr().Ino) {
 		h.file, h.release, _ = f.fsys.cache.OpenLocal(obj)
 	}
+	f.fsys.prefetchNext(ctx, f.path)
 	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
 

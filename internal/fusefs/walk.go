@@ -1,0 +1,96 @@
+package fusefs
+
+import (
+	"context"
+	"path"
+	"sort"
+	"sync"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
+)
+
+// Directory walks: readers that open a directory's files in listing order
+// (a training loader going through shards, images, clips) get the next
+// files' first blocks fetched ahead, so a walk of small files is not one
+// origin round trip per file. An open within walkWindow files after the
+// furthest one opened so far continues the walk (parallel readers open
+// files slightly out of order); walkStreak such opens start the prefetch,
+// which stays walkAhead files ahead. Any other open ends the streak.
+//
+// Lock order: dirWalks.mu is a leaf.
+const (
+	walkWindow = 8
+	walkStreak = 2
+	walkAhead  = 16
+	maxWalks   = 4096 // directories tracked; past it, all are forgotten
+)
+
+type dirWalks struct {
+	mu   sync.Mutex
+	dirs map[string]*dirWalk
+}
+
+type dirWalk struct {
+	last   int // furthest index opened
+	streak int
+	ahead  int // furthest index prefetched
+}
+
+// opened records an open of entry i of dir and returns the entries to
+// prefetch, [from, to] (ok false: none).
+func (w *dirWalks) opened(dir string, i int) (from, to int, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.dirs == nil || len(w.dirs) >= maxWalks {
+		w.dirs = map[string]*dirWalk{}
+	}
+	d := w.dirs[dir]
+	if d == nil {
+		w.dirs[dir] = &dirWalk{last: i, ahead: i}
+		return 0, 0, false
+	}
+	switch {
+	case i > d.last && i <= d.last+walkWindow:
+		d.streak++
+		d.last = i
+	case i <= d.last && i > d.last-walkWindow:
+		// A parallel reader behind the furthest: the walk goes on.
+	default:
+		d.streak, d.last, d.ahead = 0, i, i
+	}
+	if d.streak < walkStreak {
+		return 0, 0, false
+	}
+	from, to = max(d.last+1, d.ahead+1), d.last+walkAhead
+	if from > to {
+		return 0, 0, false
+	}
+	d.ahead = to
+	return from, to, true
+}
+
+// prefetchNext notes the open of the file at p and fetches the first
+// block of the next files of its directory when a walk is under way.
+func (fsys *FS) prefetchNext(ctx context.Context, p string) {
+	dir, name := path.Split(p)
+	dir = path.Clean("/" + dir)[1:]
+	entries, err := fsys.ns.List(ctx, dir) // cached: the lookup just listed it
+	if err != nil {
+		return
+	}
+	i := sort.Search(len(entries), func(i int) bool { return entries[i].Name >= name })
+	if i == len(entries) || entries[i].Name != name {
+		return
+	}
+	from, to, ok := fsys.walks.opened(dir, i)
+	if !ok || from >= len(entries) {
+		return
+	}
+	for _, e := range entries[from:min(to+1, len(entries))] {
+		if e.IsDir || e.Size == 0 {
+			continue
+		}
+		obj := blockcache.ObjectRef{Source: fsys.ns.Source().ID(), Path: path.Join(dir, e.Name), Version: e.Version, Size: e.Size}
+		fsys.cache.Prefetch(obj, 0, 0)
+	}
+}
