@@ -187,6 +187,22 @@ func TestJobWithSidecarCompletes(t *testing.T) {
 	}
 }
 
+// failedPodLogs is the container logs of every pod matching selector in
+// ns that did not succeed.
+func (e *env) failedPodLogs(ns, selector string) string {
+	pods, err := e.cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		return "listing pods: " + err.Error()
+	}
+	var out strings.Builder
+	for _, p := range pods.Items {
+		if p.Status.Phase != corev1.PodSucceeded {
+			fmt.Fprintf(&out, "=== pod %s (%s)\n%s\n", p.Name, p.Status.Phase, e.logs(ns, p.Name))
+		}
+	}
+	return out.String()
+}
+
 // runJob creates job and waits until it completes with n succeeded pods,
 // returning them.
 func (e *env) runJob(t *testing.T, ns string, job *batchv1.Job, n int, timeout time.Duration) []corev1.Pod {
@@ -202,14 +218,15 @@ func (e *env) runJob(t *testing.T, ns string, job *batchv1.Job, n int, timeout t
 		}
 		for _, c := range j.Status.Conditions {
 			if c.Type == batchv1.JobFailed && c.Status == corev1.ConditionTrue {
-				t.Fatalf("Job %s failed: %s %s", job.Name, c.Reason, c.Message)
+				t.Fatalf("Job %s failed: %s %s\n%s", job.Name, c.Reason, c.Message, e.failedPodLogs(ns, "job-name="+job.Name))
 			}
 		}
 		if int(j.Status.Succeeded) >= n {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Job %s: %d of %d pods succeeded within %s", job.Name, j.Status.Succeeded, n, timeout)
+			t.Fatalf("Job %s: %d of %d pods succeeded within %s\n%s", job.Name, j.Status.Succeeded, n, timeout,
+				e.failedPodLogs(ns, "job-name="+job.Name))
 		}
 	}
 	pods, err := e.cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "job-name=" + job.Name})

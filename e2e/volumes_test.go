@@ -106,7 +106,8 @@ func (e *env) runToCompletion(t *testing.T, ns string, pod *corev1.Pod, timeout 
 	for _, ev := range events.Items {
 		msgs = append(msgs, ev.Reason+": "+ev.Message)
 	}
-	t.Fatalf("pod %s did not complete within %s; events:\n%s", pod.Name, timeout, strings.Join(msgs, "\n"))
+	t.Fatalf("pod %s did not complete within %s; events:\n%s\ncontainer logs:\n%s", pod.Name, timeout, strings.Join(msgs, "\n"),
+		e.logs(ns, pod.Name))
 	return 0
 }
 
