@@ -106,6 +106,20 @@ bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3
 		--modes sluice,sluice-copy --json $(OUT)/bench/modelload.json $(BURST_FLAGS)
 	$(BIN)/sluice-bench faults --versitygw $(BIN)/versitygw --json $(OUT)/bench/faults.json $(FAULT_FLAGS)
 
+# Every fuzz target for a bounded time, one at a time (their seed corpora
+# in testdata/fuzz run as plain tests in `make test`). A count such as
+# FUZZTIME=20000x avoids Go 1.26's coordinator timing out under load.
+FUZZTIME ?= 20s
+FUZZ_TARGETS = internal/cacheserver:FuzzWorkerAPI internal/volattr:FuzzParse internal/source:FuzzParse \
+	driver:FuzzNodeRequest cachectl:FuzzDatasetWorkers cachectl:FuzzHeartbeat webhook:FuzzHandler
+
+.PHONY: fuzz
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; echo "==> $$pkg $$name"; \
+		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) ./$$pkg; \
+	done
+
 # A real single-node cluster (see e2e/cluster/up.sh); state in _output/e2e.
 cluster-up: kube-binaries etcd cluster-packages e2e-images
 	K8S_BIN=$(K8S_BIN) e2e/cluster/up.sh

@@ -75,6 +75,8 @@ func Scaling(ds *v1alpha1.Dataset) ScalerConfig {
 	}
 	if c.MaxWorkers != nil {
 		cfg.MaxWorkers = *c.MaxWorkers
+	} else {
+		cfg.MaxWorkers = max(cfg.MaxWorkers, cfg.MinWorkers) // the default never undercuts minWorkers
 	}
 	if c.TargetThroughputPerWorker != nil && c.TargetThroughputPerWorker.Sign() > 0 {
 		cfg.TargetPerWorker = c.TargetThroughputPerWorker.AsApproximateFloat64()

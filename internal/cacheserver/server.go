@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"path"
@@ -172,10 +173,12 @@ const (
 )
 
 // clientDeadline is the request's context with the deadline the client
-// sent (TimeoutHeader) less a margin, so the answer reaches it in time.
+// sent (TimeoutHeader) less a margin, so the answer reaches it in time. A
+// deadline too far off for a time.Duration counts as none (multiplied, it
+// would wrap around to one that has already passed).
 func clientDeadline(r *http.Request) (context.Context, context.CancelFunc) {
 	ms, err := strconv.ParseInt(r.Header.Get(TimeoutHeader), 10, 64)
-	if err != nil || ms <= 0 {
+	if err != nil || ms <= 0 || ms > math.MaxInt64/int64(time.Millisecond) {
 		return context.WithCancel(r.Context())
 	}
 	d := time.Duration(ms) * time.Millisecond

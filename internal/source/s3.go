@@ -64,8 +64,12 @@ func newS3(cfg s3Config) (*s3Source, error) {
 		ep = defaultS3Endpoint
 	}
 	eu, err := url.Parse(ep)
-	if err != nil || (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
-		return nil, fmt.Errorf("%w: s3 endpoint %q: want http://host[:port] or https://host[:port]", ErrInvalid, ep)
+	if err != nil {
+		// url.Parse errors quote the input, which may hold credentials.
+		return nil, fmt.Errorf("%w: s3 endpoint is not a URL: want http://host[:port] or https://host[:port]", ErrInvalid)
+	}
+	if (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
+		return nil, fmt.Errorf("%w: s3 endpoint %q: want http://host[:port] or https://host[:port]", ErrInvalid, eu.Redacted())
 	}
 	if (eu.Path != "" && eu.Path != "/") || eu.RawQuery != "" || eu.User != nil || eu.Fragment != "" {
 		return nil, fmt.Errorf("%w: s3 endpoint %q: want scheme://host[:port] without path, query or credentials",

@@ -64,8 +64,12 @@ func Parse(rawURL string, opts Options) (Source, error) {
 	case "http", "https":
 		return parseHTTP(u, opts)
 	case "":
+		// Redacted hides a password only; the query may hold a presigned
+		// URL's signature, so it is left out too.
+		shown := *u
+		shown.RawQuery, shown.ForceQuery = "", false
 		return nil, fmt.Errorf("%w: source URL %q has no scheme; want s3, file, http or https",
-			ErrInvalid, u.Redacted())
+			ErrInvalid, shown.Redacted())
 	default:
 		return nil, fmt.Errorf("%w: unknown scheme %q; want s3, file, http or https", ErrInvalid, u.Scheme)
 	}

@@ -116,7 +116,7 @@ type CacheSpec struct {
 	// +kubebuilder:validation:Maximum=1000
 	// +optional
 	MinWorkers *int32 `json:"minWorkers,omitempty"`
-	// MaxWorkers is the most workers (default 8).
+	// MaxWorkers is the most workers (default 8, or minWorkers if larger).
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000
 	// +optional
