@@ -230,16 +230,9 @@ func TestDefaulter(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newTestDefaulter(t, tc.config)
-			got := tc.pod.DeepCopy()
-			err := d.Default(context.Background(), got)
-			if tc.deny != "" {
-				if err == nil || !isDenial(err) || !strings.Contains(err.Error(), tc.deny) {
-					t.Fatalf("Default: %v; want a denial containing %q", err, tc.deny)
-				}
+			got, ok := defaultOrDeny(t, d, tc.pod, tc.deny)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatalf("Default: %v", err)
 			}
 			if changed := !equality.Semantic.DeepEqual(got, tc.pod); changed != tc.changed {
 				t.Fatalf("pod changed = %v, want %v", changed, tc.changed)
@@ -250,6 +243,25 @@ func TestDefaulter(t *testing.T) {
 			golden(t, tc.name, got)
 		})
 	}
+}
+
+// defaultOrDeny runs d.Default on a copy of pod. With deny set it fails
+// unless the pod is denied with a message containing deny, and reports
+// false; else it fails on any error and returns the mutated copy.
+func defaultOrDeny(t *testing.T, d *Defaulter, pod *corev1.Pod, deny string) (*corev1.Pod, bool) {
+	t.Helper()
+	got := pod.DeepCopy()
+	err := d.Default(context.Background(), got)
+	if deny != "" {
+		if err == nil || !isDenial(err) || !strings.Contains(err.Error(), deny) {
+			t.Fatalf("Default: %v; want a denial containing %q", err, deny)
+		}
+		return nil, false
+	}
+	if err != nil {
+		t.Fatalf("Default: %v", err)
+	}
+	return got, true
 }
 
 func newTestDefaulter(t testing.TB, mod func(*Config)) *Defaulter {
