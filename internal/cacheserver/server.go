@@ -160,10 +160,23 @@ func (s *Server) data(w http.ResponseWriter, r *http.Request) {
 		if code == http.StatusGatewayTimeout {
 			err = fmt.Errorf("the origin did not answer within the client's deadline: %w", err)
 		}
-		http.Error(w, err.Error(), code)
+		http.Error(w, clientReason(op, p, err), code)
 		return
 	}
 	write(w)
+}
+
+// clientReason is the reason an error answer gives. A missing or
+// forbidden path is named by its dataset path alone: the origin's own
+// message may show where the worker keeps the dataset (a file origin's
+// local path).
+func clientReason(op, p string, err error) string {
+	for _, sentinel := range []error{source.ErrNotFound, source.ErrPermission} {
+		if errors.Is(err, sentinel) {
+			return fmt.Sprintf("%s %q: %v", op, "/"+p, sentinel)
+		}
+	}
+	return err.Error()
 }
 
 // Interim responses while a request is worked on.
@@ -257,7 +270,7 @@ func (s *Server) read(ctx context.Context, r *http.Request, p string) (func(http
 		return nil, err
 	}
 	if off > e.Size-n {
-		return nil, fmt.Errorf("%w: [%d, %d) past the end of %s (%d bytes)", source.ErrOutOfRange, off, off+n, p, e.Size)
+		return nil, fmt.Errorf("%w: %d bytes at %d are past the end of %s (%d bytes)", source.ErrOutOfRange, n, off, p, e.Size)
 	}
 	obj := blockcache.ObjectRef{Source: s.srcID, Path: p, Version: version, Size: e.Size}
 	if r.Header.Get(ReadaheadHeader) == "1" {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -147,5 +149,33 @@ func TestDrainRefusesNewRequests(t *testing.T) {
 	defer cancel()
 	if _, err := s.List(ctx, ""); err == nil || errors.Is(err, source.ErrNotFound) {
 		t.Fatalf("list while draining: %v, want a failure", err)
+	}
+}
+
+// TestErrorAnswersShowDatasetPaths: a worker over a file origin answers a
+// missing path with the dataset's path, never with where it keeps the
+// files.
+func TestErrorAnswersShowDatasetPaths(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "there"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src, err := source.Parse("file://"+root, source.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWorker(t, src)
+	for _, q := range []string{"stat?path=missing/file", "list?path=nodir", "read?path=missing&off=0&len=1&version=v"} {
+		req, _ := http.NewRequest(http.MethodGet, w.url+"/v1/datasets/default/"+q, nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound || strings.Contains(string(body), root) || !strings.Contains(string(body), `"/`) {
+			t.Errorf("%s: %d %q; want 404 naming the dataset path, not %s", q, resp.StatusCode, body, root)
+		}
 	}
 }
