@@ -250,7 +250,13 @@ func testInvalidSpecs(ctx context.Context, t *testing.T, cl client.Client) {
 			}
 		})
 	}
-	ok := &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: "ok", Namespace: "team-b"}, Spec: valid()}
+	for _, name := range []string{"with.dots", strings.Repeat("n", 49)} {
+		ds := &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ml"}, Spec: valid()}
+		if err := cl.Create(ctx, ds); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "DNS label of at most 48") {
+			t.Errorf("create Dataset %q: %v; want Invalid naming the rule", name, err)
+		}
+	}
+	ok := &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: strings.Repeat("k", 48), Namespace: "team-b"}, Spec: valid()}
 	if err := cl.Create(ctx, ok); err != nil {
 		t.Fatalf("a valid Dataset: %v", err)
 	}

@@ -21,6 +21,7 @@ import (
 // +kubebuilder:printcolumn:name="Throughput",type=integer,JSONPath=`.status.throughput`,priority=1
 // +kubebuilder:printcolumn:name="Cached",type=integer,JSONPath=`.status.cachedBytes`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z0-9]([-a-z0-9]{0,46}[a-z0-9])?$')",message="a Dataset's name must be a DNS label of at most 48 characters (its workers' Service is <name>-sluice-workers, and volumes name it)"
 type Dataset struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
