@@ -9,7 +9,7 @@
 //     A changed object therefore surfaces as a new inode after the TTL, with
 //     an empty page cache, while an unchanged one keeps its inode, so every
 //     open returns FOPEN_KEEP_CACHE and second reads come from the kernel's
-//     page cache.
+//     page cache. Opens also return FOPEN_NOFLUSH: a close sends no FLUSH.
 //   - An object whose every block is on the local disk tier is opened with
 //     kernel FUSE passthrough (kernel >= 6.9, CAP_SYS_ADMIN): reads go to the
 //     cache file without entering this process. Without passthrough, reads
