@@ -6,13 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sluice-dev/sluice/internal/testutil"
 )
 
 // memGetter serves objects from memory and counts fetches per block. It is
@@ -63,15 +64,6 @@ func (g *memGetter) maxFetchesPerBlock() int {
 	return m
 }
 
-func randBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
 func newTestCache(t *testing.T, g Getter, mutate func(*Config)) *Cache {
 	t.Helper()
 	cfg := Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: t.TempDir(), DiskBytes: 4 << 20, Getter: g}
@@ -106,7 +98,7 @@ func TestReadAtMatchesSource(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			g := newMemGetter()
-			data := randBytes(tc.size, uint64(tc.size))
+			data := testutil.RandBytes(tc.size, uint64(tc.size))
 			obj := g.add("f", data)
 			c := newTestCache(t, g, nil)
 			for pass := 0; pass < 2; pass++ { // cold, then cached
@@ -136,7 +128,7 @@ func TestOneFetchPerBlockUnderConcurrency(t *testing.T) {
 	var objs []ObjectRef
 	var datas [][]byte
 	for i := 0; i < 4; i++ {
-		d := randBytes(8*(64<<10)+123, uint64(i))
+		d := testutil.RandBytes(8*(64<<10)+123, uint64(i))
 		datas = append(datas, d)
 		objs = append(objs, g.add(fmt.Sprintf("f%d", i), d))
 	}
@@ -178,7 +170,7 @@ func TestBoundsHoldUnderLoad(t *testing.T) {
 	g := newMemGetter()
 	var objs []ObjectRef
 	for i := 0; i < 20; i++ {
-		objs = append(objs, g.add(fmt.Sprintf("f%d", i), randBytes(10*(64<<10), uint64(i))))
+		objs = append(objs, g.add(fmt.Sprintf("f%d", i), testutil.RandBytes(10*(64<<10), uint64(i))))
 	}
 	const memLimit, diskLimit = 256 << 10, 1 << 20
 	c := newTestCache(t, g, func(c *Config) { c.MemoryBytes = memLimit; c.DiskBytes = diskLimit })
@@ -225,7 +217,7 @@ type cachedOnDisk struct {
 func newCachedOnDisk(t *testing.T, size int, seed uint64) cachedOnDisk {
 	t.Helper()
 	g := newMemGetter()
-	d := cachedOnDisk{g: g, data: randBytes(size, seed)}
+	d := cachedOnDisk{g: g, data: testutil.RandBytes(size, seed)}
 	d.obj = g.add("f", d.data)
 	d.cfg = Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: t.TempDir(), DiskBytes: 4 << 20, Getter: g}
 	c, err := New(d.cfg)
@@ -344,7 +336,7 @@ func TestReadaheadOnlyForSequentialReaders(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			g := newMemGetter()
-			obj := g.add("f", randBytes(20*(64<<10), 1))
+			obj := g.add("f", testutil.RandBytes(20*(64<<10), 1))
 			c := newTestCache(t, g, func(c *Config) { c.Readahead = 4; c.MemoryBytes = 8 << 20; c.DiskBytes = 8 << 20 })
 			r := c.NewReader(obj)
 			p := make([]byte, 1000)
@@ -370,7 +362,7 @@ func TestReadaheadOnlyForSequentialReaders(t *testing.T) {
 
 func TestFetchErrorsAndCancellation(t *testing.T) {
 	g := newMemGetter()
-	obj := g.add("f", randBytes(1000, 1))
+	obj := g.add("f", testutil.RandBytes(1000, 1))
 	g.fail = errors.New("origin down")
 	c := newTestCache(t, g, nil)
 	if _, err := c.ReadAt(context.Background(), obj, make([]byte, 10), 0); err == nil || !errors.Is(err, g.fail) {
@@ -399,7 +391,7 @@ func TestFetchErrorsAndCancellation(t *testing.T) {
 
 func TestOpenLocalNeedsEveryBlock(t *testing.T) {
 	g := newMemGetter()
-	data := randBytes(3*(64<<10)+5, 9)
+	data := testutil.RandBytes(3*(64<<10)+5, 9)
 	obj := g.add("f", data)
 	c := newTestCache(t, g, nil)
 	if _, _, ok := c.OpenLocal(obj); ok {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/internal/source"
+	"github.com/sluice-dev/sluice/internal/testutil"
 )
 
 // orderGetter serves blocks from memGetter once gate is open and records
@@ -35,7 +36,7 @@ func (g *orderGetter) GetBlock(ctx context.Context, b BlockRef, p []byte) error 
 // earlier, and the tier below is not told it is readahead.
 func TestReaderPromotesReadahead(t *testing.T) {
 	mg := newMemGetter()
-	data := randBytes(4*(64<<10), 16)
+	data := testutil.RandBytes(4*(64<<10), 16)
 	obj := mg.add("f", data)
 	g := &orderGetter{memGetter: mg, gate: make(chan struct{}), ahead: map[int64]bool{}, started: make(chan int64, 8)}
 	c := newTestCache(t, g, func(c *Config) { c.MaxFetches = 1 })

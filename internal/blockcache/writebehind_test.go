@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sluice-dev/sluice/internal/testutil"
 )
 
 // gatedWrites replaces c's write-behind with a queue of queued blocks
@@ -37,7 +39,7 @@ func gatedWrites(c *Cache, queued int, free int64, skip *atomic.Bool) chan struc
 func TestFullWriteQueueDropsCopiesNotReads(t *testing.T) {
 	g := newMemGetter()
 	const blocks = 20
-	data := randBytes(blocks*(64<<10), 11)
+	data := testutil.RandBytes(blocks*(64<<10), 11)
 	obj := g.add("f", data)
 	c := newTestCache(t, g, func(c *Config) { c.MemoryBytes = 2 << 20 })
 	var skip atomic.Bool
@@ -84,7 +86,7 @@ func TestFullWriteQueueDropsCopiesNotReads(t *testing.T) {
 func TestCrashWithWritesQueued(t *testing.T) {
 	g := newMemGetter()
 	const blocks, written = 9, 3
-	data := randBytes((blocks-1)*(64<<10)+100, 12)
+	data := testutil.RandBytes((blocks-1)*(64<<10)+100, 12)
 	obj := g.add("f", data)
 	dir := t.TempDir()
 	cfg := Config{BlockSize: 64 << 10, MemoryBytes: 1 << 20, DiskDir: dir, DiskBytes: 4 << 20, Getter: g}
@@ -139,7 +141,7 @@ func (g crcGetter) GetBlockChecksum(ctx context.Context, b BlockRef, p []byte) (
 // deliberately different one shows which was kept).
 func TestOneChecksumPassPerBlock(t *testing.T) {
 	g := newMemGetter()
-	data := randBytes(2*(64<<10), 13)
+	data := testutil.RandBytes(2*(64<<10), 13)
 	obj := g.add("f", data)
 	c := newTestCache(t, crcGetter{g, func(p []byte) uint32 { return Checksum(p) ^ 1 }}, nil)
 	_, crc, err := c.Block(context.Background(), c.block(obj, 0))
@@ -157,7 +159,7 @@ func TestOneChecksumPassPerBlock(t *testing.T) {
 func TestSlowDiskPacesNotDrops(t *testing.T) {
 	g := newMemGetter()
 	const blocks = 12
-	data := randBytes(blocks*(64<<10), 14)
+	data := testutil.RandBytes(blocks*(64<<10), 14)
 	obj := g.add("f", data)
 	c := newTestCache(t, g, nil)
 	c.behind = newWriteBehind(func(b BlockRef, p []byte, crc uint32, direct bool) error {
@@ -183,7 +185,7 @@ func TestDiskWriteModes(t *testing.T) {
 	for _, direct := range []bool{false, true} {
 		t.Run(map[bool]string{false: "buffered", true: "direct"}[direct], func(t *testing.T) {
 			g := newMemGetter()
-			data := randBytes(5*(64<<10)+1234, 15)
+			data := testutil.RandBytes(5*(64<<10)+1234, 15)
 			obj := g.add("f", data)
 			// O_DIRECT needs a real file system; /var/tmp is one here.
 			dir, err := os.MkdirTemp("/var/tmp", "sluice-direct-test-")
@@ -215,7 +217,7 @@ func TestDiskWriteModes(t *testing.T) {
 // write is served from the write-behind queue, not fetched again.
 func TestQueuedBlocksAreServed(t *testing.T) {
 	g := newMemGetter()
-	data := randBytes(6*(64<<10), 17)
+	data := testutil.RandBytes(6*(64<<10), 17)
 	obj := g.add("f", data)
 	c := newTestCache(t, g, func(c *Config) { c.MemoryBytes = 64 << 10 }) // one block
 	var skip atomic.Bool

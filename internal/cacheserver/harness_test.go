@@ -3,7 +3,6 @@ package cacheserver
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"github.com/sluice-dev/sluice/internal/blockcache"
 	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/source"
+	"github.com/sluice-dev/sluice/internal/testutil"
 	"github.com/sluice-dev/sluice/internal/testutil/faultproxy"
 	"github.com/sluice-dev/sluice/internal/testutil/s3server"
 )
@@ -22,15 +22,6 @@ const (
 	testBlock = 256 << 10
 	testToken = "s3cr3t-token"
 )
-
-func randBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, 7))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // origin is a real versitygw with a dataset, behind a counting proxy.
 type origin struct {
@@ -46,7 +37,7 @@ func startOrigin(t *testing.T, nfiles, size int) *origin {
 	o := &origin{srv: srv, files: map[string][]byte{}}
 	for i := 0; i < nfiles; i++ {
 		p := fmt.Sprintf("shard-%02d.bin", i)
-		o.files[p] = randBytes(size+i*1000, uint64(i))
+		o.files[p] = testutil.RandBytes(size+i*1000, uint64(i))
 		o.total += int64(len(o.files[p]))
 		srv.Put(t, "data", p, o.files[p])
 	}

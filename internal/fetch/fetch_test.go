@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -13,20 +12,12 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/internal/source"
+	"github.com/sluice-dev/sluice/internal/testutil"
 	"github.com/sluice-dev/sluice/internal/testutil/faultproxy"
 	"github.com/sluice-dev/sluice/internal/testutil/s3server"
 )
 
 const testBlock = 64 << 10
-
-func randBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, 9))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // dataset is the copy's conformance set: empty and one-byte files, sizes
 // at the block edges, nested directories, unicode and odd names.
@@ -34,10 +25,10 @@ func dataset() map[string][]byte {
 	return map[string][]byte{
 		"empty":                      {},
 		"one":                        {'x'},
-		"edge/block-1":               randBytes(testBlock-1, 1),
-		"edge/block":                 randBytes(testBlock, 2),
-		"edge/block+1":               randBytes(testBlock+1, 3),
-		"big.bin":                    randBytes(5*testBlock+777, 4),
+		"edge/block-1":               testutil.RandBytes(testBlock-1, 1),
+		"edge/block":                 testutil.RandBytes(testBlock, 2),
+		"edge/block+1":               testutil.RandBytes(testBlock+1, 3),
+		"big.bin":                    testutil.RandBytes(5*testBlock+777, 4),
 		"a/b/c/deep.txt":             []byte("deep inside\n"),
 		"a/file with spaces.txt":     []byte("spaces are fine"),
 		"ünïcödé/日本語 ファイル.txt":       []byte("こんにちは"),

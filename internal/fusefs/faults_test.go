@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/internal/source"
+	"github.com/sluice-dev/sluice/internal/testutil"
 	"github.com/sluice-dev/sluice/internal/testutil/faultproxy"
 	"github.com/sluice-dev/sluice/internal/testutil/s3server"
 )
@@ -38,7 +39,7 @@ func s3ViaProxy(t *testing.T, files map[string][]byte, cfg faultproxy.Config) (*
 func TestFlakyOriginNeverReachesReaders(t *testing.T) {
 	files := map[string][]byte{}
 	for _, n := range []string{"a", "b", "c"} {
-		files[n] = randBytes(8*testBlock+5, uint64(n[0]))
+		files[n] = testutil.RandBytes(8*testBlock+5, uint64(n[0]))
 	}
 	_, proxy, src := s3ViaProxy(t, files, faultproxy.Config{FailRate: 0.10, ResetRate: 0.05, Seed: 1})
 	m := mountSource(t, src, mountConfig{blockSize: testBlock})
@@ -54,7 +55,7 @@ func TestFlakyOriginNeverReachesReaders(t *testing.T) {
 }
 
 func TestOriginDown(t *testing.T) {
-	files := map[string][]byte{"cached": randBytes(3*testBlock, 1), "uncached": randBytes(3*testBlock, 2)}
+	files := map[string][]byte{"cached": testutil.RandBytes(3*testBlock, 1), "uncached": testutil.RandBytes(3*testBlock, 2)}
 	_, proxy, src := s3ViaProxy(t, files, faultproxy.Config{})
 	m := mountSource(t, src, mountConfig{blockSize: testBlock, noReadahead: true})
 	if got, err := os.ReadFile(filepath.Join(m.dir, "cached")); err != nil || !bytes.Equal(got, files["cached"]) {

@@ -14,19 +14,11 @@ import (
 	"testing"
 
 	"github.com/sluice-dev/sluice/internal/source"
+	"github.com/sluice-dev/sluice/internal/testutil"
 	"github.com/sluice-dev/sluice/internal/testutil/s3server"
 )
 
 const testBlock = 256 << 10
-
-func randBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, 99))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // dataset is the conformance data set: edge sizes, nesting, odd names and
 // a 1,000-entry directory.
@@ -34,13 +26,13 @@ func dataset() map[string][]byte {
 	d := map[string][]byte{
 		"empty":                 {},
 		"one":                   {'x'},
-		"three-blocks-plus-one": randBytes(3*testBlock+1, 1),
-		"exact-block":           randBytes(testBlock, 2),
-		"big.bin":               randBytes(5*testBlock+777, 3),
+		"three-blocks-plus-one": testutil.RandBytes(3*testBlock+1, 1),
+		"exact-block":           testutil.RandBytes(testBlock, 2),
+		"big.bin":               testutil.RandBytes(5*testBlock+777, 3),
 		"a/b/c/nested.txt":      []byte("nested file\n"),
 		"with space/file 1.txt": []byte("spaces in names\n"),
 		"ünïcødé/日本語.txt":       []byte("unicode names\n"),
-		"a/sibling.bin":         randBytes(12345, 4),
+		"a/sibling.bin":         testutil.RandBytes(12345, 4),
 	}
 	for i := 0; i < 1000; i++ {
 		d[fmt.Sprintf("many/f%04d", i)] = []byte(fmt.Sprintf("file %d\n", i))
@@ -168,7 +160,7 @@ func TestConformance(t *testing.T) {
 func TestConcurrentReadersFetchEachBlockOnce(t *testing.T) {
 	files := map[string][]byte{}
 	for i := 0; i < 4; i++ {
-		files[fmt.Sprintf("f%d", i)] = randBytes(6*testBlock+100*i, uint64(10+i))
+		files[fmt.Sprintf("f%d", i)] = testutil.RandBytes(6*testBlock+100*i, uint64(10+i))
 	}
 	for _, be := range backends {
 		t.Run(be.name, func(t *testing.T) {

@@ -163,8 +163,8 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	testutil.RequireRootFUSE(t)
 	srcDir, state := t.TempDir(), t.TempDir()
 	mnt := filepath.Join(t.TempDir(), "mnt")
-	a, b := randBytes(16<<16, 7), randBytes(3<<16+11, 8)
-	pt := randBytes(3<<16, 9)
+	a, b := testutil.RandBytes(16<<16, 7), testutil.RandBytes(3<<16+11, 8)
+	pt := testutil.RandBytes(3<<16, 9)
 	for p, data := range map[string][]byte{"dir/a.bin": a, "dir/b.bin": b, "dir/p.bin": pt, "dir/sub/c": []byte("c")} {
 		mustWriteFile(t, filepath.Join(srcDir, p), data)
 	}

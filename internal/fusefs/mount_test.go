@@ -18,7 +18,7 @@ import (
 )
 
 func TestPassthroughServesCachedFiles(t *testing.T) {
-	files := map[string][]byte{"f": randBytes(4*testBlock+3, 8)}
+	files := map[string][]byte{"f": testutil.RandBytes(4*testBlock+3, 8)}
 	for _, passthrough := range []bool{true, false} {
 		name := map[bool]string{true: "passthrough", false: "no passthrough"}[passthrough]
 		t.Run(name, func(t *testing.T) {
@@ -34,6 +34,7 @@ func TestPassthroughServesCachedFiles(t *testing.T) {
 				if err != nil || !bytes.Equal(got, files["f"]) {
 					t.Fatalf("pass %d: err %v, equal %v", pass, err, bytes.Equal(got, files["f"]))
 				}
+				waitReleased(t, m, p)
 			}
 			if got := m.getter.fetches.Load(); got != 5 {
 				t.Errorf("origin fetches %d, want 5 (once per block)", got)
@@ -45,6 +46,24 @@ func TestPassthroughServesCachedFiles(t *testing.T) {
 				t.Errorf("bytes served through FUSE %v, want %d (only the cold pass)", served, len(files["f"]))
 			}
 		})
+	}
+}
+
+// waitReleased waits until the file system has seen the RELEASE of every
+// open of p: the kernel sends it after close returns, and until it arrives
+// an open is served in cached mode, as the kernel requires while a
+// cached-mode file may still be open.
+func waitReleased(t *testing.T, m *testMount, p string) {
+	t.Helper()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := st.Sys().(*syscall.Stat_t).Ino
+	for deadline := time.Now().Add(10 * time.Second); m.fsys.front.cachedOpen(ino); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no RELEASE for a closed file within 10 s")
+		}
 	}
 }
 
@@ -88,7 +107,7 @@ func TestStaleMountIsReplacedNotStacked(t *testing.T) {
 // passthrough (the kernel refuses it, EIO, while the inode has files open
 // in cached mode), and passthrough engages once those are closed.
 func TestPassthroughWhileOpenUncached(t *testing.T) {
-	files := map[string][]byte{"f": randBytes(4*testBlock+3, 9)}
+	files := map[string][]byte{"f": testutil.RandBytes(4*testBlock+3, 9)}
 	m := mountSource(t, fileBackend(t, files), mountConfig{blockSize: testBlock, passthrough: true})
 	p := filepath.Join(m.dir, "f")
 	held, err := os.Open(p)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/sluice-dev/sluice/internal/testutil"
 )
 
 func TestDirWalks(t *testing.T) {
@@ -42,7 +44,7 @@ func TestDirWalks(t *testing.T) {
 func TestWalkPrefetchesNextFiles(t *testing.T) {
 	files := map[string][]byte{}
 	for i := 0; i < 40; i++ {
-		files[fmt.Sprintf("shards/s%03d", i)] = randBytes(20000+i, uint64(i))
+		files[fmt.Sprintf("shards/s%03d", i)] = testutil.RandBytes(20000+i, uint64(i))
 	}
 	tm := mountSource(t, fileBackend(t, files), mountConfig{blockSize: 64 << 10})
 	read := func(i int) {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -13,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sluice-dev/sluice/internal/testutil"
 )
 
 // origin is an httptest server for one object whose content, ETag and
@@ -87,17 +88,8 @@ func openHTTP(t *testing.T, rawURL string) Source {
 	return src
 }
 
-func randomBytes(n int, seed uint64) []byte {
-	rnd := rand.New(rand.NewPCG(seed, seed+1))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(rnd.Uint32())
-	}
-	return b
-}
-
 func TestHTTPReads(t *testing.T) {
-	big := randomBytes(2<<20+77, 7)
+	big := testutil.RandBytes(2<<20+77, 7)
 	tests := []struct {
 		name  string
 		data  []byte
@@ -265,7 +257,7 @@ func TestHTTPNames(t *testing.T) {
 
 func TestHTTPRangeRequestsOnly(t *testing.T) {
 	// A read of a small range of a large object must not transfer it all.
-	data := randomBytes(8<<20, 9)
+	data := testutil.RandBytes(8<<20, 9)
 	var sent atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"big"`)

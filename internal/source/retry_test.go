@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-dev/sluice/internal/testutil"
 	"github.com/sluice-dev/sluice/internal/testutil/faultproxy"
 	"github.com/sluice-dev/sluice/internal/testutil/s3server"
 )
@@ -250,7 +251,7 @@ func TestBackoff(t *testing.T) {
 func TestRetryS3ThroughFaults(t *testing.T) {
 	srv := s3server.Start(t)
 	srv.CreateBucket(t, "faulty")
-	data := randomBytes(3<<20, 21)
+	data := testutil.RandBytes(3<<20, 21)
 	srv.Put(t, "faulty", "dir/obj", data)
 
 	proxy, err := faultproxy.New(srv.Endpoint, faultproxy.Config{FailRate: 0.1, ResetRate: 0.05, Seed: 1})
@@ -393,7 +394,7 @@ func TestAttemptTimeout(t *testing.T) {
 func TestRetryResumesPartialReads(t *testing.T) {
 	srv := s3server.Start(t)
 	srv.CreateBucket(t, "cut")
-	data := randomBytes(4<<20, 22)
+	data := testutil.RandBytes(4<<20, 22)
 	srv.Put(t, "cut", "obj", data)
 	for _, tc := range []struct {
 		name      string

@@ -13,6 +13,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
+	"github.com/sluice-dev/sluice/internal/testutil"
 	"github.com/sluice-dev/sluice/internal/testutil/s3server"
 )
 
@@ -103,7 +104,7 @@ func TestS3Conformance(t *testing.T) {
 func TestS3BucketRoot(t *testing.T) {
 	srv := s3server.Start(t)
 	srv.CreateBucket(t, "root-data")
-	tr := tree{"x.bin": randomBytes(1<<20+3, 11), "d/y": []byte("y"), "d/e/z": {}, "sp ace/ü": []byte("ü")}
+	tr := tree{"x.bin": testutil.RandBytes(1<<20+3, 11), "d/y": []byte("y"), "d/e/z": {}, "sp ace/ü": []byte("ü")}
 	putTree(t, srv, "root-data", "", tr)
 	checkSource(t, openS3(t, srv, "root-data"), tr)
 }
