@@ -37,7 +37,7 @@ func (e *burstEnv) runCopied(ctx context.Context, n int) ([]time.Duration, time.
 func (e *burstEnv) fetch(ctx context.Context, dir string) error {
 	env := []string{"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SHARED_CREDENTIALS_FILE=/nonexistent"}
 	k, err := startChild("sluice fetch", dir, e.o.Sluice, []string{"fetch", e.originURL(), dir,
-		"--workers", strings.Join(e.workerURLs, ","), "--worker-token-file", e.tokenFile(), "--origin-fallback=false",
+		"--workers", strings.Join(e.workerURLs, ","), "--worker-token-file", e.tokenFile(), "--insecure-workers", "--origin-fallback=false",
 		"--block-size", e.o.BlockSize, "--progress=false"}, env, "")
 	if err != nil {
 		return err

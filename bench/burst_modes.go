@@ -136,7 +136,7 @@ func (e *burstEnv) startMount(ctx context.Context, dir string, workers []string,
 		env = e.creds()
 	}
 	return startServing(ctx, "sluice mount", dir, e.o.Sluice, []string{"mount", origin, dir,
-		"--workers", strings.Join(workers, ","), "--worker-token-file", e.tokenFile(),
+		"--workers", strings.Join(workers, ","), "--worker-token-file", e.tokenFile(), "--insecure-workers",
 		fmt.Sprintf("--origin-fallback=%t", creds), "--cache-dir", "", "--cache-memory", "64Mi",
 		"--cache-disk", "4Gi", "--block-size", e.o.BlockSize}, env, "serving")
 }

@@ -31,6 +31,8 @@ var rcloneFlags = []string{"--vfs-cache-mode", "full", "--read-only"}
 func (r *runner) measureRows(ctx context.Context) []*Row {
 	sluiceCache := filepath.Join(r.work, "sluice-cache")
 	rcloneCache := filepath.Join(r.work, "rclone-cache")
+	plainWorkers := &Row{Key: "workers", Name: "through workers", Reference: "sluice-warm-nopt",
+		Meaning: "a fresh `sluice mount` without a disk tier reading through one `sluice cache-worker` that holds the data, plain HTTP."}
 	steps := []struct {
 		row     *Row
 		after   string // Key of a row that must have succeeded first
@@ -54,6 +56,10 @@ func (r *runner) measureRows(ctx context.Context) []*Row {
 		{&Row{Key: "loopback", Name: "go-fuse loopback", Reference: "direct",
 			Meaning: "an in-process go-fuse loopback mount of versitygw's files with sluice's FUSE settings, passthrough off: the FUSE ceiling for the row above."},
 			"", r.loopback},
+		{plainWorkers, "", func(ctx context.Context, row *Row) error { return r.workers(ctx, row, false, nil) }},
+		{&Row{Key: "workers-tls", Name: "through workers, TLS", Reference: "workers", Target: &Target{">=", 0.9},
+			Meaning: "the same over TLS (the worker's certificate from a sluice CA, verified by the client; keep-alive and session resumption)."},
+			"workers", func(ctx context.Context, row *Row) error { return r.workers(ctx, row, true, plainWorkers) }},
 		{&Row{Key: "rclone-cold", Name: "rclone cold", Reference: "sluice-cold", Target: &Target{"<", 1},
 			Meaning: "`rclone mount --vfs-cache-mode full` with an empty cache; below 1.00 means sluice cold is ahead."},
 			"", func(ctx context.Context, row *Row) error { return r.rclone(ctx, row, rcloneCache) }},

@@ -65,7 +65,8 @@ func TestControllerOnAPIServer(t *testing.T) {
 	hbAddr := freeAddr(t)
 	o := &Options{WorkerImage: "sluice.local/sluice:test", PullPolicy: "Never", ClusterDomain: "cluster.local",
 		HeartbeatAddr: hbAddr, MetricsAddr: "0", HealthAddr: "0", Resync: 200 * time.Millisecond,
-		DemandWindow: 3 * time.Second, LeaderElect: true, LeaderNS: "sluice-system", Preload: true}
+		DemandWindow: 3 * time.Second, LeaderElect: true, LeaderNS: "sluice-system", Preload: true,
+		WorkersTLS: true, Namespace: "sluice-system", ServiceName: "sluice-controller"}
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +136,11 @@ func TestControllerOnAPIServer(t *testing.T) {
 		}
 	})
 
+	var hb endpoint
+	t.Run("the CA issues the workers' certificate and publishes its bundle", func(t *testing.T) {
+		hb = testAuthority(ctx, t, cl, ds, hbAddr)
+	})
+
 	t.Run("a failing worker's reason reaches the status", func(t *testing.T) {
 		pod := &corev1.Pod{}
 		eventually(t, 20*time.Second, "worker pod 0 from the StatefulSet controller", func() bool {
@@ -186,11 +192,11 @@ func TestControllerOnAPIServer(t *testing.T) {
 	})
 
 	t.Run("workers scale 1 to 4 to 1 on 8 sidecars' throughput", func(t *testing.T) {
-		testScaling(ctx, t, srv, cl, "http://"+hbAddr+contract.HeartbeatPath, key)
+		testScaling(ctx, t, srv, cl, hb, key)
 	})
 
 	t.Run("reaper answers exit once the app is done", func(t *testing.T) {
-		testReaper(ctx, t, srv, cl, "http://"+hbAddr+contract.HeartbeatPath)
+		testReaper(ctx, t, srv, cl, hb)
 	})
 
 	t.Run("preload warms the workers, each block once", func(t *testing.T) { testPreload(ctx, t, cl, worker) })
@@ -198,7 +204,7 @@ func TestControllerOnAPIServer(t *testing.T) {
 	t.Run("an external scaler drives /scale", func(t *testing.T) { testExternalScale(ctx, t, srv, cl) })
 
 	t.Run("scale to zero, and a heartbeat wakes it", func(t *testing.T) {
-		testScaleFromZero(ctx, t, srv, cl, "http://"+hbAddr+contract.HeartbeatPath)
+		testScaleFromZero(ctx, t, srv, cl, hb)
 	})
 
 	t.Run("deleting the Dataset removes what it owns", func(t *testing.T) {
@@ -263,7 +269,7 @@ func testInvalidSpecs(ctx context.Context, t *testing.T, cl client.Client) {
 	_ = cl.Delete(ctx, ok)
 }
 
-func testScaling(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl client.Client, url string, key client.ObjectKey) {
+func testScaling(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl client.Client, url endpoint, key client.ObjectKey) {
 	type sidecar struct{ token, uid, name string }
 	var sidecars []sidecar
 	for i := range 8 {
@@ -316,7 +322,7 @@ func testScaling(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl clie
 	})
 }
 
-func testReaper(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl client.Client, url string) {
+func testReaper(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl client.Client, url endpoint) {
 	pod := createConvertedPod(ctx, t, cl, "ml", "job-0", corev1.RestartPolicyNever)
 	tok, uid := srv.PodToken(t, "ml", "job-0", contract.TokenAudience)
 	hb := contract.Heartbeat{PodUID: uid, Namespace: "ml", Name: "job-0", Datasets: []string{"ml/imagenet"}}
@@ -333,9 +339,9 @@ func testReaper(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl clien
 	// Another pod's token cannot speak for this one.
 	other, _ := srv.PodToken(t, "ml", "reader-0", contract.TokenAudience)
 	body, _ := json.Marshal(hb)
-	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPost, url.url, bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+other)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := url.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,17 +363,23 @@ func createConvertedPod(ctx context.Context, t *testing.T, cl client.Client, ns,
 	return pod
 }
 
-func postHeartbeat(t *testing.T, url, token string, hb contract.Heartbeat) string {
+// endpoint is the controller's heartbeat URL and a client that trusts it.
+type endpoint struct {
+	url    string
+	client *http.Client
+}
+
+func postHeartbeat(t *testing.T, url endpoint, token string, hb contract.Heartbeat) string {
 	t.Helper()
 	body, _ := json.Marshal(hb)
-	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, url.url, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	var resp *http.Response
 	for range 50 { // the endpoint starts with the manager
-		if resp, err = http.DefaultClient.Do(req.Clone(context.Background())); err == nil {
+		if resp, err = url.client.Do(req.Clone(context.Background())); err == nil {
 			break
 		}
 		req.Body, _ = req.GetBody()
@@ -494,7 +506,7 @@ func testExternalScale(ctx context.Context, t *testing.T, srv *kubeapi.Server, c
 	_ = cl.Delete(ctx, ds)
 }
 
-func testScaleFromZero(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl client.Client, url string) {
+func testScaleFromZero(ctx context.Context, t *testing.T, srv *kubeapi.Server, cl client.Client, url endpoint) {
 	ds := &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: "idle", Namespace: "ml"}, Spec: v1alpha1.DatasetSpec{
 		Source: "s3://bucket", Cache: v1alpha1.CacheSpec{MinWorkers: ptr.To[int32](0), MaxWorkers: ptr.To[int32](2),
 			ScaleDownDelay: &metav1.Duration{Duration: time.Second}}}}

@@ -53,6 +53,9 @@ type DatasetReconciler struct {
 	Now   func() time.Time
 	// Preloader warms the workers with spec.preload (nil: preload is off).
 	Preloader *Preloader
+	// Authority issues the workers' certificates and publishes the CA
+	// bundle (nil: workers serve plain HTTP).
+	Authority *Authority
 
 	mu       sync.Mutex
 	scalers  map[types.NamespacedName]*Scaler
@@ -112,6 +115,11 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	if err := r.ensureIdentity(ctx, ds.Namespace); err != nil {
 		return ctrl.Result{}, err
+	}
+	if r.Authority != nil {
+		if err := r.Authority.ForDataset(ctx, ds); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: WorkersName(ds.Name), Namespace: ds.Namespace}}
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, svc, func() error {

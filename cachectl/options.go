@@ -2,6 +2,7 @@ package cachectl
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -35,6 +36,7 @@ import (
 	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
 	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/kubeauth"
+	"github.com/sluice-dev/sluice/internal/pki"
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
@@ -56,6 +58,9 @@ type Options struct {
 	Trusted        []string
 	TokenFile      string
 	Preload        bool
+	WorkersTLS     bool
+	Namespace      string
+	ServiceName    string
 	templateParsed WorkerTemplate
 	// preloadOpen replaces the workers' source of preloads (tests).
 	preloadOpen func(ctx context.Context, ds *v1alpha1.Dataset) (source.Source, func(), error)
@@ -79,6 +84,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"service accounts (namespace/name) the cache workers admit from any namespace: the CSI node plugin, which checks each pod's access itself, and the controller (preload)")
 	fs.StringVar(&o.TokenFile, "worker-token-file", "/var/run/secrets/sluice.dev/token", "the controller's projected token (audience sluice.dev), presented to the workers when preloading")
 	fs.BoolVar(&o.Preload, "preload", true, "warm the workers with each Dataset's spec.preload")
+	fs.BoolVar(&o.WorkersTLS, "tls", true, "run a CA (the Secret "+contract.CASecret+" of --namespace): the workers and the heartbeat endpoint serve TLS, and the CA bundle is published as the ConfigMap "+contract.CABundleConfigMap+" wherever a Dataset's readers run")
+	fs.StringVar(&o.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the controller's namespace (its CA Secret; the CSI node plugin's copy of the bundle)")
+	fs.StringVar(&o.ServiceName, "service-name", "sluice-controller", "the controller's Service, named by the heartbeat endpoint's certificate")
 	fs.StringToStringVar(&o.WorkerNodeSel, "worker-node-selector", nil, "node selector of the cache workers (k=v,...)")
 }
 
@@ -103,8 +111,12 @@ func (o *Options) Validate() error {
 	if o.Resync <= 0 || o.DemandWindow <= 0 {
 		return errors.New("--resync and --demand-window must be positive")
 	}
+	if o.WorkersTLS && (o.Namespace == "" || o.ServiceName == "") {
+		return errors.New("--tls needs --namespace (default $POD_NAMESPACE) and --service-name")
+	}
 	o.templateParsed = WorkerTemplate{Image: o.WorkerImage, ImagePullPolicy: corev1.PullPolicy(o.PullPolicy),
-		ClusterDomain: o.ClusterDomain, NodeSelector: o.WorkerNodeSel, RunAsRoot: o.WorkersAsRoot, Trusted: o.Trusted}
+		ClusterDomain: o.ClusterDomain, NodeSelector: o.WorkerNodeSel, RunAsRoot: o.WorkersAsRoot, Trusted: o.Trusted,
+		TLS: o.WorkersTLS}
 	return nil
 }
 
@@ -164,10 +176,20 @@ func (o *Options) NewManager(cfg *rest.Config) (manager.Manager, error) {
 	rec := mgr.GetEventRecorder("sluice-controller")
 	r := &DatasetReconciler{Client: mgr.GetClient(), Pods: mgr.GetAPIReader(), Recorder: rec, Template: o.templateParsed, Demand: demand,
 		Resync: o.Resync, Wake: wake, Stats: ScrapeStats(&http.Client{})}
+	var hbTLS, workersTLS *tls.Config
+	if o.WorkersTLS {
+		r.Authority = &Authority{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Namespace: o.Namespace,
+			ClusterDomain: o.ClusterDomain, ServiceName: o.ServiceName}
+		hbTLS = pki.StaticServerConfig(r.Authority.HeartbeatCertificate)
+		workersTLS = r.Authority.ClientTLS()
+		if err := mgr.Add(r.Authority); err != nil {
+			return nil, err
+		}
+	}
 	if o.Preload {
 		open := o.preloadOpen
 		if open == nil {
-			open = WorkersSource(o.ClusterDomain, o.TokenFile)
+			open = WorkersSource(o.ClusterDomain, o.TokenFile, workersTLS)
 		}
 		r.Preloader = &Preloader{Open: open}
 	}
@@ -197,7 +219,7 @@ func (o *Options) NewManager(cfg *rest.Config) (manager.Manager, error) {
 			}
 		},
 	}
-	if err := mgr.Add(&httpRunnable{addr: o.HeartbeatAddr, handler: heartbeatMux(hb)}); err != nil {
+	if err := mgr.Add(&httpRunnable{addr: o.HeartbeatAddr, handler: heartbeatMux(hb), tls: hbTLS}); err != nil {
 		return nil, err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
@@ -266,14 +288,21 @@ func (p cachedPods) GetPod(ctx context.Context, namespace, name string) (*corev1
 type httpRunnable struct {
 	addr    string
 	handler http.Handler
+	tls     *tls.Config // nil: plain HTTP
 }
 
 func (h *httpRunnable) NeedLeaderElection() bool { return true }
 
 func (h *httpRunnable) Start(ctx context.Context) error {
-	srv := &http.Server{Addr: h.addr, Handler: h.handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Addr: h.addr, Handler: h.handler, ReadHeaderTimeout: 10 * time.Second, TLSConfig: h.tls}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
+	go func() {
+		if h.tls != nil {
+			errc <- srv.ListenAndServeTLS("", "")
+		} else {
+			errc <- srv.ListenAndServe()
+		}
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("heartbeat endpoint %s: %w", h.addr, err)

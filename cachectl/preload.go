@@ -2,6 +2,7 @@ package cachectl
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"path"
@@ -36,12 +37,13 @@ type Preloader struct {
 
 // WorkersSource opens the workers of a Dataset through its headless
 // Service, presenting the token in tokenFile (the controller's projected
-// token; the workers trust the controller's service account).
-func WorkersSource(clusterDomain, tokenFile string) func(ctx context.Context, ds *v1alpha1.Dataset) (source.Source, func(), error) {
+// token; the workers trust the controller's service account), verified
+// with tc (nil: the workers serve plain HTTP).
+func WorkersSource(clusterDomain, tokenFile string, tc *tls.Config) func(ctx context.Context, ds *v1alpha1.Dataset) (source.Source, func(), error) {
 	return func(ctx context.Context, ds *v1alpha1.Dataset) (source.Source, func(), error) {
 		ctx, cancel := context.WithCancel(ctx)
 		pool, err := cacheserver.NewPool(ctx, cacheserver.PoolConfig{DNS: ds.WorkersAddress(clusterDomain),
-			Dataset: ds.Name, TokenFile: tokenFile})
+			Dataset: ds.Name, TokenFile: tokenFile, TLS: tc, Insecure: tc == nil})
 		if err != nil {
 			cancel()
 			return nil, nil, err

@@ -91,7 +91,7 @@ func startWorker(t *testing.T) *realWorker {
 
 func (w *realWorker) open(ctx context.Context, ds *v1alpha1.Dataset) (source.Source, func(), error) {
 	ctx, cancel := context.WithCancel(ctx)
-	pool, err := cacheserver.NewPool(ctx, cacheserver.PoolConfig{URLs: []string{w.url}, Dataset: ds.Name, TokenFile: w.tokenFile})
+	pool, err := cacheserver.NewPool(ctx, cacheserver.PoolConfig{URLs: []string{w.url}, Dataset: ds.Name, TokenFile: w.tokenFile, Insecure: true})
 	if err != nil {
 		cancel()
 		return nil, nil, err

@@ -49,6 +49,9 @@ type WorkerTemplate struct {
 	// Trusted are service accounts (namespace/name) the workers admit from
 	// any namespace: the CSI node plugin, which checks access per pod.
 	Trusted []string
+	// TLS serves the worker API over TLS with the certificate the
+	// Authority issues (the Secret WorkersTLSSecret).
+	TLS bool
 }
 
 // WorkersName is the name of a Dataset's StatefulSet and headless Service.
@@ -136,6 +139,17 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 	if len(t.Trusted) > 0 {
 		args = append(args, "--trust-service-accounts="+strings.Join(t.Trusted, ","))
 	}
+	scheme := corev1.URISchemeHTTP
+	mounts := []corev1.VolumeMount{{Name: "cache", MountPath: "/cache"}}
+	var tlsVolumes []corev1.Volume
+	if t.TLS {
+		scheme = corev1.URISchemeHTTPS
+		args = append(args, "--tls-cert-file="+contract.WorkersTLSDir+"/"+corev1.TLSCertKey,
+			"--tls-key-file="+contract.WorkersTLSDir+"/"+corev1.TLSPrivateKeyKey)
+		mounts = append(mounts, corev1.VolumeMount{Name: "tls", MountPath: contract.WorkersTLSDir, ReadOnly: true})
+		tlsVolumes = append(tlsVolumes, corev1.Volume{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: WorkersTLSSecret(ds.Name), DefaultMode: ptr.To[int32](0o440)}}})
+	}
 	if o := ds.Spec.Options; o.Endpoint != "" || o.Region != "" || o.PathStyle {
 		if o.Endpoint != "" {
 			args = append(args, "--s3-endpoint="+o.Endpoint)
@@ -181,18 +195,18 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: contract.WorkersPort},
 					{Name: "metrics", ContainerPort: metricsPort}},
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-					Path: "/readyz", Port: intstr.FromString("http")}}, PeriodSeconds: 2, FailureThreshold: 2},
+					Path: "/readyz", Port: intstr.FromString("http"), Scheme: scheme}}, PeriodSeconds: 2, FailureThreshold: 2},
 				LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-					Path: "/healthz", Port: intstr.FromString("http")}}, PeriodSeconds: 10, FailureThreshold: 6},
+					Path: "/healthz", Port: intstr.FromString("http"), Scheme: scheme}}, PeriodSeconds: 10, FailureThreshold: 6},
 				Resources: corev1.ResourceRequirements{
 					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: request},
 					Limits:   corev1.ResourceList{corev1.ResourceMemory: limit, corev1.ResourceEphemeralStorage: disk},
 				},
 				SecurityContext: sc,
-				VolumeMounts:    []corev1.VolumeMount{{Name: "cache", MountPath: "/cache"}},
+				VolumeMounts:    mounts,
 			}},
-			Volumes: []corev1.Volume{{Name: "cache", VolumeSource: corev1.VolumeSource{
-				EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: ptr.To(disk)}}}},
+			Volumes: append([]corev1.Volume{{Name: "cache", VolumeSource: corev1.VolumeSource{
+				EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: ptr.To(disk)}}}}, tlsVolumes...),
 		},
 	}
 }

@@ -333,8 +333,9 @@ var checks = map[string]func(t *testing.T, file string, u *obj){
 	},
 }
 
-// checkRules refuses wildcards and any access to Secrets: the driver's
-// roles are least privilege.
+// checkRules refuses wildcards and any access to Secrets, but the
+// controller's: it keeps its CA and the workers' certificates in Secrets,
+// and may get, create and update them, never list or watch them.
 func checkRules(t *testing.T, file string, u *obj) {
 	rules := slice(u, "rules")
 	if len(rules) == 0 {
@@ -351,7 +352,15 @@ func checkRules(t *testing.T, file string, u *obj) {
 				t.Errorf("%s: wildcard in %s", file, key)
 			}
 			if key == "resources" && slices.Contains(vals, any("secrets")) {
-				t.Errorf("%s: the driver must not read Secrets (the kubelet passes them)", file)
+				if u.GetName() != "sluice-controller" {
+					t.Errorf("%s: %s must not read Secrets (the kubelet passes them)", file, u.GetName())
+				}
+				verbs, _ := m["verbs"].([]any)
+				for _, v := range verbs {
+					if v != "get" && v != "create" && v != "update" {
+						t.Errorf("%s: %s may %s Secrets; want get, create and update only", file, u.GetName(), v)
+					}
+				}
 			}
 		}
 	}

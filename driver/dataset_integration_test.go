@@ -59,7 +59,10 @@ func TestNodeRealDataset(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustWrite(t, filepath.Join(origin, "models", "m.bin"), want)
+	// The worker serves TLS; the node's sessions verify it with the CA.
+	serveTLS, verifyTLS := testutil.WorkerTLS(t)
 	worker := testutil.StartProc(t, sluiceBinary(t), nil, "listening on ", "cache-worker", "file://"+origin,
+		serveTLS[0], serveTLS[1], serveTLS[2], serveTLS[3],
 		"--listen", "127.0.0.1:0", "--dataset", "imagenet", "--token-review",
 		"--kubeconfig", writeKubeconfig(t, filepath.Join(dir, "admin.kubeconfig"), api.Host, api.Config.BearerToken),
 		"--allow-namespaces", "ml,shared", "--trust-service-accounts", "sluice-system/sluice-csi-node", "--cache-dir", "")
@@ -71,7 +74,7 @@ func TestNodeRealDataset(t *testing.T) {
 	startNode := func() {
 		n.drv = startDriver(t, n.socket, "--mode", "node", "--node-id", "n1", "--state-dir", n.state,
 			"--cache-dir", filepath.Join(dir, "cache"), "--cache-memory", "64Mi",
-			"--kubeconfig", nodeKubeconfig, "--worker-token-file", tokenFile)
+			"--kubeconfig", nodeKubeconfig, "--worker-token-file", tokenFile, verifyTLS[0], verifyTLS[1])
 		n.c = csi.NewNodeClient(dial(t, n.socket))
 	}
 	startNode()

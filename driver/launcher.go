@@ -38,6 +38,8 @@ type procLauncher struct {
 	// tokenFile is the node's projected service-account token (audience
 	// sluice.dev) that dataset sessions present to the cache workers.
 	tokenFile string
+	// workerTLS are the serve-session flags that verify the workers.
+	workerTLS []string
 	// cgroup, when set, is the cgroup (below cgroupRoot's hierarchies)
 	// each child is moved into, out of the plugin's container.
 	cgroup, cgroupRoot string
@@ -153,6 +155,7 @@ func (l *procLauncher) serveArgs(rec *state.Session, gen int, resume bool) []str
 		// The workers serve a Dataset under its name.
 		_, name := contract.SplitDatasetRef(rec.Dataset)
 		args = append(args, "--dataset", name, "--workers", rec.Workers, "--worker-token-file", l.tokenFile)
+		args = append(args, l.workerTLS...)
 	} else {
 		args = append(args, "--source", rec.Source)
 	}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 
+	"github.com/sluice-dev/sluice/internal/app"
 	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/mountutil"
 	"github.com/sluice-dev/sluice/internal/volattr"
@@ -40,6 +41,9 @@ type Options struct {
 	// WorkerTokenFile is the node's projected service-account token
 	// (audience sluice.dev) that dataset sessions present to the workers.
 	WorkerTokenFile string
+	// WorkerTLS verifies the workers (the CA bundle the controller
+	// publishes, mounted at contract.CABundleDir).
+	WorkerTLS app.TLSFlags
 	// SessionCgroup moves serving children into this cgroup (below
 	// CgroupRoot), so they outlive the plugin's container.
 	SessionCgroup, CgroupRoot string
@@ -75,6 +79,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "where the host's cgroup hierarchies are mounted (in a container: a hostPath)")
 	fs.StringVar(&o.WorkerTokenFile, "worker-token-file", contract.TokenDir+"/"+contract.TokenFile,
 		"node: projected service-account token (audience "+contract.TokenAudience+") that dataset volumes present to the cache workers")
+	o.WorkerTLS.AddFlags(fs, contract.CABundleDir+"/"+contract.CABundleKey)
 	fs.BoolVar(&o.Provision, "provision", false, "controller: provision PVCs of StorageClasses with provisioner "+
 		"csi.sluice.dev itself, with leader election (leave off when a csi-provisioner sidecar does it)")
 	fs.StringVar(&o.RegistrationDir, "registration-dir", "",
@@ -168,7 +173,7 @@ func (o *Options) Run(ctx context.Context) error {
 		keeper := &fdKeeper{}
 		l := &procLauncher{binary: bin, wait: o.ServeWait, tokenFile: o.WorkerTokenFile,
 			cgroup: o.SessionCgroup, cgroupRoot: o.CgroupRoot, keeper: keeper,
-			args: append([]string{"--cache-memory", o.CacheMemory}, o.ChildArgs...)}
+			args: append([]string{"--cache-memory", o.CacheMemory}, o.ChildArgs...), workerTLS: o.WorkerTLS.Args()}
 		n, err := newNodeServer(o.NodeID, o.StateDir, o.CacheDir, sessionDeps{launcher: l, conns: keeper,
 			mounter: mount.NewWithoutSystemd(""), unmount: mountutil.Unmount})
 		if err != nil {

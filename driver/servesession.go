@@ -37,6 +37,7 @@ type ServeOptions struct {
 	Dataset         string
 	Workers         string
 	WorkerTokenFile string
+	WorkerTLS       app.TLSFlags
 	WorkerTimeout   time.Duration
 	MountDir        string
 	StatsSocket     string
@@ -59,6 +60,7 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Dataset, "dataset", "", "Dataset name at its cache workers (instead of --source)")
 	fs.StringVar(&o.Workers, "workers", "", "with --dataset: the workers' host:port (a headless Service) or http(s):// URLs, comma-separated")
 	fs.StringVar(&o.WorkerTokenFile, "worker-token-file", "", "with --dataset: file holding the token presented to the workers")
+	o.WorkerTLS.AddFlags(fs, "")
 	fs.DurationVar(&o.WorkerTimeout, "worker-timeout", 30*time.Second, "with --dataset: one attempt at one worker, plus its bytes at 1 MiB/s; past it the worker is marked failed and the next one is tried")
 	fs.StringVar(&o.MountDir, "mount-dir", "", "where to mount")
 	fs.StringVar(&o.StatsSocket, "stats-socket", "", "unix socket serving /stats (JSON) and /metrics")
@@ -96,8 +98,12 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 		if o.WorkerTimeout <= 0 {
 			return fmt.Errorf("%w: --worker-timeout %s: must be positive", errInvalid, o.WorkerTimeout)
 		}
+		if err := o.WorkerTLS.Validate(o.WorkerTokenFile, o.Workers); err != nil {
+			return fmt.Errorf("%w: %w", errInvalid, err)
+		}
 		w := datapath.WorkersAt(o.Workers)
 		w.Dataset, w.TokenFile, w.Timeout, w.Refresh = o.Dataset, o.WorkerTokenFile, o.WorkerTimeout, 10*time.Second
+		w.CAFile, w.Insecure = o.WorkerTLS.CAFile, o.WorkerTLS.Insecure
 		cfg.Workers = &w
 	}
 	rt, err := datapath.Open(ctx, cfg)

@@ -39,6 +39,7 @@ type Options struct {
 	ControllerURL     string
 	HeartbeatInterval time.Duration
 	TokenFile         string
+	TLS               app.TLSFlags
 	WorkerTimeout     time.Duration
 	Passthrough       bool
 	ProbeTime         time.Duration
@@ -59,6 +60,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ControllerURL, "controller-url", "", "controller base URL for heartbeats (\"\": none)")
 	fs.DurationVar(&o.HeartbeatInterval, "heartbeat-interval", 5*time.Second, "time between heartbeats")
 	fs.StringVar(&o.TokenFile, "worker-token-file", "", "projected token presented to the cache workers and the controller")
+	o.TLS.AddFlags(fs, "")
 	fs.DurationVar(&o.WorkerTimeout, "worker-timeout", 30*time.Second, "one request to one cache worker")
 	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching each volume's origin or workers")
@@ -111,6 +113,15 @@ func (o *Options) Validate() error {
 	if o.ControllerURL != "" && !strings.HasPrefix(o.ControllerURL, "http://") && !strings.HasPrefix(o.ControllerURL, "https://") {
 		return fmt.Errorf("--controller-url %q: want an http(s) URL", o.ControllerURL)
 	}
+	to := []string{o.ControllerURL}
+	for _, v := range o.Volumes {
+		if v.Dataset != "" {
+			to = append(to, v.Workers)
+		}
+	}
+	if err := o.TLS.Validate(o.TokenFile, to...); err != nil {
+		return fmt.Errorf("--worker-token-file: %w", err)
+	}
 	_, err := o.CacheFlags.Config()
 	return err
 }
@@ -124,7 +135,7 @@ func checkVolume(v contract.SidecarVolume) error {
 	case (v.Source == "") == (v.Dataset == ""):
 		return errors.New("give exactly one of source and dataset")
 	case v.Dataset != "" && v.Workers == "":
-		return errors.New("a dataset volume needs workers (host:port of the workers' Service, or http:// URLs)")
+		return errors.New("a dataset volume needs workers (host:port of the workers' Service, or http(s):// URLs)")
 	case v.SubPath != "" && (filepath.IsAbs(v.SubPath) || filepath.Clean(v.SubPath) != v.SubPath || strings.HasPrefix(v.SubPath, "..")):
 		return fmt.Errorf("subPath %q must be a clean relative path", v.SubPath)
 	}

@@ -54,8 +54,12 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 	// first worker from this pod's first heartbeat, while the mount waits
 	// (bounded by --probe-timeout) for it.
 	if o.ControllerURL != "" {
+		tc, err := o.TLS.Client()
+		if err != nil {
+			return err
+		}
 		hb := &heartbeat.Sender{URL: heartbeat.URL(o.ControllerURL), TokenFile: o.TokenFile,
-			Interval: o.HeartbeatInterval, Registry: reg, Volumes: o.Volumes}
+			Interval: o.HeartbeatInterval, Registry: reg, Volumes: o.Volumes, TLS: tc, Insecure: o.TLS.Insecure}
 		go func() {
 			if hb.Run(ctx) {
 				cancel(errors.New("the controller asked the sidecar to exit"))
@@ -102,7 +106,7 @@ func (o *Options) mount(ctx context.Context, v contract.SidecarVolume, m *metric
 	if cf.Dir != "" {
 		cf.Dir = filepath.Join(cf.Dir, v.Name)
 	}
-	cfg, err := app.VolumeConfig(v, o.SourceFlags, cf, app.VolumeReader{TokenFile: o.TokenFile,
+	cfg, err := app.VolumeConfig(v, o.SourceFlags, cf, app.VolumeReader{TokenFile: o.TokenFile, TLS: o.TLS,
 		WorkerTimeout: o.WorkerTimeout, Probe: o.ProbeTime, Metrics: m})
 	if err != nil {
 		return nil, err

@@ -128,7 +128,7 @@ func startFixture(t *testing.T, bin string, prepare func(t *testing.T, mountPath
 	staging := t.TempDir()
 	f.dirs = append(f.dirs, filepath.Join(staging, "ds"), filepath.Join(staging, "src"))
 	args := []string{contract.SidecarSubcommand, "--listen", f.listen, "--staging-dir", staging, "--controller-url", hb.URL, "--heartbeat-interval", "200ms",
-		"--worker-token-file", tok, "--cache-dir", "", "--block-size", "1Mi", "--worker-timeout", "5s"}
+		"--worker-token-file", tok, "--insecure-workers", "--cache-dir", "", "--block-size", "1Mi", "--worker-timeout", "5s"}
 	for _, v := range vols {
 		b, _ := json.Marshal(v)
 		args = append(args, "--volume", string(b))

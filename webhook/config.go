@@ -51,6 +51,12 @@ type Config struct {
 	ClusterDomain string `json:"clusterDomain"`
 	// ControllerURL receives the sidecars' heartbeats ("" disables them).
 	ControllerURL string `json:"controllerURL"`
+	// InsecureWorkers sends pods' tokens to the workers and the
+	// controller over plain HTTP. Off (the default), the sidecar and the
+	// copier verify them against the CA bundle the controller publishes in
+	// every namespace (the ConfigMap sluice-ca-bundle, projected beside the
+	// token).
+	InsecureWorkers bool `json:"insecureWorkers"`
 	// Mode is how converted pods get their data unless the pod's
 	// annotation or its namespace's label (sluice.dev/mode) says otherwise:
 	// "fuse" (the FUSE sidecar, the default) or "copy" (a copy-mode init
@@ -237,6 +243,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ControllerURL != "" && !strings.HasPrefix(c.ControllerURL, "http://") && !strings.HasPrefix(c.ControllerURL, "https://") {
 		return fmt.Errorf("controllerURL %q: want an http(s) URL", c.ControllerURL)
+	}
+	if strings.HasPrefix(c.ControllerURL, "http://") && !c.InsecureWorkers {
+		return fmt.Errorf("controllerURL %q: pods send their token to it, only over TLS: use https:// (the controller serves TLS with --tls), or set insecureWorkers", c.ControllerURL)
 	}
 	return nil
 }

@@ -181,6 +181,7 @@ func (d *Defaulter) buildCopier(v sluiceVolume, i int) corev1.Container {
 		if cfg.ControllerURL != "" {
 			args = append(args, "--controller-url="+cfg.ControllerURL)
 		}
+		args = append(args, d.workersTLSArgs()...)
 	}
 	name := contract.CopierPrefix + spec.Name
 	if len(name) > 63 {

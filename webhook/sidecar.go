@@ -45,6 +45,7 @@ func (d *Defaulter) buildSidecar(s sidecarSpec) corev1.Container {
 	if cfg.ControllerURL != "" {
 		args = append(args, "--controller-url="+cfg.ControllerURL)
 	}
+	args = append(args, d.workersTLSArgs()...)
 	env := append(podIdentityEnv(), corev1.EnvVar{Name: contract.EnvMemoryLimit, ValueFrom: &corev1.EnvVarSource{
 		ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: contract.SidecarName, Resource: "limits.memory",
 			Divisor: resource.MustParse("1")}}})
@@ -146,13 +147,29 @@ func (d *Defaulter) securityContext(profile string) *corev1.SecurityContext {
 	return sc
 }
 
-// podVolumes returns the volumes the sidecar adds: the projected token and,
-// when configured, the disk tier.
+// workersTLSArgs are the flags that make a sidecar or copier verify the
+// workers and the controller with the bundle beside its token.
+func (d *Defaulter) workersTLSArgs() []string {
+	if d.Config.InsecureWorkers {
+		return []string{"--insecure-workers"}
+	}
+	return []string{"--workers-ca=" + contract.TokenDir + "/" + contract.CABundleKey}
+}
+
+// podVolumes returns the volumes the sidecar adds: the projected token
+// (with the CA bundle beside it, unless insecureWorkers) and, when
+// configured, the disk tier.
 func (d *Defaulter) podVolumes() []corev1.Volume {
+	sources := []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+		Audience: contract.TokenAudience, ExpirationSeconds: ptr.To[int64](tokenExpiry), Path: contract.TokenFile}}}
+	if !d.Config.InsecureWorkers {
+		// Not optional: the pod waits for the controller to publish it.
+		sources = append(sources, corev1.VolumeProjection{ConfigMap: &corev1.ConfigMapProjection{
+			LocalObjectReference: corev1.LocalObjectReference{Name: contract.CABundleConfigMap},
+			Items:                []corev1.KeyToPath{{Key: contract.CABundleKey, Path: contract.CABundleKey}}}})
+	}
 	vols := []corev1.Volume{{Name: contract.TokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
-		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
-			Audience: contract.TokenAudience, ExpirationSeconds: ptr.To[int64](tokenExpiry), Path: contract.TokenFile}}},
-	}}}}
+		Sources: sources}}}}
 	if d.Config.diskCache() {
 		q := resource.MustParse(d.Config.Sidecar.CacheDisk)
 		vols = append(vols, corev1.Volume{Name: cacheVolumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: &q}}})

@@ -99,7 +99,7 @@ func TestFetchCommandBadInput(t *testing.T) {
 		{"no arguments", nil, func(string) []string { return nil }, "want SOURCE and DIR, or --volume"},
 		{"DIR is a file", o.creds, func(string) []string { return []string{o.url, file} }, file},
 		{"a token the workers refuse", []string{"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="}, func(dir string) []string {
-			return []string{o.url, dir, "--workers", wurl, "--worker-token-file", wrong, "--origin-fallback=false", "--probe-timeout", "3s"}
+			return []string{o.url, dir, "--workers", wurl, "--worker-token-file", wrong, "--insecure-workers", "--origin-fallback=false", "--probe-timeout", "3s"}
 		}, "cache worker: unauthorized: wrong token"},
 		{"a bad --volume", nil, func(string) []string { return []string{"--volume", `{"name":"x"}`} }, "--volume: want source, or dataset and workers"},
 	}
@@ -182,7 +182,7 @@ func TestFetchCommandThroughWorkers(t *testing.T) {
 		workers, urls = append(workers, w), append(urls, u)
 	}
 	dir := filepath.Join(t.TempDir(), "copy")
-	cmd := exec.Command(bin, "fetch", origin, dir, "--workers", strings.Join(urls, ","), "--worker-token-file", tok,
+	cmd := exec.Command(bin, "fetch", origin, dir, "--workers", strings.Join(urls, ","), "--worker-token-file", tok, "--insecure-workers",
 		"--origin-fallback=false", "--block-size", "1Mi", "--parallel", "4", "--worker-timeout", "5s")
 	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SHARED_CREDENTIALS_FILE=/nonexistent")
 	var out testutil.SyncBuffer

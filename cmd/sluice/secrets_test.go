@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -56,24 +57,25 @@ func TestSecretsNeverLeak(t *testing.T) {
 	verbose := "--v=10"
 
 	workerMetrics := freeAddr(t)
-	w := testutil.StartProc(t, bin, o.creds, "listening on ", "cache-worker", origin, verbose, "--listen", "127.0.0.1:0",
-		"--token-file", tok, "--cache-dir", "", "--block-size", "1Mi", "--metrics-addr", workerMetrics)
-	wurl := "http://" + w.Line[strings.LastIndex(w.Line, "listening on ")+len("listening on "):]
+	serveTLS, verifyTLS := testutil.WorkerTLS(t)
+	w := testutil.StartProc(t, bin, o.creds, "listening on ", slices.Concat([]string{"cache-worker", origin, verbose, "--listen", "127.0.0.1:0",
+		"--token-file", tok, "--cache-dir", "", "--block-size", "1Mi", "--metrics-addr", workerMetrics}, serveTLS)...)
+	wurl := "https://" + w.Line[strings.LastIndex(w.Line, "listening on ")+len("listening on "):]
 
 	mountMetrics := freeAddr(t)
 	dir := filepath.Join(t.TempDir(), "mnt")
-	m := startMount(t, bin, o.creds, origin, dir, verbose, "--workers", wurl, "--worker-token-file", tok,
-		"--cache-dir", t.TempDir(), "--block-size", "1Mi", "--metrics-addr", mountMetrics)
+	m := startMount(t, bin, o.creds, slices.Concat([]string{origin, dir, verbose, "--workers", wurl, "--worker-token-file", tok,
+		"--cache-dir", t.TempDir(), "--block-size", "1Mi", "--metrics-addr", mountMetrics}, verifyTLS)...)
 	o.check(t, dir)
 
 	copyDir := filepath.Join(t.TempDir(), "copy")
-	fetchOut, code := runFetch(t, bin, o.creds, origin, copyDir, verbose, "--workers", wurl, "--worker-token-file", tok)
+	fetchOut, code := runFetch(t, bin, o.creds, slices.Concat([]string{origin, copyDir, verbose, "--workers", wurl, "--worker-token-file", tok}, verifyTLS)...)
 	if code != 0 {
 		t.Fatalf("fetch: exit %d: %s", code, fetchOut)
 	}
 	o.check(t, copyDir)
-	refused, code := runFetch(t, bin, nil, origin, filepath.Join(t.TempDir(), "refused"), verbose, "--workers", wurl,
-		"--worker-token-file", wrongFile, "--origin-fallback=false", "--probe-timeout", "2s")
+	refused, code := runFetch(t, bin, nil, slices.Concat([]string{origin, filepath.Join(t.TempDir(), "refused"), verbose, "--workers", wurl,
+		"--worker-token-file", wrongFile, "--origin-fallback=false", "--probe-timeout", "2s"}, verifyTLS)...)
 	if code == 0 {
 		t.Fatal("a fetch with a wrong token succeeded")
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,7 +23,11 @@ import (
 func startWorkerProc(t *testing.T, bin string, env []string, args ...string) (*exec.Cmd, string) {
 	t.Helper()
 	p := testutil.StartProc(t, bin, env, "listening on ", append([]string{"cache-worker"}, args...)...)
-	return p.Cmd, "http://" + p.Line[strings.LastIndex(p.Line, "listening on ")+len("listening on "):]
+	scheme := "http://"
+	if slices.Contains(args, "--tls-cert-file") {
+		scheme = "https://"
+	}
+	return p.Cmd, scheme + p.Line[strings.LastIndex(p.Line, "listening on ")+len("listening on "):]
 }
 
 func TestWorkersServeMountsWithoutOriginCredentials(t *testing.T) {
@@ -53,9 +58,11 @@ func TestWorkersServeMountsWithoutOriginCredentials(t *testing.T) {
 	origin := "s3://data?pathStyle=true&endpoint=" + proxy.URL()
 	var workers []*exec.Cmd
 	var urls []string
+	// The workers serve TLS, as on a cluster: the token goes only over it.
+	serveTLS, verifyTLS := testutil.WorkerTLS(t)
 	for i := 0; i < 2; i++ {
-		w, u := startWorkerProc(t, bin, creds, origin, "--listen", "127.0.0.1:0", "--token-file", tok,
-			"--cache-dir", t.TempDir(), "--block-size", "1Mi", "--max-fetches", "4")
+		w, u := startWorkerProc(t, bin, creds, slices.Concat([]string{origin}, serveTLS, []string{"--listen", "127.0.0.1:0", "--token-file", tok,
+			"--cache-dir", t.TempDir(), "--block-size", "1Mi", "--max-fetches", "4"})...)
 		workers, urls = append(workers, w), append(urls, u)
 	}
 	// Clients hold no origin credentials: listings, stats and bytes come
@@ -64,8 +71,8 @@ func TestWorkersServeMountsWithoutOriginCredentials(t *testing.T) {
 	var dirs []string
 	for i := 0; i < 4; i++ {
 		dir := filepath.Join(t.TempDir(), "mnt")
-		startMount(t, bin, noCreds, origin, dir, "--workers", strings.Join(urls, ","), "--worker-token-file", tok,
-			"--cache-dir", t.TempDir(), "--block-size", "1Mi", "--worker-timeout", "5s")
+		startMount(t, bin, noCreds, slices.Concat([]string{origin, dir}, verifyTLS, []string{"--workers", strings.Join(urls, ","), "--worker-token-file", tok,
+			"--cache-dir", t.TempDir(), "--block-size", "1Mi", "--worker-timeout", "5s"})...)
 		dirs = append(dirs, dir)
 	}
 	var wg sync.WaitGroup

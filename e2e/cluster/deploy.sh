@@ -95,7 +95,7 @@ patches:
             cacheMemory: 64Mi
           profile: privileged
           nativeSidecar: auto
-          controllerURL: http://sluice-controller.sluice-system.svc:8090
+          controllerURL: https://sluice-controller.sluice-system.svc:8090
           startupTimeoutSeconds: 120
 K
 # The kubelet's root directory here is not /var/lib/kubelet (its device

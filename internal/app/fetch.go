@@ -85,6 +85,13 @@ func (o *FetchOptions) Validate() error {
 	if _, err := o.CacheFlags.Config(); err != nil {
 		return err
 	}
+	var to []string // where the token goes
+	if o.Volume != nil && o.Volume.Dataset != "" {
+		to = append(to, o.Volume.Workers)
+	}
+	if err := o.WorkerFlags.TLS.Validate(o.WorkerFlags.TokenFile, append(to, o.ControllerURL)...); err != nil {
+		return fmt.Errorf("--worker-token-file: %w", err)
+	}
 	return o.WorkerFlags.Validate()
 }
 
@@ -109,8 +116,12 @@ func (o *FetchOptions) RunFetch(ctx context.Context, progress io.Writer) (fetch.
 		if o.Volume != nil {
 			vols = []contract.SidecarVolume{*o.Volume}
 		}
+		tc, err := o.WorkerFlags.TLS.Client()
+		if err != nil {
+			return fetch.Result{}, err
+		}
 		hb := &heartbeat.Sender{URL: heartbeat.URL(o.ControllerURL), TokenFile: o.WorkerFlags.TokenFile,
-			Interval: o.HeartbeatInterval, Registry: reg, Volumes: vols}
+			Interval: o.HeartbeatInterval, Registry: reg, Volumes: vols, TLS: tc, Insecure: o.WorkerFlags.TLS.Insecure}
 		go hb.Run(hctx)
 	}
 	fc := fetch.Config{Source: rt.Source, Root: root, Dir: o.Dir, Include: o.Include,
@@ -126,7 +137,7 @@ func (o *FetchOptions) config(m *metrics.Cache) (datapath.Config, string, error)
 	cf := o.CacheFlags
 	cf.Dir = "" // the copy is the cache: blocks go straight to DIR
 	if o.Volume != nil {
-		cfg, err := VolumeConfig(*o.Volume, o.SourceFlags, cf, VolumeReader{TokenFile: o.WorkerFlags.TokenFile,
+		cfg, err := VolumeConfig(*o.Volume, o.SourceFlags, cf, VolumeReader{TokenFile: o.WorkerFlags.TokenFile, TLS: o.WorkerFlags.TLS,
 			WorkerTimeout: o.WorkerFlags.Timeout, Probe: o.ProbeTime, Metrics: m})
 		return cfg, strings.Trim(o.Volume.SubPath, "/"), err
 	}

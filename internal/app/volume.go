@@ -15,6 +15,7 @@ import (
 // copy-mode init container) reaches the cache workers.
 type VolumeReader struct {
 	TokenFile     string
+	TLS           TLSFlags
 	WorkerTimeout time.Duration
 	Probe         time.Duration
 	Metrics       *metrics.Cache
@@ -54,6 +55,7 @@ func VolumeConfig(v contract.SidecarVolume, sf SourceFlags, cf CacheFlags, r Vol
 		w := datapath.WorkersAt(v.Workers)
 		_, w.Dataset = contract.SplitDatasetRef(v.Dataset)
 		w.TokenFile, w.Timeout, w.Refresh = r.TokenFile, r.WorkerTimeout, 10*time.Second
+		w.CAFile, w.Insecure = r.TLS.CAFile, r.TLS.Insecure
 		cfg.Source, cfg.Workers = "", &w
 	}
 	return cfg, nil

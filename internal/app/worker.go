@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"github.com/sluice-dev/sluice/internal/cacheserver"
 	"github.com/sluice-dev/sluice/internal/datapath"
 	"github.com/sluice-dev/sluice/internal/kubeauth"
+	"github.com/sluice-dev/sluice/internal/pki"
 )
 
 // WorkerOptions are the options of `sluice cache-worker SOURCE`.
@@ -33,6 +35,8 @@ type WorkerOptions struct {
 	MaxInFlight  int
 	DrainTimeout time.Duration
 	ProbeTime    time.Duration
+	TLSCertFile  string
+	TLSKeyFile   string
 	SourceFlags  SourceFlags
 	CacheFlags   CacheFlags
 }
@@ -55,6 +59,8 @@ func (o *WorkerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.MaxInFlight, "max-inflight", 1024, "concurrent data requests before answering 503")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin at start")
+	fs.StringVar(&o.TLSCertFile, "tls-cert-file", "", "serve the worker API over TLS with this PEM certificate (re-read when it changes)")
+	fs.StringVar(&o.TLSKeyFile, "tls-key-file", "", "the PEM key of --tls-cert-file")
 }
 
 // Validate checks the options without touching the origin.
@@ -75,6 +81,9 @@ func (o *WorkerOptions) Validate() error {
 	}
 	if o.MaxInFlight <= 0 {
 		return fmt.Errorf("--max-inflight %d: must be positive", o.MaxInFlight)
+	}
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		return errors.New("--tls-cert-file and --tls-key-file go together")
 	}
 	_, err := o.CacheFlags.Config()
 	return err
@@ -112,11 +121,20 @@ func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
 	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true)
+	scheme := "http"
+	if o.TLSCertFile != "" {
+		if srv.TLSConfig, err = pki.ServerConfig(ctx, o.TLSCertFile, o.TLSKeyFile); err != nil {
+			ln.Close()
+			return err
+		}
+		ln, scheme = tls.NewListener(ln, srv.TLSConfig), "https"
+	} else {
+		srv.Protocols.SetUnencryptedHTTP2(true)
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	fmt.Fprintf(out, "sluice: cache worker for %s listening on %s\n", rt.Source.ID(), ln.Addr())
-	klog.InfoS("Cache worker serving", "source", rt.Source.ID(), "addr", ln.Addr().String(), "dataset", o.Dataset)
+	klog.InfoS("Cache worker serving", "source", rt.Source.ID(), "addr", ln.Addr().String(), "scheme", scheme, "dataset", o.Dataset)
 	select {
 	case err := <-served:
 		return err

@@ -152,7 +152,7 @@ func TestWorkersFoundByDNS(t *testing.T) {
 	w := startWorker(t, o.source(t))
 	_, port, _ := strings.Cut(strings.TrimPrefix(w.url, "http://"), ":")
 	pool, err := NewPool(context.Background(), PoolConfig{DNS: "localhost:" + port, Refresh: 50 * time.Millisecond,
-		TokenFile: tokenFile(t, testToken)})
+		TokenFile: tokenFile(t, testToken), Insecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -111,7 +111,7 @@ func (g *gate) serve(c net.Conn) {
 func faultClient(t *testing.T, urls []string, fallback source.Source) (*blockcache.Cache, *Source, *Pool, *metrics.Cache) {
 	t.Helper()
 	m := metrics.NewCache(prometheus.NewRegistry())
-	pool, err := NewPool(context.Background(), PoolConfig{URLs: urls, TokenFile: tokenFile(t, testToken),
+	pool, err := NewPool(context.Background(), PoolConfig{URLs: urls, TokenFile: tokenFile(t, testToken), Insecure: true,
 		Silence: time.Second, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +222,7 @@ func TestSlowOriginIsAnAnswer(t *testing.T) {
 	o := startOrigin(t, 1, 1<<20)
 	w := startWorker(t, slowOrigin{o.source(t)})
 	m := metrics.NewCache(prometheus.NewRegistry())
-	pool, err := NewPool(context.Background(), PoolConfig{URLs: []string{w.url}, TokenFile: tokenFile(t, testToken),
+	pool, err := NewPool(context.Background(), PoolConfig{URLs: []string{w.url}, TokenFile: tokenFile(t, testToken), Insecure: true,
 		Timeout: 1500 * time.Millisecond, Metrics: m})
 	if err != nil {
 		t.Fatal(err)

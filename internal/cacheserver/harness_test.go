@@ -2,6 +2,7 @@ package cacheserver
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -69,6 +70,12 @@ type testWorker struct {
 
 func startWorker(t *testing.T, src source.Source) *testWorker {
 	t.Helper()
+	return startWorkerTLS(t, src, nil)
+}
+
+// startWorkerTLS starts a worker serving TLS with tc (nil: plain HTTP).
+func startWorkerTLS(t *testing.T, src source.Source, tc *tls.Config) *testWorker {
+	t.Helper()
 	cache, err := blockcache.New(blockcache.Config{BlockSize: testBlock, MemoryBytes: 64 << 20,
 		DiskDir: t.TempDir(), Getter: blockcache.OriginGetter{Source: src}})
 	if err != nil {
@@ -85,9 +92,15 @@ func startWorker(t *testing.T, src source.Source) *testWorker {
 	hs := &http.Server{Handler: api.Handler()}
 	hs.Protocols = new(http.Protocols)
 	hs.Protocols.SetHTTP1(true)
-	hs.Protocols.SetUnencryptedHTTP2(true)
+	scheme := "https://"
+	if tc == nil {
+		hs.Protocols.SetUnencryptedHTTP2(true)
+		scheme = "http://"
+	} else {
+		ln = tls.NewListener(ln, tc)
+	}
 	go hs.Serve(ln)
-	w := &testWorker{url: "http://" + ln.Addr().String(), http: hs, api: api, cache: cache}
+	w := &testWorker{url: scheme + ln.Addr().String(), http: hs, api: api, cache: cache}
 	t.Cleanup(func() { hs.Close(); cache.Close() })
 	return w
 }
@@ -106,7 +119,13 @@ func tokenFile(t *testing.T, tok string) string {
 // client is a reader's block cache over the workers, as a mount has.
 func newClient(t *testing.T, urls []string, fallback source.Source) (*blockcache.Cache, *Source, *Pool) {
 	t.Helper()
-	pool, err := NewPool(context.Background(), PoolConfig{URLs: urls, TokenFile: tokenFile(t, testToken), Timeout: 5 * time.Second})
+	return newClientWith(t, PoolConfig{URLs: urls, TokenFile: tokenFile(t, testToken), Timeout: 5 * time.Second, Insecure: true}, fallback)
+}
+
+// newClientWith is newClient with the pool's configuration pc.
+func newClientWith(t *testing.T, pc PoolConfig, fallback source.Source) (*blockcache.Cache, *Source, *Pool) {
+	t.Helper()
+	pool, err := NewPool(context.Background(), pc)
 	if err != nil {
 		t.Fatal(err)
 	}

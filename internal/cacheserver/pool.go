@@ -2,6 +2,7 @@ package cacheserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -24,7 +25,8 @@ import (
 
 // PoolConfig configures the client's view of the worker set.
 type PoolConfig struct {
-	// URLs is a static worker list (http://host:port).
+	// URLs is a static worker list (https://host:port, or http:// with
+	// Insecure or without a token).
 	URLs []string
 	// DNS is a headless Service name resolved periodically: "host:port"
 	// (A/AAAA records, one worker per address) or an SRV name starting
@@ -55,6 +57,13 @@ type PoolConfig struct {
 	Resolver *net.Resolver
 	// Metrics receives hedge and failure counts (nil: none).
 	Metrics *metrics.Cache
+	// TLS verifies the workers (see pki.ClientConfig); the workers found
+	// through DNS are then reached at https://, each verified against the
+	// DNS name (a headless Service's host, or an SRV record's target).
+	TLS *tls.Config
+	// Insecure lets the token go to workers over plain http://; without
+	// it, a pool with a token refuses any worker that is not https://.
+	Insecure bool
 }
 
 // Pool is the worker set with health state, shared by all requests.
@@ -132,11 +141,29 @@ func NewPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 		cfg.Resolver = net.DefaultResolver
 	}
 	for _, u := range cfg.URLs {
-		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
 			return nil, fmt.Errorf("--workers: %q is not an http(s)://host:port URL", u)
 		}
+		if pu.Scheme == "https" && cfg.TLS == nil {
+			return nil, fmt.Errorf("--workers: %q is https: give --workers-ca (the CA bundle the workers' certificates chain to)", u)
+		}
+		if pu.Scheme == "http" && cfg.TokenFile != "" && !cfg.Insecure {
+			return nil, fmt.Errorf("--workers: %q is plain http, and the token is sent only over TLS: use https:// with --workers-ca, or --insecure-workers on a trusted network", u)
+		}
+	}
+	if cfg.DNS != "" && cfg.TLS == nil && cfg.TokenFile != "" && !cfg.Insecure {
+		return nil, fmt.Errorf("--workers-dns %q: the token is sent only over TLS: give --workers-ca, or --insecure-workers on a trusted network", cfg.DNS)
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	if cfg.TLS != nil {
+		t.TLSClientConfig = cfg.TLS.Clone()
+		if host, _, err := net.SplitHostPort(cfg.DNS); err == nil && !strings.HasPrefix(cfg.DNS, "_") && t.TLSClientConfig.ServerName == "" {
+			// Workers found by A records are dialed by address and
+			// verified against the Service's name.
+			t.TLSClientConfig.ServerName = host
+		}
+	}
 	t.MaxIdleConnsPerHost = 64
 	// A worker that drops packets fails the dial here, not after the
 	// request's whole deadline.
@@ -203,7 +230,7 @@ func (p *Pool) resolve(ctx context.Context) error {
 			return err
 		}
 		for _, s := range srvs {
-			urls = append(urls, "http://"+net.JoinHostPort(strings.TrimSuffix(s.Target, "."), strconv.Itoa(int(s.Port))))
+			urls = append(urls, p.scheme()+net.JoinHostPort(strings.TrimSuffix(s.Target, "."), strconv.Itoa(int(s.Port))))
 		}
 	} else {
 		host, port, err := net.SplitHostPort(p.cfg.DNS)
@@ -215,11 +242,19 @@ func (p *Pool) resolve(ctx context.Context) error {
 			return err
 		}
 		for _, a := range addrs {
-			urls = append(urls, "http://"+net.JoinHostPort(a, port))
+			urls = append(urls, p.scheme()+net.JoinHostPort(a, port))
 		}
 	}
 	p.setWorkers(append(urls, p.cfg.URLs...))
 	return nil
+}
+
+// scheme is how workers found through DNS are reached.
+func (p *Pool) scheme() string {
+	if p.cfg.TLS != nil {
+		return "https://"
+	}
+	return "http://"
 }
 
 // setWorkers replaces the set, keeping the health of known workers.

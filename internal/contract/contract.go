@@ -105,6 +105,22 @@ const (
 	// and exit.
 	HeartbeatPath = "/v1/heartbeat"
 	HeartbeatExit = "exit"
+
+	// TLS of the workers and the heartbeat endpoint. The controller keeps
+	// its CA in the Secret CASecret of its namespace and publishes the CA
+	// bundle as the ConfigMap CABundleConfigMap (key CABundleKey) in its
+	// own namespace and in every namespace whose pods may read a Dataset.
+	// Each Dataset's workers serve the Secret <workers Service>WorkersTLSSuffix
+	// (tls.crt, tls.key), mounted at WorkersTLSDir.
+	CASecret          = "sluice-ca"
+	CABundleConfigMap = "sluice-ca-bundle"
+	CABundleKey       = "ca.crt"
+	WorkersTLSSuffix  = "-tls"
+	WorkersTLSDir     = "/etc/sluice/tls"
+	// CABundleDir is where the CSI node plugin mounts the CA bundle; the
+	// sidecar and the copier find it beside their token, at
+	// TokenDir/CABundleKey.
+	CABundleDir = "/etc/sluice/ca"
 )
 
 // SidecarVolume is one volume the sidecar serves; the webhook passes each as

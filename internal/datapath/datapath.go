@@ -18,6 +18,7 @@ import (
 	"github.com/sluice-dev/sluice/internal/cacheserver"
 	"github.com/sluice-dev/sluice/internal/listcache"
 	"github.com/sluice-dev/sluice/internal/metrics"
+	"github.com/sluice-dev/sluice/internal/pki"
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
@@ -62,6 +63,11 @@ type Workers struct {
 	// OriginFallback reads the origin when no worker can answer, if the
 	// origin answers with this process's credentials.
 	OriginFallback bool
+	// CAFile is the CA bundle (PEM) the workers' certificates chain to;
+	// with it, workers are reached over TLS. Insecure lets the token go
+	// over plain http:// (see cacheserver.PoolConfig).
+	CAFile   string
+	Insecure bool
 }
 
 // WorkersAt parses a workers address: http(s):// URLs, comma-separated, or
@@ -144,9 +150,17 @@ func waitAnswer(ctx context.Context, src source.Source, probe time.Duration) err
 // credentials; without credentials the stack reads the workers alone.
 func openWorkers(ctx context.Context, cfg Config) (source.Source, error) {
 	w := cfg.Workers
-	pool, err := cacheserver.NewPool(ctx, cacheserver.PoolConfig{URLs: w.URLs, DNS: w.DNS, Refresh: w.Refresh,
+	pc := cacheserver.PoolConfig{URLs: w.URLs, DNS: w.DNS, Refresh: w.Refresh,
 		Dataset: w.Dataset, TokenFile: w.TokenFile, Timeout: w.Timeout, Budget: cfg.Cache.FetchTimeout,
-		Metrics: cfg.Metrics})
+		Metrics: cfg.Metrics, Insecure: w.Insecure}
+	if w.CAFile != "" {
+		roots, err := pki.FileRoots(w.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--workers-ca: %w", err)
+		}
+		pc.TLS = pki.ClientConfig(roots)
+	}
+	pool, err := cacheserver.NewPool(ctx, pc)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ package heartbeat
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -33,7 +34,12 @@ type Sender struct {
 	Registry prometheus.Gatherer
 	// Volumes are the pod's converted volumes (their Datasets are named).
 	Volumes []contract.SidecarVolume
-	client  *http.Client
+	// TLS verifies an https:// controller (nil: the system roots).
+	// Insecure lets the token go to an http:// controller; without it a
+	// beat to one is refused.
+	TLS      *tls.Config
+	Insecure bool
+	client   *http.Client
 }
 
 // URL is the heartbeat URL of a controller base URL.
@@ -46,7 +52,16 @@ func URL(controller string) string {
 // controller being away must not hurt the pod.
 func (h *Sender) Run(ctx context.Context) bool {
 	if h.client == nil {
-		h.client = &http.Client{Timeout: max(h.Interval, 2*time.Second)}
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		if h.TLS != nil {
+			t.TLSClientConfig = h.TLS.Clone()
+		}
+		h.client = &http.Client{Timeout: max(h.Interval, 2*time.Second), Transport: t}
+	}
+	if strings.HasPrefix(h.URL, "http://") && h.TokenFile != "" && !h.Insecure {
+		klog.ErrorS(nil, "Not sending heartbeats: the controller URL is plain http and the token goes only over TLS (give an https:// controller URL, or --insecure-workers)", "url", h.URL)
+		<-ctx.Done()
+		return false
 	}
 	var lastBytes int64
 	last := time.Now()
