@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sluice-dev/sluice/internal/pki"
 	"github.com/sluice-dev/sluice/internal/testutil"
 )
 
@@ -26,11 +27,16 @@ func freeAddr(t *testing.T) string {
 
 func get(t *testing.T, url, token string) (int, string) {
 	t.Helper()
+	return getWith(t, http.DefaultClient, url, token)
+}
+
+func getWith(t *testing.T, c *http.Client, url, token string) (int, string) {
+	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,9 +85,14 @@ func TestSecretsNeverLeak(t *testing.T) {
 	if code == 0 {
 		t.Fatal("a fetch with a wrong token succeeded")
 	}
-	// The worker's own answers to bad requests.
-	_, wrongAnswer := get(t, wurl+"/v1/datasets/default/list?path=", wrong)
-	_, badAnswer := get(t, wurl+"/v1/datasets/default/read?path=d/part-0.bin&off=x&len=1&version=v", token)
+	// The worker's own answers to bad requests, over TLS.
+	roots, err := pki.FileRoots(verifyTLS[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientConfig(roots)}}
+	_, wrongAnswer := getWith(t, tc, wurl+"/v1/datasets/default/list?path=", wrong)
+	_, badAnswer := getWith(t, tc, wurl+"/v1/datasets/default/read?path=d/part-0.bin&off=x&len=1&version=v", token)
 
 	_, wm := get(t, "http://"+workerMetrics+"/metrics", "")
 	_, mm := get(t, "http://"+mountMetrics+"/metrics", "")
