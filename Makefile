@@ -140,9 +140,10 @@ e2e: build tools cluster-up deploy
 
 cluster-packages:
 	@command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] && \
-		command -v iptables >/dev/null && command -v conntrack >/dev/null && [ -x /bin/busybox ] || \
+		command -v iptables >/dev/null && command -v conntrack >/dev/null && [ -x /bin/busybox ] && \
+		command -v tcpdump >/dev/null || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y containerd runc \
-			containernetworking-plugins iptables conntrack busybox-static; }
+			containernetworking-plugins iptables conntrack busybox-static tcpdump; }
 
 # OCI tarballs of the pause, busybox and sluice images (static binaries).
 e2e-images:

@@ -213,6 +213,7 @@ var checks = map[string]func(t *testing.T, file string, u *obj){
 		}
 	},
 	"Deployment": func(t *testing.T, file string, u *obj) {
+		checkLeastPrivilege(t, file, u, true)
 		args := sluiceArgs(t, file, u)
 		if u.GetName() == "sluice-webhook" {
 			if len(args) == 0 || args[0] != "webhook" || !slices.Contains(args, any("--cert-dir=/etc/sluice/webhook-certs")) {
@@ -243,11 +244,7 @@ var checks = map[string]func(t *testing.T, file string, u *obj){
 			if len(args) == 0 || args[0] != "device-plugin" {
 				t.Errorf("%s: the device plugin runs `sluice device-plugin`, got %v", file, args)
 			}
-			for _, c := range containers(t, file, u) {
-				if nestedBool(c, "securityContext", "privileged") {
-					t.Errorf("%s: the device plugin needs no privileged container", file)
-				}
-			}
+			checkLeastPrivilege(t, file, u, false)
 			return
 		}
 		if !slices.Contains(args, any("--mode=node")) || !slices.Contains(args, any("--node-id=$(NODE_NAME)")) {
@@ -331,6 +328,33 @@ var checks = map[string]func(t *testing.T, file string, u *obj){
 			}
 		}
 	},
+}
+
+// checkLeastPrivilege: every container of u drops all capabilities, has
+// a read-only root file system and no privilege escalation; with nonRoot,
+// the pod runs as a non-root user under the RuntimeDefault seccomp profile.
+func checkLeastPrivilege(t *testing.T, file string, u *obj, nonRoot bool) {
+	t.Helper()
+	spec := podSpec(u)
+	if nonRoot {
+		if !nestedBool(spec, "securityContext", "runAsNonRoot") {
+			t.Errorf("%s: %s must run as non-root (securityContext.runAsNonRoot)", file, u.GetName())
+		}
+		if p, _ := nested(spec, "securityContext", "seccompProfile", "type"); p != "RuntimeDefault" {
+			t.Errorf("%s: %s: seccompProfile %v, want RuntimeDefault", file, u.GetName(), p)
+		}
+	}
+	for _, c := range containers(t, file, u) {
+		drop, _ := nested(c, "securityContext", "capabilities", "drop")
+		dropped, _ := drop.([]any)
+		if nestedBool(c, "securityContext", "privileged") || !slices.Contains(dropped, any("ALL")) ||
+			!nestedBool(c, "securityContext", "readOnlyRootFilesystem") {
+			t.Errorf("%s: %s container %v: want not privileged, capabilities drop [ALL], readOnlyRootFilesystem", file, u.GetName(), c["name"])
+		}
+		if v, ok := nested(c, "securityContext", "allowPrivilegeEscalation"); !ok || v != false {
+			t.Errorf("%s: %s container %v: want allowPrivilegeEscalation false", file, u.GetName(), c["name"])
+		}
+	}
 }
 
 // checkRules refuses wildcards and any access to Secrets, but the
