@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,7 +51,8 @@ func TestNodeRealDataset(t *testing.T) {
 		serviceAccountToken(ctx, t, cs, "sluice-csi-node", "", nil))
 	pod := createPod(ctx, t, cs, "sluice-system", "sluice-csi-node-x1", "sluice-csi-node")
 	tokenFile := filepath.Join(dir, "token")
-	mustWrite(t, tokenFile, []byte(serviceAccountToken(ctx, t, cs, "sluice-csi-node", contract.TokenAudience, pod)))
+	nodeToken := serviceAccountToken(ctx, t, cs, "sluice-csi-node", contract.TokenAudience, pod)
+	mustWrite(t, tokenFile, []byte(nodeToken))
 
 	// The origin (a directory only the worker is told about) and its worker.
 	origin := filepath.Join(dir, "origin")
@@ -65,7 +67,8 @@ func TestNodeRealDataset(t *testing.T) {
 		serveTLS[0], serveTLS[1], serveTLS[2], serveTLS[3],
 		"--listen", "127.0.0.1:0", "--dataset", "imagenet", "--token-review",
 		"--kubeconfig", writeKubeconfig(t, filepath.Join(dir, "admin.kubeconfig"), api.Host, api.Config.BearerToken),
-		"--allow-namespaces", "ml,shared", "--trust-service-accounts", "sluice-system/sluice-csi-node", "--cache-dir", "")
+		"--allow-namespaces", "ml,shared", "--trust-service-accounts", "sluice-system/sluice-csi-node", "--cache-dir", "",
+		"--v=10") // the most a user can ask for: no token may reach the log
 	workerAddr := worker.Line[strings.LastIndex(worker.Line, " ")+1:]
 	createDataset(ctx, t, cl, "ml", "imagenet", "file://"+origin, workerAddr, "shared")
 
@@ -74,7 +77,7 @@ func TestNodeRealDataset(t *testing.T) {
 	startNode := func() {
 		n.drv = startDriver(t, n.socket, "--mode", "node", "--node-id", "n1", "--state-dir", n.state,
 			"--cache-dir", filepath.Join(dir, "cache"), "--cache-memory", "64Mi",
-			"--kubeconfig", nodeKubeconfig, "--worker-token-file", tokenFile, verifyTLS[0], verifyTLS[1])
+			"--kubeconfig", nodeKubeconfig, "--worker-token-file", tokenFile, verifyTLS[0], verifyTLS[1], "-v=10")
 		n.c = csi.NewNodeClient(dial(t, n.socket))
 	}
 	startNode()
@@ -178,11 +181,37 @@ func TestNodeRealDataset(t *testing.T) {
 		VolumeCapability: readerMany, VolumeContext: vctx})
 	wantCode(t, err, codes.PermissionDenied, `pods of namespace "other" may not read dataset "imagenet"`)
 
+	// The sessions' logs go with their sessions: read them first.
+	logs := map[string]string{"worker": worker.Stderr.String()}
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".log") {
+			b, _ := os.ReadFile(p)
+			logs[p] = string(b)
+		}
+		return nil
+	})
 	if _, err := n.c.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "pv-imagenet", StagingTargetPath: staging}); err != nil {
 		t.Fatal(err)
 	}
 	if m := mountsUnder(t, dir); len(m) > 0 {
 		t.Errorf("mounts left: %v", m)
+	}
+	// At -v=10, neither the worker (which reviews the tokens) nor the node
+	// plugin and its sessions logged a token.
+	logs["worker"] = worker.Stderr.String()
+	if b, err := os.ReadFile(n.drv.log); err == nil {
+		logs["node plugin"] = string(b)
+	}
+	for what, text := range logs {
+		text = testutil.Readable(text) // client-go hex-dumps binary bodies
+		for name, tok := range map[string]string{"the node's token": nodeToken, "the intruder's token": intruder, "a JWT": "eyJhbGciOi"} {
+			if strings.Contains(text, tok) {
+				t.Errorf("the %s log holds %s", what, name)
+			}
+		}
+	}
+	if len(logs) < 3 || logs["worker"] == "" {
+		t.Errorf("found %d logs (worker %d bytes): the scan saw too little", len(logs), len(logs["worker"]))
 	}
 }
 

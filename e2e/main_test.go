@@ -55,6 +55,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "e2e: %d sluice mounts left on the node after the tests: %v\n", len(left), left)
 		code = 1
 	}
+	// No secret in any log, event or status of the whole run.
+	if found := e.leakedSecrets(); len(found) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e: secrets in the clear:\n  %s\n", strings.Join(found, "\n  "))
+		code = 1
+	}
 	os.Exit(code)
 }
 

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -19,17 +21,54 @@ import (
 // klogVisible are the klog flags --help shows; the others still work.
 var klogVisible = map[string]bool{"v": true, "vmodule": true}
 
+// MaxVerbosity caps -v and every --vmodule level: from 8 on, client-go
+// logs the bodies of API requests and answers, and those carry secrets
+// (pods' tokens in TokenReviews, the CA's key in its Secret).
+const MaxVerbosity = 7
+
 // AddKlogFlags registers klog's flags on root, all but -v and --vmodule
-// hidden from --help (as kubectl does).
+// hidden from --help (as kubectl does); -v and --vmodule are capped at
+// MaxVerbosity.
 func AddKlogFlags(root *cobra.Command) {
 	gfs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(gfs)
+	for _, name := range []string{"v", "vmodule"} {
+		f := gfs.Lookup(name)
+		f.Value = cappedLevel{f.Value}
+	}
 	root.PersistentFlags().AddGoFlagSet(gfs)
 	gfs.VisitAll(func(f *flag.Flag) {
 		if !klogVisible[f.Name] {
 			_ = root.PersistentFlags().MarkHidden(f.Name)
 		}
 	})
+}
+
+// cappedLevel is -v or --vmodule with every level above MaxVerbosity
+// lowered to it (and said so on stderr).
+type cappedLevel struct{ flag.Value }
+
+func (c cappedLevel) Set(s string) error {
+	parts := strings.Split(s, ",")
+	capped := false
+	for i, p := range parts {
+		pattern, level, hasPattern := strings.Cut(p, "=")
+		if !hasPattern {
+			level, pattern = p, ""
+		}
+		if n, err := strconv.Atoi(level); err == nil && n > MaxVerbosity {
+			level, capped = strconv.Itoa(MaxVerbosity), true
+		}
+		if hasPattern {
+			parts[i] = pattern + "=" + level
+		} else {
+			parts[i] = level
+		}
+	}
+	if capped {
+		fmt.Fprintf(os.Stderr, "log levels above %d are lowered to %d: from 8 on, the Kubernetes client logs request and answer bodies, which carry tokens and keys\n", MaxVerbosity, MaxVerbosity)
+	}
+	return c.Value.Set(strings.Join(parts, ","))
 }
 
 // TidyHelp makes every command's --help list flags in the order they are

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 )
 
 func testCommand() *cobra.Command {
@@ -64,5 +65,35 @@ func TestBooleanFlagsStillParse(t *testing.T) {
 	}
 	if err := root.PersistentFlags().Parse([]string{"--logtostderr=true", "-v", "2"}); err != nil {
 		t.Errorf("hidden klog flags must still parse: %v", err)
+	}
+}
+
+// TestVerbosityIsCapped: -v and --vmodule above MaxVerbosity are lowered
+// to it, so that client-go never logs request bodies (tokens, keys).
+func TestVerbosityIsCapped(t *testing.T) {
+	t.Cleanup(func() { _ = testCommand().PersistentFlags().Parse([]string{"-v=0", "--vmodule="}) })
+	for _, tc := range []struct {
+		args          []string
+		on, off       klog.Level
+		vmodule, want string
+	}{
+		{args: []string{"-v=10"}, on: MaxVerbosity, off: MaxVerbosity + 1},
+		{args: []string{"-v", "8"}, on: MaxVerbosity, off: MaxVerbosity + 1},
+		{args: []string{"-v=3"}, on: 3, off: 4},
+		{args: []string{"-v=2", "--vmodule=request=10,pool=4"}, on: 2, off: 3, vmodule: "vmodule", want: "request=7,pool=4"},
+	} {
+		root := testCommand()
+		fs := root.PersistentFlags()
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if !klog.V(tc.on).Enabled() || klog.V(tc.off).Enabled() {
+			t.Errorf("%v: V(%d) %v, V(%d) %v; want on, off", tc.args, tc.on, klog.V(tc.on).Enabled(), tc.off, klog.V(tc.off).Enabled())
+		}
+		if tc.vmodule != "" {
+			if got := fs.Lookup(tc.vmodule).Value.String(); got != tc.want {
+				t.Errorf("%v: --vmodule %q, want %q", tc.args, got, tc.want)
+			}
+		}
 	}
 }
