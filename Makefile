@@ -9,6 +9,7 @@ VERSITYGW_VERSION := v1.8.0
 RCLONE_VERSION := v1.76.0
 CSI_SANITY_VERSION := v5.6.0
 CONTROLLER_GEN_VERSION := v0.23.0
+HELM_VERSION := v3.22.0
 TEST_TIMEOUT ?= 30m
 # Kubernetes components for tests and the e2e cluster, built from
 # k8s.io/kubernetes in the separate module e2e/cluster; cached per version.
@@ -24,6 +25,7 @@ export SLUICE_BIN := $(BIN)/sluice
 export SLUICE_BENCH_BIN := $(BIN)/sluice-bench
 export SLUICE_KUBE_APISERVER := $(K8S_BIN)/kube-apiserver
 export SLUICE_KUBECTL := $(K8S_BIN)/kubectl
+export SLUICE_HELM := $(BIN)/helm
 
 .PHONY: all build tools test lint generate demo bench bench-fusermount3 clean kube-binaries etcd \
 	cluster-up cluster-down cluster-packages e2e-images e2e image deploy
@@ -37,7 +39,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/sluice-bench ./cmd/sluice-bench
 
 # Pinned test tools; a stamp file per version so a version bump reinstalls.
-tools: $(BIN)/.versitygw-$(VERSITYGW_VERSION) $(BIN)/.csi-sanity-$(CSI_SANITY_VERSION)
+tools: $(BIN)/.versitygw-$(VERSITYGW_VERSION) $(BIN)/.csi-sanity-$(CSI_SANITY_VERSION) $(BIN)/.helm-$(HELM_VERSION)
 
 $(BIN)/.versitygw-$(VERSITYGW_VERSION):
 	mkdir -p $(BIN)
@@ -47,6 +49,11 @@ $(BIN)/.versitygw-$(VERSITYGW_VERSION):
 $(BIN)/.csi-sanity-$(CSI_SANITY_VERSION):
 	mkdir -p $(BIN)
 	GOBIN=$(BIN) $(GO) install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$(CSI_SANITY_VERSION)
+	touch $@
+
+$(BIN)/.helm-$(HELM_VERSION):
+	mkdir -p $(BIN)
+	GOBIN=$(BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	touch $@
 
 $(BIN)/.rclone-$(RCLONE_VERSION):

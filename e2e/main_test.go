@@ -56,7 +56,10 @@ func TestMain(m *testing.M) {
 		code = 1
 	}
 	// No secret in any log, event or status of the whole run.
-	if found := e.leakedSecrets(); len(found) > 0 {
+	// The kubelet keeps the logs of pods that still exist: sluice-system's
+	// components for the whole run (TestNoTokenOrDataInTheClear scans the
+	// workers and a sidecar while they are there).
+	if found, _ := e.leakedSecrets(); len(found) > 0 {
 		fmt.Fprintf(os.Stderr, "e2e: secrets in the clear:\n  %s\n", strings.Join(found, "\n  "))
 		code = 1
 	}

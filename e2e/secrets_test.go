@@ -17,15 +17,14 @@ import (
 	"github.com/sluice-dev/sluice/internal/testutil"
 )
 
-// leakedSecrets looks, once every test has run, for the origin's secret
+// leakedSecrets looks for the origin's secret
 // key and for any service-account token (a JWT) in what sluice leaves
 // readable: every container log the kubelet kept (the CSI driver, the
 // controller, the webhook, the workers, the sidecars, the copiers, the
 // apps), the CSI sessions' log files, every event and every Dataset's
-// status. It returns one line per finding.
-func (e *env) leakedSecrets() []string {
+// status. It returns one line per finding and the log files it read.
+func (e *env) leakedSecrets() (found, scanned []string) {
 	needles := map[string]string{"the origin's secret key": e.origin.secret, "a token (JWT)": "eyJhbGciOi"}
-	var found []string
 	scan := func(what string, b []byte) {
 		b = []byte(testutil.Readable(string(b))) // client-go hex-dumps binary bodies
 		for name, s := range needles {
@@ -35,20 +34,19 @@ func (e *env) leakedSecrets() []string {
 			}
 		}
 	}
-	files := 0
 	for _, root := range []string{filepath.Join(e.out, "pod-logs"), filepath.Join(e.out, "kubelet", "root", "plugins")} {
 		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(p, ".log") {
 				return nil
 			}
 			if b, err := os.ReadFile(p); err == nil {
-				files++
-				scan(strings.TrimPrefix(p, e.out+"/"), b)
+				scanned = append(scanned, strings.TrimPrefix(p, e.out+"/"))
+				scan(scanned[len(scanned)-1], b)
 			}
 			return nil
 		})
 	}
-	if files == 0 {
+	if len(scanned) == 0 {
 		found = append(found, "no log file found under "+e.out+": the scan saw nothing")
 	}
 	ctx := context.Background()
@@ -63,6 +61,6 @@ func (e *env) leakedSecrets() []string {
 	} else {
 		found = append(found, "listing Datasets: "+err.Error())
 	}
-	fmt.Printf("e2e: scanned %d log files, every event and every Dataset for secrets: %d findings\n", files, len(found))
-	return found
+	fmt.Printf("e2e: scanned %d log files, every event and every Dataset for secrets: %d findings\n", len(scanned), len(found))
+	return found, scanned
 }

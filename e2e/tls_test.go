@@ -96,4 +96,20 @@ func TestNoTokenOrDataInTheClear(t *testing.T) {
 		t.Errorf("%d of 256 samples of the dataset's bytes appear in the clear in the capture", found)
 	}
 	t.Logf("captured %d bytes of pod traffic while the pod read %d bytes: no token and no dataset sample in the clear", len(captured), len(weights))
+
+	// Nor in any log of the pods that took part (the workers, the reader's
+	// sidecar, the controller, the webhook, the CSI driver), any event or
+	// any Dataset's status.
+	leaks, scanned := e.leakedSecrets()
+	for _, f := range leaks {
+		t.Error(f)
+	}
+	var worker, sidecar bool
+	for _, p := range scanned {
+		worker = worker || strings.Contains(p, ns+"_models-sluice-workers-")
+		sidecar = sidecar || (strings.Contains(p, ns+"_tls-reader_") && strings.Contains(p, "/"+contract.SidecarName+"/"))
+	}
+	if !worker || !sidecar {
+		t.Errorf("the scan read no worker log (%v) or no sidecar log (%v) of %s: %v", worker, sidecar, ns, scanned)
+	}
 }
