@@ -124,7 +124,7 @@ func TestDatapathSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]bool{"direct": true, "get": true, "sluice-cold": true, "sluice-warm": true,
-		"sluice-warm-nopt": true, "loopback": true, "rclone-cold": false, "rclone-warm": false}
+		"sluice-warm-nopt": true, "loopback": true, "workers": true, "workers-tls": true, "rclone-cold": false, "rclone-warm": false}
 	if len(rep.Rows) != len(want) {
 		t.Fatalf("%d rows, want %d", len(rep.Rows), len(want))
 	}
@@ -141,8 +141,8 @@ func TestDatapathSmoke(t *testing.T) {
 			t.Errorf("row %s read %d and %d bytes (%.0f MB/s), want 8Mi and 4Mi", r.Key, r.W1.Bytes, r.W2.Bytes, r.W1.MBps)
 		}
 	}
-	if len(rep.Targets) != 6 || rep.Env.Kernel == "" || rep.Env.Versions["sluice"] == "" {
-		t.Errorf("targets %d (want 6), env %+v", len(rep.Targets), rep.Env)
+	if len(rep.Targets) != 8 || rep.Env.Kernel == "" || rep.Env.Versions["sluice"] == "" {
+		t.Errorf("targets %d (want 8), env %+v", len(rep.Targets), rep.Env)
 	}
 	if !strings.Contains(out.String(), "sluice warm (passthrough)") {
 		t.Errorf("table missing from the output")
