@@ -1,9 +1,7 @@
 package deploy_test
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,18 +14,7 @@ import (
 // are left to clusters that run cert-manager: that directory is rendered
 // only.
 func TestKubectlDryRun(t *testing.T) {
-	kubectl := os.Getenv("SLUICE_KUBECTL")
-	if kubectl == "" {
-		if m, _ := filepath.Glob("../bin/k8s-*/kubectl"); len(m) > 0 {
-			kubectl = m[len(m)-1]
-		}
-	}
-	if _, err := os.Stat(kubectl); kubectl == "" || err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("kubectl missing (make kube-binaries); CI must run this test")
-		}
-		t.Skip("needs kubectl (make kube-binaries)")
-	}
+	kubectl := kubectlBin(t)
 	srv := kubeapi.Start(t)
 	kc := srv.WriteKubeconfig(t)
 	run := func(args ...string) (string, error) {
