@@ -86,11 +86,11 @@ func TestSecretsNeverLeak(t *testing.T) {
 		t.Fatal("a fetch with a wrong token succeeded")
 	}
 	// The worker's own answers to bad requests, over TLS.
-	roots, err := pki.FileRoots(verifyTLS[1])
+	verify, err := pki.ClientConfigFile(verifyTLS[1])
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientConfig(roots)}}
+	tc := &http.Client{Transport: &http.Transport{TLSClientConfig: verify}}
 	_, wrongAnswer := getWith(t, tc, wurl+"/v1/datasets/default/list?path=", wrong)
 	_, badAnswer := getWith(t, tc, wurl+"/v1/datasets/default/read?path=d/part-0.bin&off=x&len=1&version=v", token)
 

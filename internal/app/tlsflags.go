@@ -61,9 +61,9 @@ func (f *TLSFlags) Client() (*tls.Config, error) {
 	if f.CAFile == "" {
 		return nil, nil
 	}
-	roots, err := pki.FileRoots(f.CAFile)
+	tc, err := pki.ClientConfigFile(f.CAFile)
 	if err != nil {
 		return nil, fmt.Errorf("--workers-ca: %w", err)
 	}
-	return pki.ClientConfig(roots), nil
+	return tc, nil
 }

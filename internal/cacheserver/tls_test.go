@@ -68,11 +68,11 @@ func (c *testCA) server(t *testing.T, hosts ...string) *tls.Config {
 
 func (c *testCA) client(t *testing.T) *tls.Config {
 	t.Helper()
-	roots, err := pki.FileRoots(c.bundleFile)
+	tc, err := pki.ClientConfigFile(c.bundleFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pki.ClientConfig(roots)
+	return tc
 }
 
 // TestWorkersOverTLS reads a dataset from workers that serve TLS: the

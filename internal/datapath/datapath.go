@@ -154,11 +154,11 @@ func openWorkers(ctx context.Context, cfg Config) (source.Source, error) {
 		Dataset: w.Dataset, TokenFile: w.TokenFile, Timeout: w.Timeout, Budget: cfg.Cache.FetchTimeout,
 		Metrics: cfg.Metrics, Insecure: w.Insecure}
 	if w.CAFile != "" {
-		roots, err := pki.FileRoots(w.CAFile)
+		tc, err := pki.ClientConfigFile(w.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("--workers-ca: %w", err)
 		}
-		pc.TLS = pki.ClientConfig(roots)
+		pc.TLS = tc
 	}
 	pool, err := cacheserver.NewPool(ctx, pc)
 	if err != nil {

@@ -115,6 +115,16 @@ func ClientConfig(roots Roots) *tls.Config {
 	}
 }
 
+// ClientConfigFile is ClientConfig with the roots of the PEM bundle at
+// path (FileRoots).
+func ClientConfigFile(path string) (*tls.Config, error) {
+	roots, err := FileRoots(path)
+	if err != nil {
+		return nil, err
+	}
+	return ClientConfig(roots), nil
+}
+
 // ServerConfig serves the PEM certificate and key at certFile and keyFile,
 // read again when they change (a mounted Secret the controller renews),
 // until ctx is done.
