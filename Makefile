@@ -138,7 +138,7 @@ cluster-down:
 # containerd by cluster-up and deploy) and deploy/ applied to the cluster.
 image: e2e-images
 
-deploy: image
+deploy: image tools
 	K8S_BIN=$(K8S_BIN) e2e/cluster/deploy.sh
 
 # End-to-end tests on that cluster (starts it when it is not up).

@@ -58,7 +58,11 @@ type Authority struct {
 	// ServiceName is the controller's Service (the heartbeat endpoint's
 	// certificate names it).
 	ServiceName string
-	Now         func() time.Time
+	// Owner, when set, owns the CA Secret and every bundle ConfigMap: a
+	// cluster-scoped object of the installation (the controller's
+	// ClusterRole), so that removing the installation removes them.
+	Owner *metav1.OwnerReference
+	Now   func() time.Time
 
 	mu        sync.Mutex
 	ca        *pki.CA
@@ -118,6 +122,7 @@ func (a *Authority) load(ctx context.Context, now time.Time) (*pki.CA, []byte, e
 		sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace,
 			Labels: map[string]string{LabelManagedBy: managerName}},
 			Data: map[string][]byte{caCertKey: ca.CertPEM, caKeyKey: ca.KeyPEM, caBundleKey: ca.CertPEM}}
+		a.own(sec)
 		if err := a.Client.Create(ctx, sec); err != nil {
 			if apierrors.IsAlreadyExists(err) { // another replica made it first
 				return a.load(ctx, now)
@@ -135,6 +140,11 @@ func (a *Authority) load(ctx context.Context, now time.Time) (*pki.CA, []byte, e
 		return nil, nil, fmt.Errorf("the CA Secret %s: %w (delete it to make a new CA)", key, err)
 	}
 	if !pki.Due(ca.CertPEM, nil, nil, now) {
+		if a.own(sec) { // made before the controller had an owner
+			if err := a.Client.Update(ctx, sec); err != nil {
+				return nil, nil, fmt.Errorf("setting the owner of %s: %w", key, err)
+			}
+		}
 		return ca, sec.Data[caBundleKey], nil
 	}
 	next, err := pki.NewCA("sluice", now)
@@ -143,6 +153,7 @@ func (a *Authority) load(ctx context.Context, now time.Time) (*pki.CA, []byte, e
 	}
 	bundle := pki.Bundle(next, sec.Data[caBundleKey], now)
 	sec.Data = map[string][]byte{caCertKey: next.CertPEM, caKeyKey: next.KeyPEM, caBundleKey: bundle}
+	a.own(sec)
 	if err := a.Client.Update(ctx, sec); err != nil {
 		return nil, nil, fmt.Errorf("rotating the CA in %s: %w", key, err)
 	}
@@ -301,10 +312,14 @@ func (a *Authority) publish(ctx context.Context, ns string, bundle []byte) error
 		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: ns,
 			Labels: map[string]string{LabelManagedBy: managerName}},
 			Data: map[string]string{contract.CABundleKey: string(bundle)}}
+		a.own(cm)
 		err = a.Client.Create(ctx, cm)
-	case err == nil && cm.Data[contract.CABundleKey] != string(bundle):
-		cm.Data = map[string]string{contract.CABundleKey: string(bundle)}
-		err = a.Client.Update(ctx, cm)
+	case err == nil:
+		owned := a.own(cm)
+		if cm.Data[contract.CABundleKey] != string(bundle) || owned {
+			cm.Data = map[string]string{contract.CABundleKey: string(bundle)}
+			err = a.Client.Update(ctx, cm)
+		}
 	}
 	if apierrors.IsNotFound(err) {
 		return nil // the namespace is not there (yet): an access list may name one ahead
@@ -319,6 +334,22 @@ func (a *Authority) publish(ctx context.Context, ns string, bundle []byte) error
 	a.published[ns] = bundle
 	a.mu.Unlock()
 	return nil
+}
+
+// own adds a.Owner to obj's owners unless it is there; it reports whether
+// obj changed.
+func (a *Authority) own(obj metav1.Object) bool {
+	if a.Owner == nil {
+		return false
+	}
+	refs := obj.GetOwnerReferences()
+	for _, r := range refs {
+		if r.UID == a.Owner.UID {
+			return false
+		}
+	}
+	obj.SetOwnerReferences(append(refs, *a.Owner))
+	return true
 }
 
 // NeedLeaderElection: only the leader writes.

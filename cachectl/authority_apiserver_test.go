@@ -66,6 +66,9 @@ func testAuthority(ctx context.Context, t *testing.T, cl client.Client, ds *v1al
 	if err := cl.Get(ctx, client.ObjectKey{Namespace: "sluice-system", Name: contract.CASecret}, ca); err != nil || len(ca.Data["ca.key"]) == 0 {
 		t.Errorf("CA Secret in the controller's namespace: %v", err)
 	}
+	if refs := ca.OwnerReferences; len(refs) != 1 || refs[0].Kind != "ClusterRole" || refs[0].Name != "sluice-controller" {
+		t.Errorf("CA Secret owners %+v; want the controller's ClusterRole", refs)
+	}
 
 	sts := &appsv1.StatefulSet{}
 	eventually(t, 20*time.Second, "workers that serve TLS", func() bool {

@@ -66,7 +66,7 @@ func TestControllerOnAPIServer(t *testing.T) {
 	o := &Options{WorkerImage: "sluice.local/sluice:test", PullPolicy: "Never", ClusterDomain: "cluster.local",
 		HeartbeatAddr: hbAddr, MetricsAddr: "0", HealthAddr: "0", Resync: 200 * time.Millisecond,
 		DemandWindow: 3 * time.Second, LeaderElect: true, LeaderNS: "sluice-system", Preload: true,
-		WorkersTLS: true, Namespace: "sluice-system", ServiceName: "sluice-controller"}
+		WorkersTLS: true, Namespace: "sluice-system", ServiceName: "sluice-controller", OwnerRole: "sluice-controller"}
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -219,6 +219,29 @@ func TestControllerOnAPIServer(t *testing.T) {
 		eventually(t, 10*time.Second, "the workers' cluster role binding and service account to go", func() bool {
 			return apierrors.IsNotFound(cl.Get(ctx, client.ObjectKey{Name: WorkerRoleBindingName("ml")}, &rbacv1.ClusterRoleBinding{})) &&
 				apierrors.IsNotFound(cl.Get(ctx, client.ObjectKey{Namespace: "ml", Name: WorkerServiceAccount}, &corev1.ServiceAccount{}))
+		})
+	})
+
+	t.Run("removing the installation removes the CA and its bundles", func(t *testing.T) {
+		cancel()
+		<-done
+		done <- nil // for the cleanup
+		role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "sluice-controller"}}
+		if err := cl.Delete(context.Background(), role); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "garbage collection of the CA Secret and every bundle ConfigMap", func() bool {
+			cms := &corev1.ConfigMapList{}
+			if err := cl.List(context.Background(), cms); err != nil {
+				return false
+			}
+			for _, cm := range cms.Items {
+				if cm.Name == contract.CABundleConfigMap {
+					return false
+				}
+			}
+			return apierrors.IsNotFound(cl.Get(context.Background(),
+				client.ObjectKey{Namespace: "sluice-system", Name: contract.CASecret}, &corev1.Secret{}))
 		})
 	})
 }

@@ -61,6 +61,7 @@ type Options struct {
 	WorkersTLS     bool
 	Namespace      string
 	ServiceName    string
+	OwnerRole      string
 	templateParsed WorkerTemplate
 	// preloadOpen replaces the workers' source of preloads (tests).
 	preloadOpen func(ctx context.Context, ds *v1alpha1.Dataset) (source.Source, func(), error)
@@ -87,6 +88,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.WorkersTLS, "tls", true, "run a CA (the Secret "+contract.CASecret+" of --namespace): the workers and the heartbeat endpoint serve TLS, and the CA bundle is published as the ConfigMap "+contract.CABundleConfigMap+" wherever a Dataset's readers run")
 	fs.StringVar(&o.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the controller's namespace (its CA Secret; the CSI node plugin's copy of the bundle)")
 	fs.StringVar(&o.ServiceName, "service-name", "sluice-controller", "the controller's Service, named by the heartbeat endpoint's certificate")
+	fs.StringVar(&o.OwnerRole, "owner-cluster-role", "", "the ClusterRole this controller runs under: it owns the CA Secret and the CA bundle ConfigMaps, so that removing the installation (helm uninstall, kubectl delete) removes them (empty: no owner)")
 	fs.StringToStringVar(&o.WorkerNodeSel, "worker-node-selector", nil, "node selector of the cache workers (k=v,...)")
 }
 
@@ -180,6 +182,11 @@ func (o *Options) NewManager(cfg *rest.Config) (manager.Manager, error) {
 	if o.WorkersTLS {
 		r.Authority = &Authority{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Namespace: o.Namespace,
 			ClusterDomain: o.ClusterDomain, ServiceName: o.ServiceName}
+		if o.OwnerRole != "" {
+			if r.Authority.Owner, err = clusterRoleOwner(cs, o.OwnerRole); err != nil {
+				return nil, err
+			}
+		}
 		hbTLS = pki.StaticServerConfig(r.Authority.HeartbeatCertificate)
 		workersTLS = r.Authority.ClientTLS()
 		if err := mgr.Add(r.Authority); err != nil {
@@ -229,6 +236,17 @@ func (o *Options) NewManager(cfg *rest.Config) (manager.Manager, error) {
 		return nil, err
 	}
 	return mgr, nil
+}
+
+// clusterRoleOwner is an owner reference to the ClusterRole name.
+func clusterRoleOwner(cs kubernetes.Interface, name string) (*metav1.OwnerReference, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	role, err := cs.RbacV1().ClusterRoles().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("--owner-cluster-role %q: %w", name, err)
+	}
+	return &metav1.OwnerReference{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRole", Name: role.Name, UID: role.UID}, nil
 }
 
 // ownImage is the image of the controller's own container (the sluice

@@ -100,6 +100,7 @@ func (g *generator) token(expr string) string {
 var substitutions = []struct{ lit, expr string }{
 	{"/var/lib/kubelet/device-plugins", `"/var/lib/kubelet/device-plugins"`}, // the kubelet's own, fixed
 	{"/var/lib/kubelet", `$.Values.kubeletDir`},
+	{"/var/cache/sluice", `$.Values.cacheDir`},
 	{"sluice-system", `$.Release.Namespace`},
 }
 
@@ -196,6 +197,7 @@ func generate(t *testing.T) map[string][]byte {
 		"image":          map[string]any{"repository": "ghcr.io/sluice-dev/sluice", "tag": "latest"},
 		"logLevel":       2,
 		"kubeletDir":     "/var/lib/kubelet",
+		"cacheDir":       "/var/cache/sluice",
 		"resources":      map[string]any{},
 		"serviceMonitor": map[string]any{"enabled": false, "interval": "30s"},
 	}}
@@ -275,6 +277,7 @@ const valuesHeader = `# Values of the sluice chart (generated with the templates
 #   logLevel                      klog -v of every component (at most 7)
 #   kubeletDir                    the kubelet's root directory (k0s: /var/lib/k0s/kubelet;
 #                                 microk8s: /var/snap/microk8s/common/var/lib/kubelet)
+#   cacheDir                      the CSI node plugin's disk cache on each node (a hostPath)
 #   csi, controller, webhook, devicePlugin .enabled   install that part
 #   webhook.certManager           the webhook's certificate from cert-manager (else the chart
 #                                 makes one and keeps it across upgrades)
@@ -389,7 +392,7 @@ func TestHelmTemplate(t *testing.T) {
 	})
 	t.Run("parts switch off", func(t *testing.T) {
 		for _, obj := range render(t, "webhook.enabled=false", "devicePlugin.enabled=false", "kubeletDir=/var/lib/k0s/kubelet",
-			"logLevel=4") {
+			"cacheDir=/mnt/nvme/sluice", "logLevel=4") {
 			name := nestedString(obj, "metadata", "name")
 			if strings.Contains(name, "webhook") || strings.Contains(name, "device-plugin") {
 				t.Errorf("%s rendered with its part off", objKey(obj))
@@ -397,6 +400,9 @@ func TestHelmTemplate(t *testing.T) {
 			b, _ := json.Marshal(obj)
 			if bytes.Contains(b, []byte(`"/var/lib/kubelet/`)) && !bytes.Contains(b, []byte("/var/lib/kubelet/device-plugins")) {
 				t.Errorf("%s still names /var/lib/kubelet", objKey(obj))
+			}
+			if bytes.Contains(b, []byte("/var/cache/sluice")) {
+				t.Errorf("%s still names /var/cache/sluice", objKey(obj))
 			}
 			if bytes.Contains(b, []byte(`"-v=2"`)) {
 				t.Errorf("%s kept -v=2 with logLevel=4", objKey(obj))

@@ -6,7 +6,8 @@
 // StorageClass, (2) inline CSI volume, (3) a serverless pod converted by
 // the webhook, (4) a Job with the sidecar, (5) a burst of 16 pods through
 // autoscaled cache workers, (6) the CSI node plugin killed during reads,
-// (7) a cache worker stopped (SIGSTOP) during a burst.
+// (7) a cache worker stopped (SIGSTOP) during a burst, (8) helm upgrade,
+// uninstall and install again while a pod reads.
 // Data comes from the real versitygw cluster-up runs on the node IP.
 package e2e
 

@@ -76,7 +76,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2
   --service-cluster-ip-range=10.96.0.0/24 --authorization-mode=Node,RBAC --allow-privileged=true \
   --kubelet-client-certificate="$PKI/admin.crt" --kubelet-client-key="$PKI/admin.key" \
   --kubelet-preferred-address-types=InternalIP,Hostname --feature-gates=CSIVolumeHealth=true \
-  --enable-priority-and-fairness=false
+  --enable-priority-and-fairness=false --enable-aggregator-routing=true
 KUBECTL_CURL=(curl -sf --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key")
 for i in $(seq 1 120); do "${KUBECTL_CURL[@]}" "https://$IP:6443/readyz" >/dev/null && break; sleep 0.5; done
 "${KUBECTL_CURL[@]}" "https://$IP:6443/readyz" >/dev/null || { echo "kube-apiserver not ready; see $OUT/logs" >&2; exit 1; }
