@@ -10,6 +10,9 @@ RCLONE_VERSION := v1.76.0
 CSI_SANITY_VERSION := v5.6.0
 CONTROLLER_GEN_VERSION := v0.23.0
 HELM_VERSION := v3.22.0
+# Prometheus v3.16 (its Go module's version): promtool, and the PromQL
+# parser of deploy/monitoring/exprnames.
+PROMETHEUS_VERSION := v0.316.0
 TEST_TIMEOUT ?= 30m
 # Kubernetes components for tests and the e2e cluster, built from
 # k8s.io/kubernetes in the separate module e2e/cluster; cached per version.
@@ -26,6 +29,8 @@ export SLUICE_BENCH_BIN := $(BIN)/sluice-bench
 export SLUICE_KUBE_APISERVER := $(K8S_BIN)/kube-apiserver
 export SLUICE_KUBECTL := $(K8S_BIN)/kubectl
 export SLUICE_HELM := $(BIN)/helm
+export SLUICE_PROMTOOL := $(BIN)/promtool
+export SLUICE_EXPRNAMES := $(BIN)/exprnames
 
 .PHONY: all build tools test lint generate demo bench bench-fusermount3 clean kube-binaries etcd \
 	cluster-up cluster-down cluster-packages e2e-images e2e image deploy
@@ -39,7 +44,8 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/sluice-bench ./cmd/sluice-bench
 
 # Pinned test tools; a stamp file per version so a version bump reinstalls.
-tools: $(BIN)/.versitygw-$(VERSITYGW_VERSION) $(BIN)/.csi-sanity-$(CSI_SANITY_VERSION) $(BIN)/.helm-$(HELM_VERSION)
+tools: $(BIN)/.versitygw-$(VERSITYGW_VERSION) $(BIN)/.csi-sanity-$(CSI_SANITY_VERSION) $(BIN)/.helm-$(HELM_VERSION) \
+	$(BIN)/.promtool-$(PROMETHEUS_VERSION) $(BIN)/exprnames
 
 $(BIN)/.versitygw-$(VERSITYGW_VERSION):
 	mkdir -p $(BIN)
@@ -55,6 +61,17 @@ $(BIN)/.helm-$(HELM_VERSION):
 	mkdir -p $(BIN)
 	GOBIN=$(BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	touch $@
+
+$(BIN)/.promtool-$(PROMETHEUS_VERSION):
+	mkdir -p $(BIN)
+	GOBIN=$(BIN) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
+	touch $@
+
+# The metric names of the dashboard's and alerts' expressions (a module of
+# its own: the Prometheus server's dependencies stay out of sluice's).
+$(BIN)/exprnames: deploy/monitoring/exprnames/main.go deploy/monitoring/exprnames/go.mod deploy/monitoring/exprnames/go.sum
+	mkdir -p $(BIN)
+	cd deploy/monitoring/exprnames && $(GO) build -o $(BIN)/exprnames .
 
 $(BIN)/.rclone-$(RCLONE_VERSION):
 	mkdir -p $(BIN)

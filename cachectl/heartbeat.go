@@ -55,6 +55,8 @@ type HeartbeatHandler struct {
 	Notify func(datasets []string)
 	// Refused, when set, counts refused heartbeats.
 	Refused func()
+	// Told, when set, counts sidecars told to exit (once per pod).
+	Told func()
 
 	mu   sync.Mutex
 	told map[string]told // pod UID → when it was told to exit
@@ -149,6 +151,9 @@ func (h *HeartbeatHandler) decide(ctx context.Context, hb contract.Heartbeat, no
 		}
 		h.told[hb.PodUID] = told{at: now}
 		klog.InfoS("Telling a FUSE sidecar to exit: the pod's app containers are done", "pod", klog.KObj(pod))
+		if h.Told != nil {
+			h.Told()
+		}
 	} else if since := now.Sub(t.at); since >= ExitGrace && !t.reported {
 		t.reported = true
 		h.told[hb.PodUID] = t

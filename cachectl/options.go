@@ -207,15 +207,16 @@ func (o *Options) NewManager(cfg *rest.Config) (manager.Manager, error) {
 		Help: "FUSE sidecars still running 60 s after being told to exit."})
 	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "sluice_heartbeats_refused_total",
 		Help: "Heartbeats refused (bad token, or a token of another pod)."})
-	if err := crmetrics.Registry.Register(overdue); err != nil {
-		return nil, err
-	}
-	if err := crmetrics.Registry.Register(refused); err != nil {
-		return nil, err
+	told := prometheus.NewCounter(prometheus.CounterOpts{Name: "sluice_sidecar_exits_total",
+		Help: "FUSE sidecars told to exit because their pod's app containers are done."})
+	for _, c := range []prometheus.Collector{overdue, refused, told, &DatasetCollector{Reader: mgr.GetClient()}} {
+		if err := crmetrics.Registry.Register(c); err != nil {
+			return nil, err
+		}
 	}
 	hb := &HeartbeatHandler{
 		Auth: &kubeauth.TokenReviewer{Client: cs}, Pods: cachedPods{mgr.GetClient(), mgr.GetAPIReader()}, Demand: demand,
-		Sidecar: contract.SidecarName, Refused: refused.Inc,
+		Sidecar: contract.SidecarName, Refused: refused.Inc, Told: told.Inc,
 		Notify: func(datasets []string) { wakeDatasets(wake, datasets) },
 		Overdue: func(id Identity, since time.Duration) {
 			overdue.Inc()

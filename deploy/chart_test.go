@@ -30,6 +30,9 @@ var updateChart = flag.Bool("update-chart", false, "rewrite the generated files 
 
 const chartDir = "charts/sluice"
 
+// monitoringFiles of deploy/monitoring are copied into the chart's files/.
+var monitoringFiles = []string{"alerts.yaml", "dashboard.json"}
+
 // components are the chart's switchable parts: values key, kustomize dir.
 var components = []struct{ key, dir string }{
 	{"csi", "base"}, {"controller", "controller"}, {"webhook", "webhook"}, {"devicePlugin", "deviceplugin"},
@@ -194,14 +197,23 @@ func nestedString(m map[string]any, path ...string) string {
 func generate(t *testing.T) map[string][]byte {
 	t.Helper()
 	g := &generator{tokens: map[string]string{}, values: map[string]any{
-		"image":          map[string]any{"repository": "ghcr.io/sluice-dev/sluice", "tag": "latest"},
-		"logLevel":       2,
-		"kubeletDir":     "/var/lib/kubelet",
-		"cacheDir":       "/var/cache/sluice",
-		"resources":      map[string]any{},
-		"serviceMonitor": map[string]any{"enabled": false, "interval": "30s"},
+		"image":            map[string]any{"repository": "ghcr.io/sluice-dev/sluice", "tag": "latest"},
+		"logLevel":         2,
+		"kubeletDir":       "/var/lib/kubelet",
+		"cacheDir":         "/var/cache/sluice",
+		"resources":        map[string]any{},
+		"serviceMonitor":   map[string]any{"enabled": false, "interval": "30s"},
+		"prometheusRule":   map[string]any{"enabled": false},
+		"grafanaDashboard": map[string]any{"enabled": false},
 	}}
 	files := map[string][]byte{}
+	for _, f := range monitoringFiles {
+		b, err := os.ReadFile(filepath.Join("monitoring", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files["files/"+f] = b
+	}
 	for _, c := range components {
 		g.values[c.key] = map[string]any{"enabled": true}
 		var body bytes.Buffer
@@ -388,6 +400,39 @@ func TestHelmTemplate(t *testing.T) {
 		ca := mwc["webhooks"].([]any)[0].(map[string]any)["clientConfig"].(map[string]any)["caBundle"]
 		if ca == nil || ca != secret["data"].(map[string]any)["ca.crt"] {
 			t.Errorf("caBundle %v is not the Secret's ca.crt", ca)
+		}
+	})
+	t.Run("monitoring", func(t *testing.T) {
+		var rule, dash, podMonitor map[string]any
+		for _, obj := range render(t, "serviceMonitor.enabled=true", "prometheusRule.enabled=true", "grafanaDashboard.enabled=true") {
+			switch objKey(obj) {
+			case "PrometheusRule/sluice-system/sluice":
+				rule = obj
+			case "ConfigMap/sluice-system/sluice-dashboard":
+				dash = obj
+			case "PodMonitor/sluice-system/sluice-cache-workers":
+				podMonitor = obj
+			}
+		}
+		if rule == nil || dash == nil || podMonitor == nil {
+			t.Fatalf("want the PrometheusRule, the dashboard and the workers' PodMonitor; got %v, %v, %v", rule != nil, dash != nil, podMonitor != nil)
+		}
+		b, _ := os.ReadFile("monitoring/alerts.yaml")
+		var alerts map[string]any
+		if err := yaml.Unmarshal(b, &alerts); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := canonical(t, rule["spec"].(map[string]any)), canonical(t, alerts); got != want {
+			t.Errorf("the PrometheusRule's spec is not alerts.yaml:\n%s\n%s", got, want)
+		}
+		b, _ = os.ReadFile("monitoring/dashboard.json")
+		if dash["data"].(map[string]any)["sluice.json"] != string(b) {
+			t.Error("the dashboard ConfigMap does not hold dashboard.json")
+		}
+		for _, obj := range render(t) {
+			if k := objKey(obj); strings.HasPrefix(k, "PrometheusRule/") || strings.HasPrefix(k, "PodMonitor/") || k == "ConfigMap/sluice-system/sluice-dashboard" {
+				t.Errorf("%s rendered by default", k)
+			}
 		}
 	})
 	t.Run("parts switch off", func(t *testing.T) {

@@ -100,6 +100,13 @@ func TestVolumeHealthOnKubelet(t *testing.T) {
 		return false
 	})
 	t.Logf("origin blackholed: pod status.volumeHealth %+v after %s", health(), d.Round(time.Second))
+	abnormal := `kubelet_volume_stats_health_status_abnormal{namespace="` + ns + `",persistentvolumeclaim="models"}`
+	waitFor("the kubelet's metric "+abnormal+" = 1", 45*time.Second, func() bool { return e.kubeletMetric(t, abnormal) == "1" })
+	for _, name := range externalMetrics(t) {
+		if v := e.kubeletMetric(t, name+`{namespace="`+ns+`",persistentvolumeclaim="models"}`); v == "" {
+			t.Errorf("the kubelet exports no %s for the PVC (deploy/monitoring uses it)", name)
+		}
+	}
 	proxy.SetBlackhole(false)
 	d = waitFor("volume health cleared", 45*time.Second, func() bool {
 		for _, v := range health() {
@@ -110,4 +117,42 @@ func TestVolumeHealthOnKubelet(t *testing.T) {
 		return true
 	})
 	t.Logf("origin back: volume health cleared after %s", d.Round(time.Second))
+	waitFor("the kubelet's metric "+abnormal+" = 0", 45*time.Second, func() bool { return e.kubeletMetric(t, abnormal) == "0" })
+}
+
+// kubeletMetric is the value of one series (name{labels} exactly as the
+// kubelet prints it, labels sorted) on the node's kubelet, through the API
+// server's node proxy; "" when the kubelet does not export it.
+func (e *env) kubeletMetric(t *testing.T, series string) string {
+	t.Helper()
+	ctx := context.Background()
+	nodes, err := e.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil || len(nodes.Items) != 1 {
+		t.Fatalf("nodes: %v", err)
+	}
+	body, err := e.cs.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", nodes.Items[0].Name, "proxy/metrics").DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("the kubelet's metrics: %v", err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// externalMetrics are the kubelet metrics deploy/monitoring uses.
+func externalMetrics(t *testing.T) []string {
+	b, err := os.ReadFile(filepath.Join(repoRoot(), "deploy", "monitoring", "external-metrics.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			names = append(names, l)
+		}
+	}
+	return names
 }

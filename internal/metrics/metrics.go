@@ -79,6 +79,16 @@ func NewCache(reg prometheus.Registerer) *Cache {
 		WorkerFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_worker_failures_total", Help: "Cache workers marked failed, by reason (silent, slow, error)."}, []string{"reason"}),
 	}
+	// Every known label value is exported from the start (at 0), so that
+	// dashboards and alerts see the series before the first event.
+	for _, tier := range []string{TierMemory, TierDisk} {
+		m.Hits.WithLabelValues(tier)
+		m.Misses.WithLabelValues(tier)
+		m.Evictions.WithLabelValues(tier)
+	}
+	for _, reason := range []string{"silent", "slow", "error"} {
+		m.WorkerFailures.WithLabelValues(reason)
+	}
 	if reg != nil {
 		reg.MustRegister(m.BytesServed, m.OriginBytes, m.Hits, m.Misses, m.FetchLatency, m.FetchErrors,
 			m.MemoryBytes, m.DiskBytes, m.Evictions, m.CorruptBlocks, m.DiskDrops, m.Hedges, m.HedgeWins, m.WorkerFailures)
