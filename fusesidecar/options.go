@@ -64,7 +64,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.WorkerTimeout, "worker-timeout", 30*time.Second, "one request to one cache worker")
 	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching each volume's origin or workers")
-	fs.Float64Var(&o.MemoryFraction, "memory-limit-fraction", 0.9, "GOMEMLIMIT as a fraction of $"+contract.EnvMemoryLimit)
+	fs.Float64Var(&o.MemoryFraction, "memory-limit-fraction", contract.SidecarMemoryFraction, "GOMEMLIMIT as a fraction of $"+contract.EnvMemoryLimit)
 	fs.BoolVar(&o.Check, "check", false, "ask the running sidecar at --listen whether every mount serves, then exit (0: ready)")
 	fs.DurationVar(&o.Wait, "wait", 0, "with --check: keep asking for this long before failing")
 }

@@ -45,6 +45,9 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 	}
 	start := time.Now()
 	setMemoryLimit(o.MemoryFraction)
+	if err := o.fitMemory(o.MemoryFraction); err != nil {
+		return err
+	}
 	reg := metrics.NewRegistry()
 	m := metrics.NewCache(reg)
 	ctx, cancel := context.WithCancelCause(ctx)

@@ -154,9 +154,9 @@ func (c *Config) setDefaults() {
 		c.Sidecar.Binary = "sluice"
 	}
 	if c.Sidecar.Resources.Requests == nil && c.Sidecar.Resources.Limits == nil {
+		// Memory follows the pod's volumes (sizeSidecar).
 		c.Sidecar.Resources = corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("256Mi")},
-			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m")},
 		}
 	}
 	if c.Sidecar.CacheMemory == "" {

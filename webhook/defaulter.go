@@ -130,7 +130,11 @@ func (d *Defaulter) Default(ctx context.Context, pod *corev1.Pod) error {
 		}
 		pod.Spec.Volumes = append(pod.Spec.Volumes, v)
 	}
-	sidecar := d.buildSidecar(sidecarSpec{volumes: vols, native: native, profile: d.Config.Profile})
+	size, err := d.sizeSidecar(pod, len(vols))
+	if err != nil {
+		return err
+	}
+	sidecar := d.buildSidecar(sidecarSpec{volumes: vols, native: native, profile: d.Config.Profile, size: size})
 	if native {
 		pod.Spec.InitContainers = append([]corev1.Container{sidecar}, pod.Spec.InitContainers...)
 	} else {

@@ -27,6 +27,7 @@ type sidecarSpec struct {
 	volumes []sluiceVolume
 	native  bool
 	profile string
+	size    sidecarSizing
 }
 
 // buildSidecar returns the sidecar container.
@@ -35,7 +36,7 @@ func (d *Defaulter) buildSidecar(s sidecarSpec) corev1.Container {
 	args := []string{contract.SidecarSubcommand,
 		"--listen=:" + strconv.Itoa(contract.SidecarPort),
 		"--worker-token-file=" + contract.TokenDir + "/" + contract.TokenFile,
-		"--cache-memory=" + cfg.Sidecar.CacheMemory,
+		"--cache-memory=" + s.size.cacheMemory,
 	}
 	if cfg.diskCache() {
 		args = append(args, "--cache-dir="+cacheMountPath)
@@ -76,7 +77,7 @@ func (d *Defaulter) buildSidecar(s sidecarSpec) corev1.Container {
 		Args:            args,
 		Env:             env,
 		Ports:           []corev1.ContainerPort{{Name: "sluice-fuse", ContainerPort: contract.SidecarPort, Protocol: corev1.ProtocolTCP}},
-		Resources:       *cfg.Sidecar.Resources.DeepCopy(),
+		Resources:       s.size.resources,
 		VolumeMounts:    mounts,
 		SecurityContext: d.securityContext(s.profile),
 		// The sidecar's own message on failure (e.g. "mount data: …").

@@ -45,6 +45,15 @@ const (
 	// NativeSidecarAnnotation ("true"/"false") on a pod overrides the
 	// webhook's choice between a native sidecar and a postStart hook.
 	NativeSidecarAnnotation = "sluice.dev/native-sidecar"
+	// Sidecar resource annotations (quantities) on a pod override how the
+	// webhook sizes its FUSE sidecar: CPU and memory requests and limits,
+	// and each volume's memory tier (--cache-memory), which the sidecar's
+	// memory follows unless the memory annotations are set too.
+	SidecarCPURequestAnnotation    = "sluice.dev/sidecar-cpu-request"
+	SidecarCPULimitAnnotation      = "sluice.dev/sidecar-cpu-limit"
+	SidecarMemoryRequestAnnotation = "sluice.dev/sidecar-memory-request"
+	SidecarMemoryLimitAnnotation   = "sluice.dev/sidecar-memory-limit"
+	CacheMemoryAnnotation          = "sluice.dev/cache-memory"
 
 	// Serverless node defaults.
 	ServerlessNodeLabelKey   = "type"
@@ -172,4 +181,19 @@ func SplitDatasetRef(ref string) (namespace, name string) {
 		return ns, n
 	}
 	return "", ref
+}
+
+// SidecarBaseMemory is what a FUSE sidecar holds beside its volumes' caches:
+// the Go runtime, FUSE and HTTP buffers and the pages of its binary. The
+// README's "Sidecar memory" gives the measurement behind it.
+const SidecarBaseMemory int64 = 64 << 20
+
+// SidecarMemoryFraction of its container's memory limit is what a sidecar
+// lets its caches and the Go heap use (GOMEMLIMIT); the rest is headroom.
+const SidecarMemoryFraction = 0.9
+
+// SidecarMemory is the memory a FUSE sidecar with n volumes needs: the base,
+// and per volume its memory tier and the blocks it may fetch at once.
+func SidecarMemory(n int, tier, block int64, fetches int) int64 {
+	return SidecarBaseMemory + int64(n)*(tier+int64(fetches)*block)
 }
