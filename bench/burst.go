@@ -123,17 +123,23 @@ type BurstResult struct {
 	TTFBp99Ms         float64 `json:"ttfbP99Ms"`
 	AggregateMBps     float64 `json:"aggregateMBps"`
 	Verified          bool    `json:"verified"`
-	Note              string  `json:"note,omitempty"`
+	// ClientPeakRSS and ClientCPUSec: the largest peak RSS of one mounted
+	// client, and one client's mean CPU-seconds (user+sys).
+	ClientPeakRSS int64   `json:"clientPeakRSSBytes,omitempty"`
+	ClientCPUSec  float64 `json:"clientCPUSeconds,omitempty"`
+	Note          string  `json:"note,omitempty"`
 }
 
 // burstEnv is what every mode shares: the origin behind its capped proxy.
 type burstEnv struct {
-	o       *BurstOptions
-	work    string
-	s3      *s3server.Server
-	proxy   *faultproxy.Proxy
-	files   []File
-	dataset int64
+	o     *BurstOptions
+	work  string
+	s3    *s3server.Server
+	proxy *faultproxy.Proxy
+	files []File
+	// clientUse is set by each mounted run (runMounted).
+	clientUse clientUse
+	dataset   int64
 
 	workers    []*child
 	workerURLs []string
@@ -245,10 +251,13 @@ func (e *burstEnv) run(ctx context.Context, mode string, n int) (BurstResult, er
 	switch mode {
 	case ModeNaive:
 		ttfb, makespan, err = e.runNaive(ctx, n)
-	case ModeRclone:
-		ttfb, makespan, err = e.runMounted(ctx, n, e.startRclone)
-	case ModeSluice:
-		ttfb, makespan, err = e.runMounted(ctx, n, e.startSluice)
+	case ModeRclone, ModeSluice:
+		start := e.startSluice
+		if mode == ModeRclone {
+			start = e.startRclone
+		}
+		e.clientUse = clientUse{}
+		ttfb, makespan, err = e.runMounted(ctx, n, start)
 	case ModeCopy:
 		ttfb, makespan, err = e.runCopied(ctx, n)
 	}
@@ -262,6 +271,9 @@ func (e *burstEnv) run(ctx context.Context, mode string, n int) (BurstResult, er
 		MakespanOverIdeal: makespan.Seconds() / ideal, Verified: true,
 		AggregateMBps: float64(e.dataset) * float64(n) / makespan.Seconds() / 1e6}
 	r.TTFBp50Ms, r.TTFBp99Ms = percentile(ttfb, 0.50), percentile(ttfb, 0.99)
+	if mode == ModeRclone || mode == ModeSluice {
+		r.ClientPeakRSS, r.ClientCPUSec = e.clientUse.peakRSS, e.clientUse.cpu
+	}
 	klog.V(2).InfoS("Burst mode done", "mode", mode, "clients", n, "makespan", makespan)
 	return r, nil
 }

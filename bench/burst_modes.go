@@ -81,7 +81,21 @@ func (e *burstEnv) runMounted(ctx context.Context, n int, start func(ctx context
 		}
 		return e.readAll(ctx, dirs[i])
 	})
-	return ttfb, time.Since(t0), err
+	makespan := time.Since(t0)
+	stopAll(kids)
+	e.clientUse = clientUse{}
+	for _, k := range kids {
+		e.clientUse.peakRSS = max(e.clientUse.peakRSS, k.peakRSS())
+		e.clientUse.cpu += k.cpuSeconds() / float64(len(kids))
+	}
+	return ttfb, makespan, err
+}
+
+// clientUse is what the clients of the last mounted run used: the largest
+// peak RSS of one client, and the mean CPU-seconds of one.
+type clientUse struct {
+	peakRSS int64
+	cpu     float64
 }
 
 // readAll reads every file of the dataset under dir, clientConcurrency at a

@@ -15,7 +15,7 @@ func burstTable(results []BurstResult, o *BurstOptions) *Table {
 		Columns: []Column{{Name: "mode"}, {Name: "N", Right: true}, {Name: "origin bytes / dataset", Right: true},
 			{Name: "makespan", Right: true}, {Name: "makespan / (dataset / bw)", Right: true},
 			{Name: "TTFB p50", Right: true}, {Name: "TTFB p99", Right: true}, {Name: "aggregate", Right: true},
-			{Name: "verified"}},
+			{Name: "client peak RSS", Right: true}, {Name: "client CPU-s", Right: true}, {Name: "verified"}},
 	}
 	if len(o.Clients) > 1 {
 		t.Title = fmt.Sprintf("Burst: N clients read %d × %s at once through a %s origin (%d cache workers)",
@@ -25,13 +25,28 @@ func burstTable(results []BurstResult, o *BurstOptions) *Table {
 		t.Rows = append(t.Rows, []string{r.Mode, fmt.Sprint(r.Clients), fmt.Sprintf("%.2f", r.OriginRatio),
 			fmt.Sprintf("%.1f s", r.MakespanSec), fmt.Sprintf("%.2f", r.MakespanOverIdeal),
 			fmt.Sprintf("%.0f ms", r.TTFBp50Ms), fmt.Sprintf("%.0f ms", r.TTFBp99Ms),
-			formatMBps(r.AggregateMBps) + " MB/s", fmt.Sprint(r.Verified)})
+			formatMBps(r.AggregateMBps) + " MB/s", clientRSS(r), clientCPU(r), fmt.Sprint(r.Verified)})
 	}
 	t.Notes = []string{
 		"origin bytes / dataset: how many times the origin served the dataset (1.00 = once).",
 		"makespan / (dataset / bw): burst time over the time to read the dataset once at the origin's bandwidth.",
+		"client peak RSS / CPU-s: the largest resident set of one mounted client (getrusage) and one client's mean user+sys CPU.",
 	}
 	return t
+}
+
+func clientRSS(r BurstResult) string {
+	if r.ClientPeakRSS == 0 {
+		return "-"
+	}
+	return formatBytes(r.ClientPeakRSS)
+}
+
+func clientCPU(r BurstResult) string {
+	if r.ClientPeakRSS == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", r.ClientCPUSec)
 }
 
 func printBurst(out io.Writer, results []BurstResult, o *BurstOptions) {

@@ -259,6 +259,19 @@ func (c *cleanups) run() error {
 	return errors.Join(errs...)
 }
 
+// peakRSS is the largest resident set of a child that has exited, in
+// bytes (getrusage's ru_maxrss); 0 before it exits.
+func (c *child) peakRSS() int64 {
+	select {
+	case <-c.exited:
+		if ru, ok := c.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			return ru.Maxrss << 10 // KiB on Linux
+		}
+	default:
+	}
+	return 0
+}
+
 // cpuSeconds is the user and system CPU time of a child that has exited.
 func (c *child) cpuSeconds() float64 {
 	select {

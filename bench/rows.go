@@ -204,9 +204,11 @@ func (r *runner) sluice(ctx context.Context, row *Row, cacheDir string, passthro
 	served := int64(after[servedMetric] - before[servedMetric])
 	origin := int64(after[originMetric] - before[originMetric])
 	row.Settings = "sluice " + strings.Join(args, " ")
-	cpu := c.cpuSeconds()
-	row.Extra = map[string]any{"bytesRead": read, "bytesServedBySluice": served, "originBytes": origin, "sluiceCPUSeconds": cpu}
-	row.Notes = append(row.Notes, fmt.Sprintf("sluice mount used %.1f CPU-seconds (user+sys) for %s", cpu, formatBytes(read)))
+	cpu, rss := c.cpuSeconds(), c.peakRSS()
+	row.Extra = map[string]any{"bytesRead": read, "bytesServedBySluice": served, "originBytes": origin, "sluiceCPUSeconds": cpu,
+		"sluicePeakRSSBytes": rss}
+	row.Notes = append(row.Notes, fmt.Sprintf("sluice mount used %.1f CPU-seconds (user+sys) for %s; peak RSS %s",
+		cpu, formatBytes(read), formatBytes(rss)))
 	switch {
 	case passthrough && row.Key != "sluice-cold" && served > read/100:
 		row.Notes = append(row.Notes, fmt.Sprintf("passthrough did NOT engage: sluice answered %s of %s with FUSE reads",
