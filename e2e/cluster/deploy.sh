@@ -38,7 +38,21 @@ webhook:
       cacheMemory: 64Mi
 V
 installed=false
-helm status sluice -n sluice-system >/dev/null 2>&1 && installed=true
+if helm status sluice -n sluice-system >/dev/null 2>&1; then
+  installed=true
+elif kubectl -n sluice-system get deployment/sluice-controller >/dev/null 2>&1; then
+  # Installed with kustomize before: Helm adopts objects that carry its
+  # ownership label and annotations. The webhook and its configuration are
+  # made anew (they named the webhook by URL, served on a hostPort).
+  installed=true
+  kubectl delete mutatingwebhookconfiguration sluice-webhook --ignore-not-found >/dev/null
+  kubectl -n sluice-system delete deployment sluice-webhook --ignore-not-found >/dev/null
+  helm template sluice "$ROOT/deploy/charts/sluice" -n sluice-system -f "$D/values.yaml" \
+    --kube-version "$(kubectl version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n1)" >"$D/adopt.yaml"
+  kubectl label -f "$D/adopt.yaml" app.kubernetes.io/managed-by=Helm --overwrite >/dev/null 2>&1 || true
+  kubectl annotate -f "$D/adopt.yaml" meta.helm.sh/release-name=sluice meta.helm.sh/release-namespace=sluice-system \
+    --overwrite >/dev/null 2>&1 || true
+fi
 helm upgrade --install sluice "$ROOT/deploy/charts/sluice" -n sluice-system --create-namespace \
   -f "$D/values.yaml" --wait --timeout 5m >/dev/null
 # A rebuilt image under the same tag: restart what runs it.
