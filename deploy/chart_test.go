@@ -10,8 +10,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/yaml"
 )
@@ -242,6 +244,7 @@ func generate(t *testing.T) map[string][]byte {
 				delete(cfg, "controllerURL") // the release's namespace
 				g.values["webhook"].(map[string]any)["config"] = cfg
 				g.values["webhook"].(map[string]any)["certManager"] = false
+				g.values["webhook"].(map[string]any)["certDays"] = 3650
 				data["config.yaml"] = g.token(`{{ include "sluice.webhookConfig" $ | toJson }}`)
 			}
 			g.resources(obj)
@@ -292,7 +295,8 @@ const valuesHeader = `# Values of the sluice chart (generated with the templates
 #   cacheDir                      the CSI node plugin's disk cache on each node (a hostPath)
 #   csi, controller, webhook, devicePlugin .enabled   install that part
 #   webhook.certManager           the webhook's certificate from cert-manager (else the chart
-#                                 makes one and keeps it across upgrades)
+#                                 makes one and keeps it across upgrades, and makes a new one at
+#                                 the first upgrade in the last third of webhook.certDays)
 #   webhook.config                the webhook's configuration (webhook/config.go); its
 #                                 controllerURL defaults to the controller in this release
 #   resources.<workload>          the sluice container's resources
@@ -396,6 +400,12 @@ func TestHelmTemplate(t *testing.T) {
 		}
 		if secret == nil || mwc == nil {
 			t.Fatalf("want the webhook's TLS Secret and configuration; got %v, %v", secret != nil, mwc != nil)
+		}
+		// The chart renews the certificate at an upgrade in the last third of
+		// its life; the Secret says when it ends.
+		notAfter, err := strconv.ParseInt(nestedString(secret, "metadata", "annotations", "sluice.dev/not-after"), 10, 64)
+		if days := (notAfter - time.Now().Unix()) / 86400; err != nil || days < 3649 || days > 3650 {
+			t.Errorf("sluice.dev/not-after %d (%v): want 3650 days from now", notAfter, err)
 		}
 		ca := mwc["webhooks"].([]any)[0].(map[string]any)["clientConfig"].(map[string]any)["caBundle"]
 		if ca == nil || ca != secret["data"].(map[string]any)["ca.crt"] {

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
@@ -95,8 +96,20 @@ func TestHelmUpgradeAndUninstall(t *testing.T) {
 	const chart, release, sys = "deploy/charts/sluice", "sluice", "sluice-system"
 	root := repoRoot()
 	values := filepath.Join(e.out, "deploy", "values.yaml")
+	// The webhook's certificate in the last third of its life: the upgrade
+	// makes a new one, and the webhook configuration trusts both CAs.
+	oldCert := e.tool(t, "SLUICE_KUBECTL", "-n", sys, "get", "secret", "sluice-webhook-tls", "-o", "jsonpath={.data.tls\\.crt}")
+	e.tool(t, "SLUICE_KUBECTL", "-n", sys, "annotate", "secret", "sluice-webhook-tls", "--overwrite", "sluice.dev/not-after=1")
 	e.tool(t, "SLUICE_HELM", "upgrade", release, filepath.Join(root, chart), "-n", sys, "-f", values,
 		"--set", "logLevel=3", "--wait", "--timeout", "5m")
+	if cert := e.tool(t, "SLUICE_KUBECTL", "-n", sys, "get", "secret", "sluice-webhook-tls", "-o", "jsonpath={.data.tls\\.crt}"); cert == oldCert {
+		t.Error("helm upgrade kept a webhook certificate past two thirds of its life")
+	}
+	bundle := e.tool(t, "SLUICE_KUBECTL", "get", "mutatingwebhookconfiguration", "sluice-webhook", "-o",
+		"jsonpath={.webhooks[0].clientConfig.caBundle}")
+	if pem, err := base64.StdEncoding.DecodeString(bundle); err != nil || strings.Count(string(pem), "BEGIN CERTIFICATE") != 2 {
+		t.Errorf("after the rotation the webhook's caBundle holds %d CAs (%v), want the new and the old", strings.Count(string(pem), "BEGIN CERTIFICATE"), err)
+	}
 	nodeArgs := e.tool(t, "SLUICE_KUBECTL", "-n", sys, "get", "daemonset/sluice-csi-node", "-o",
 		"jsonpath={.spec.template.spec.containers[0].args}")
 	if !strings.Contains(nodeArgs, "-v=3") {
