@@ -242,6 +242,9 @@ func generate(t *testing.T) map[string][]byte {
 					t.Fatal(err)
 				}
 				delete(cfg, "controllerURL") // the release's namespace
+				if sc, ok := cfg["sidecar"].(map[string]any); ok {
+					delete(sc, "image") // the chart's image.*
+				}
 				g.values["webhook"].(map[string]any)["config"] = cfg
 				g.values["webhook"].(map[string]any)["certManager"] = false
 				g.values["webhook"].(map[string]any)["certDays"] = 3650
@@ -298,7 +301,8 @@ const valuesHeader = `# Values of the sluice chart (generated with the templates
 #                                 makes one and keeps it across upgrades, and makes a new one at
 #                                 the first upgrade in the last third of webhook.certDays)
 #   webhook.config                the webhook's configuration (webhook/config.go); its
-#                                 controllerURL defaults to the controller in this release
+#                                 controllerURL defaults to the controller in this release, and
+#                                 sidecar.image to image.repository:image.tag
 #   resources.<workload>          the sluice container's resources
 #   serviceMonitor.enabled        a Prometheus Operator ServiceMonitor for the metrics
 `

@@ -39,7 +39,11 @@ func (d *Defaulter) buildSidecar(s sidecarSpec) corev1.Container {
 		"--cache-memory=" + s.size.cacheMemory,
 	}
 	if cfg.diskCache() {
-		args = append(args, "--cache-dir="+cacheMountPath)
+		// The volumes share the emptyDir: each one's disk tier gets its share
+		// of the sizeLimit, so that together they stay within it.
+		q := resource.MustParse(cfg.Sidecar.CacheDisk) // validated with the configuration
+		per := max(q.Value()/int64(max(len(s.volumes), 1)), 1<<20)
+		args = append(args, "--cache-dir="+cacheMountPath, "--cache-disk="+strconv.FormatInt(per, 10))
 	} else {
 		args = append(args, "--cache-dir=")
 	}
