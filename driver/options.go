@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/app"
 	"github.com/sluice-dev/sluice/internal/contract"
+	"github.com/sluice-dev/sluice/internal/metrics"
 	"github.com/sluice-dev/sluice/internal/mountutil"
 	"github.com/sluice-dev/sluice/internal/volattr"
 )
@@ -60,6 +61,8 @@ type Options struct {
 	Binary string
 	// ChildArgs are passed on to every serve-session (e.g. -v=4).
 	ChildArgs []string
+	// MetricsAddr serves the node's volume health as metrics.
+	MetricsAddr string
 }
 
 // AddFlags registers the flags.
@@ -86,6 +89,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"kubelet plugin registration directory (e.g. /var/lib/kubelet/plugins_registry): register with the kubelet "+
 			"without the node-driver-registrar sidecar; empty: leave registration to the sidecar")
 	fs.StringVar(&o.KubeletEndpoint, "kubelet-endpoint", "", "the CSI socket's path as the kubelet sees it (default: the --endpoint path)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "node: address of /metrics (every volume's health, sluice_csi_volume_*); empty: none")
 	fs.DurationVar(&o.ServeWait, "serve-timeout", 60*time.Second, "how long a dataset session may take to start serving")
 	fs.StringVar(&o.Binary, "serve-binary", "", "sluice binary that serves the FUSE sessions (default: this executable)")
 	_ = fs.MarkHidden("serve-binary")
@@ -185,6 +189,15 @@ func (o *Options) Run(ctx context.Context) error {
 		}
 		go n.sessions.watch(ctx, time.Second, l.exits())
 		svc.node = n
+		if o.MetricsAddr != "" {
+			reg := metrics.NewRegistry()
+			reg.MustRegister(&volumeCollector{sessions: n.sessions})
+			srv, err := metrics.Serve(o.MetricsAddr, reg)
+			if err != nil {
+				return fmt.Errorf("--metrics-addr: %w", err)
+			}
+			defer srv.Close()
+		}
 	}
 	ln, path, err := listen(o.Endpoint)
 	if err != nil {

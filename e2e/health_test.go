@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
 	"github.com/sluice-dev/sluice/internal/contract"
@@ -100,11 +101,16 @@ func TestVolumeHealthOnKubelet(t *testing.T) {
 		return false
 	})
 	t.Logf("origin blackholed: pod status.volumeHealth %+v after %s", health(), d.Round(time.Second))
-	abnormal := `kubelet_volume_stats_health_status_abnormal{namespace="` + ns + `",persistentvolumeclaim="models"}`
-	waitFor("the kubelet's metric "+abnormal+" = 1", 45*time.Second, func() bool { return e.kubeletMetric(t, abnormal) == "1" })
+	running, err := e.cs.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	abnormal := `sluice_csi_volume_abnormal{volume_id="` + pvName + `"}`
+	waitFor("the node plugin's metric "+abnormal+" = 1", 45*time.Second, func() bool { return e.nodePluginMetric(t, abnormal) == "1" })
 	for _, name := range externalMetrics(t) {
-		if v := e.kubeletMetric(t, name+`{namespace="`+ns+`",persistentvolumeclaim="models"}`); v == "" {
-			t.Errorf("the kubelet exports no %s for the PVC (deploy/monitoring uses it)", name)
+		series := name + `{namespace="` + ns + `",persistentvolumeclaim="models"}`
+		if v := e.kubeletMetric(t, running.Spec.NodeName, series); v == "" {
+			t.Errorf("the kubelet exports no %s (deploy/monitoring uses it)", series)
 		}
 	}
 	proxy.SetBlackhole(false)
@@ -117,22 +123,35 @@ func TestVolumeHealthOnKubelet(t *testing.T) {
 		return true
 	})
 	t.Logf("origin back: volume health cleared after %s", d.Round(time.Second))
-	waitFor("the kubelet's metric "+abnormal+" = 0", 45*time.Second, func() bool { return e.kubeletMetric(t, abnormal) == "0" })
+	waitFor("the node plugin's metric "+abnormal+" = 0", 45*time.Second, func() bool { return e.nodePluginMetric(t, abnormal) == "0" })
 }
 
-// kubeletMetric is the value of one series (name{labels} exactly as the
-// kubelet prints it, labels sorted) on the node's kubelet, through the API
-// server's node proxy; "" when the kubelet does not export it.
-func (e *env) kubeletMetric(t *testing.T, series string) string {
+// kubeletMetric is the value of one series (name{labels} exactly as
+// printed, labels sorted) on node's kubelet, through the API server's node
+// proxy; "" when it is not exported.
+func (e *env) kubeletMetric(t *testing.T, node, series string) string {
 	t.Helper()
-	ctx := context.Background()
-	nodes, err := e.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil || len(nodes.Items) != 1 {
-		t.Fatalf("nodes: %v", err)
+	return metricValue(t, e.cs.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", node, "proxy/metrics"), series)
+}
+
+// nodePluginMetric is the value of one series on the CSI node plugin's
+// /metrics, through the API server's pod proxy.
+func (e *env) nodePluginMetric(t *testing.T, series string) string {
+	t.Helper()
+	pods, err := e.cs.CoreV1().Pods("sluice-system").List(context.Background(),
+		metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=sluice-csi-node"})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("the CSI node plugin pod: %v", err)
 	}
-	body, err := e.cs.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", nodes.Items[0].Name, "proxy/metrics").DoRaw(ctx)
+	return metricValue(t, e.cs.CoreV1().RESTClient().Get().AbsPath("/api/v1/namespaces/sluice-system/pods",
+		pods.Items[0].Name+":9810", "proxy/metrics"), series)
+}
+
+func metricValue(t *testing.T, req *rest.Request, series string) string {
+	t.Helper()
+	body, err := req.DoRaw(context.Background())
 	if err != nil {
-		t.Fatalf("the kubelet's metrics: %v", err)
+		t.Fatalf("metrics: %v", err)
 	}
 	for _, line := range strings.Split(string(body), "\n") {
 		if v, ok := strings.CutPrefix(line, series+" "); ok {

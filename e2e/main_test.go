@@ -26,6 +26,8 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // env is what every test shares.
@@ -73,6 +75,7 @@ func repoRoot() string {
 }
 
 func setup() (*env, error) {
+	ctrllog.SetLogger(klog.NewKlogr()) // the Dataset client's logs, through klog like the rest
 	out := filepath.Join(repoRoot(), "_output", "e2e")
 	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(out, "kubeconfig"))
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -12,6 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/testutil"
 	"github.com/sluice-dev/sluice/internal/testutil/kubeapi"
 )
@@ -48,8 +54,9 @@ func TestMonitoringRules(t *testing.T) {
 }
 
 // TestMonitoringUsesRealMetrics: every metric the dashboard and the alerts
-// select is exported by a real cache worker, a mount reading through it or
-// the controller running against a real API server with a Dataset (or is
+// select is exported by a real cache worker, a mount reading through it, a
+// CSI node plugin serving a staged volume, or the controller running
+// against a real API server with a Dataset (or is
 // one of the kubelet's, in external-metrics.txt, which the e2e suite
 // checks on its kubelet).
 func TestMonitoringUsesRealMetrics(t *testing.T) {
@@ -76,6 +83,25 @@ func TestMonitoringUsesRealMetrics(t *testing.T) {
 	o.check(t, dir)
 	scrapeNames(t, "http://"+workerMetrics+"/metrics", "cache worker", have)
 	scrapeNames(t, "http://"+mountMetrics+"/metrics", "mount", have)
+
+	// The node plugin's condition series exist while a volume is unhealthy:
+	// its origin stops answering, and the session's next probe says so.
+	nodeMetrics := "http://" + stagedNode(t, bin, origin, o.creds) + "/metrics"
+	if _, body := get(t, nodeMetrics, ""); !strings.Contains(body, `sluice_csi_volume_abnormal{volume_id="monitoring-vol"} 0`) {
+		t.Errorf("a healthy staged volume is not reported as such:\n%s", body)
+	}
+	o.proxy.SetBlackhole(true)
+	for deadline := time.Now().Add(40 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		_, body := get(t, nodeMetrics, "")
+		if strings.Contains(body, `sluice_csi_volume_abnormal{volume_id="monitoring-vol"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the node plugin did not report the volume of a blackholed origin unhealthy:\n%s", body)
+		}
+	}
+	scrapeNames(t, nodeMetrics, "CSI node plugin", have)
+	o.proxy.SetBlackhole(false)
 
 	srv := kubeapi.Start(t)
 	kubeconfig := srv.WriteKubeconfig(t)
@@ -181,4 +207,57 @@ func scrapeNames(t *testing.T, url, who string, have map[string]string) {
 			}
 		}
 	}
+}
+
+// stagedNode runs `sluice csi --mode node` with one staged volume of origin
+// (NodeStageVolume over its socket, as the kubelet calls it) and returns
+// its metrics address; the volume is unstaged at cleanup.
+func stagedNode(t *testing.T, bin, origin string, creds []string) string {
+	t.Helper()
+	dir := t.TempDir()
+	socket, addr := filepath.Join(dir, "csi.sock"), freeAddr(t)
+	node := exec.Command(bin, "csi", "--mode", "node", "--endpoint", "unix://"+socket, "--node-id", "n1",
+		"--state-dir", filepath.Join(dir, "state"), "--cache-dir", filepath.Join(dir, "cache"), "--worker-token-file", "/nonexistent",
+		"--metrics-addr", addr)
+	log := &testutil.SyncBuffer{}
+	node.Stdout, node.Stderr = log, log
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Process.Kill(); node.Wait() })
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := csi.NewNodeClient(conn)
+	staging := filepath.Join(dir, "staging")
+	secrets := map[string]string{}
+	for _, kv := range creds {
+		k, v, _ := strings.Cut(kv, "=")
+		secrets[k] = v
+	}
+	req := &csi.NodeStageVolumeRequest{VolumeId: "monitoring-vol", StagingTargetPath: staging, Secrets: secrets,
+		VolumeContext: map[string]string{contract.AttrSource: origin},
+		VolumeCapability: &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY}}}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, err = c.NodeStageVolume(ctx, req)
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("NodeStageVolume: %v; node log:\n%s", err, log.String())
+		}
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := c.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "monitoring-vol", StagingTargetPath: staging}); err != nil {
+			t.Errorf("NodeUnstageVolume: %v", err)
+		}
+	})
+	return addr
 }
