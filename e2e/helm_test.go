@@ -18,7 +18,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 
 	"github.com/sluice-dev/sluice/internal/contract"
 )
@@ -51,17 +50,7 @@ func TestHelmUpgradeAndUninstall(t *testing.T) {
 	ctx := context.Background()
 	script := fmt.Sprintf(`i=0; while true; do echo "%s  /data/models/weights.bin" | sha256sum -c - >/dev/null || exit 1; i=$((i+1)); echo "read $i"; sleep 0.2; done`,
 		sha256Hex(e.files["models/weights.bin"]))
-	pod := e.checker("reader", corev1.Volume{Name: "models", VolumeSource: corev1.VolumeSource{
-		CSI: &corev1.CSIVolumeSource{Driver: contract.DriverName, ReadOnly: ptr.To(true),
-			VolumeAttributes:     map[string]string{contract.AttrSource: e.sourceURL()},
-			NodePublishSecretRef: &corev1.LocalObjectReference{Name: "origin"}}}})
-	pod.Spec.Containers[0].Command = []string{"sh", "-c", script}
-	if _, err := e.cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		e.cs.CoreV1().Pods(ns).Delete(context.Background(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))})
-	})
+	pod := e.startInlineScript(t, ns, "reader", script)
 	// reads is the reader's count so far; it fails the test once a read failed.
 	lastRead := regexp.MustCompile(`read (\d+)\s*$`)
 	reads := func() int {

@@ -185,10 +185,7 @@ func TestPVCWithStorageClass(t *testing.T) {
 func TestInlineVolume(t *testing.T) {
 	e, ns := shared, "e2e-inline"
 	e.namespace(t, ns)
-	d := e.runToCompletion(t, ns, e.checker("reader", corev1.Volume{Name: "models", VolumeSource: corev1.VolumeSource{
-		CSI: &corev1.CSIVolumeSource{Driver: contract.DriverName, ReadOnly: ptr.To(true),
-			VolumeAttributes:     map[string]string{contract.AttrSource: e.sourceURL()},
-			NodePublishSecretRef: &corev1.LocalObjectReference{Name: "origin"}}}}), 3*time.Minute)
+	d := e.runToCompletion(t, ns, e.checker("reader", e.inlineVolume()), 3*time.Minute)
 	t.Logf("pod verified every file through an inline volume in %s", d.Round(time.Millisecond))
 }
 
@@ -203,17 +200,7 @@ func TestDriverCrashDuringReads(t *testing.T) {
 	sum := sha256.Sum256(e.files["models/weights.bin"])
 	script := fmt.Sprintf(`i=0; while [ $i -lt 80 ]; do echo "%s  /data/models/weights.bin" | sha256sum -c - >/dev/null || exit 1; i=$((i+1)); sleep 0.25; done; echo read 80 times`,
 		hex.EncodeToString(sum[:]))
-	pod := e.checker("looper", corev1.Volume{Name: "models", VolumeSource: corev1.VolumeSource{
-		CSI: &corev1.CSIVolumeSource{Driver: contract.DriverName, ReadOnly: ptr.To(true),
-			VolumeAttributes:     map[string]string{contract.AttrSource: e.sourceURL()},
-			NodePublishSecretRef: &corev1.LocalObjectReference{Name: "origin"}}}})
-	pod.Spec.Containers[0].Command = []string{"sh", "-c", script}
-	if _, err := e.cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		e.cs.CoreV1().Pods(ns).Delete(context.Background(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))})
-	})
+	pod := e.startInlineScript(t, ns, "looper", script)
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
 		p, err := e.cs.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
 		if err == nil && p.Status.Phase == corev1.PodRunning {
@@ -251,6 +238,29 @@ func TestDriverCrashDuringReads(t *testing.T) {
 			t.Fatal("the looper did not finish")
 		}
 	}
+}
+
+// startInlineScript starts a busybox pod that runs script with the node's
+// origin as an inline volume at /data; it is deleted at cleanup.
+func (e *env) startInlineScript(t *testing.T, ns, name, script string) *corev1.Pod {
+	t.Helper()
+	pod := e.checker(name, e.inlineVolume())
+	pod.Spec.Containers[0].Command = []string{"sh", "-c", script}
+	if _, err := e.cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.cs.CoreV1().Pods(ns).Delete(context.Background(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))})
+	})
+	return pod
+}
+
+// inlineVolume is the node's origin as an inline sluice volume "models".
+func (e *env) inlineVolume() corev1.Volume {
+	return corev1.Volume{Name: "models", VolumeSource: corev1.VolumeSource{
+		CSI: &corev1.CSIVolumeSource{Driver: contract.DriverName, ReadOnly: ptr.To(true),
+			VolumeAttributes:     map[string]string{contract.AttrSource: e.sourceURL()},
+			NodePublishSecretRef: &corev1.LocalObjectReference{Name: "origin"}}}}
 }
 
 // servingPids are the pids of the CSI sessions' serving processes whose
