@@ -129,6 +129,8 @@ bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3
 	$(BIN)/sluice-bench burst --versitygw $(BIN)/versitygw --files 1 --file-size 2Gi --clients 8 \
 		--modes sluice,sluice-copy --json $(OUT)/bench/modelload.json $(BURST_FLAGS)
 	$(BIN)/sluice-bench faults --versitygw $(BIN)/versitygw --json $(OUT)/bench/faults.json $(FAULT_FLAGS)
+	$(BIN)/sluice-bench smallfiles --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone \
+		--json $(OUT)/bench/smallfiles.json $(SMALL_FLAGS)
 
 # Every fuzz target for a bounded time, one at a time (their seed corpora
 # in testdata/fuzz run as plain tests in `make test`). A count such as

@@ -64,17 +64,7 @@ func (o *Options) Validate() error {
 	if o.Sluice, err = sluiceBinary(o.Sluice); err != nil {
 		return err
 	}
-	switch {
-	case o.Rclone == "":
-		o.rcloneSkip = "no --rclone given"
-	case !isExecutable(o.Rclone):
-		o.rcloneSkip = fmt.Sprintf("--rclone %q is not an executable file", o.Rclone)
-	default:
-		// rclone mount (bazil.org/fuse) always mounts through fusermount3.
-		if _, err := exec.LookPath("fusermount3"); err != nil {
-			o.rcloneSkip = "rclone mount needs fusermount3, which is not installed (apt-get install fuse3)"
-		}
-	}
+	o.rcloneSkip = rcloneSkip(o.Rclone)
 	if o.bigSize, err = parseSize("--big-size", o.BigSize); err != nil {
 		return err
 	}
@@ -107,6 +97,21 @@ func (o *Options) Validate() error {
 		}
 	}
 	return nil
+}
+
+// rcloneSkip says why rclone rows cannot run with binary rclone ("" if they can).
+func rcloneSkip(rclone string) string {
+	switch {
+	case rclone == "":
+		return "no --rclone given"
+	case !isExecutable(rclone):
+		return fmt.Sprintf("--rclone %q is not an executable file", rclone)
+	}
+	// rclone mount (bazil.org/fuse) always mounts through fusermount3.
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		return "rclone mount needs fusermount3, which is not installed (apt-get install fuse3)"
+	}
+	return ""
 }
 
 func parseSize(flag, s string) (int64, error) {
@@ -242,9 +247,12 @@ func (o *Options) Run(ctx context.Context, out io.Writer) (err error) {
 	return nil
 }
 
-func (o *Options) makeWorkDir() (string, error) {
-	if o.WorkDir != "" {
-		return o.WorkDir, os.MkdirAll(o.WorkDir, 0o755)
+func (o *Options) makeWorkDir() (string, error) { return makeWorkDir(o.WorkDir) }
+
+// makeWorkDir is dir (created), or a new temporary directory under /var/tmp.
+func makeWorkDir(dir string) (string, error) {
+	if dir != "" {
+		return dir, os.MkdirAll(dir, 0o755)
 	}
 	return os.MkdirTemp("/var/tmp", "sluice-bench-")
 }

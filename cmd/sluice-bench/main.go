@@ -18,7 +18,8 @@ func main() {
 		SilenceErrors: true,
 	}
 	cli.AddKlogFlags(root)
-	root.AddCommand(newDemoCommand(), newBenchDatapathCommand(), newBenchBurstCommand(), newBenchFaultsCommand())
+	root.AddCommand(newDemoCommand(), newBenchDatapathCommand(), newBenchBurstCommand(), newBenchFaultsCommand(),
+		newBenchSmallFilesCommand())
 	cli.TidyHelp(root)
 	cli.Main("sluice-bench", root)
 }
