@@ -27,9 +27,10 @@ type SmallFilesOptions struct {
 	Files                     int    // small files, spread over Dirs directories
 	FileSize                  string // each small file's size
 	Dirs                      int
-	BigDir                    int  // objects of the large directory (1 byte each)
-	Readers                   int  // parallel readers and stat callers
-	DropCaches                bool // measure direct reads with the page cache dropped
+	BigDir                    int      // objects of the large directory (1 byte each)
+	Readers                   int      // parallel readers and stat callers
+	DropCaches                bool     // measure direct reads with the page cache dropped
+	SluiceArgs                []string // more `sluice mount` flags
 	JSON, WorkDir             string
 
 	fileSize   int64
@@ -46,6 +47,7 @@ func (o *SmallFilesOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.Dirs, "dirs", 500, "directories the small files are spread over")
 	fs.IntVar(&o.BigDir, "big-dir", 100000, "objects in the one large directory (0: none)")
 	fs.IntVar(&o.Readers, "readers", 8, "parallel readers (and stat callers)")
+	fs.StringSliceVar(&o.SluiceArgs, "sluice-arg", nil, "another `sluice mount` flag (repeatable), e.g. --sluice-arg=--metadata-ttl=10m")
 	fs.BoolVar(&o.DropCaches, "drop-caches", true, "drop the machine's page cache before the cold direct row (root)")
 	fs.StringVar(&o.JSON, "json", "", "write every number and setting to this JSON file")
 	fs.StringVar(&o.WorkDir, "work-dir", "", "work directory, new or empty; removed at the end (default: a temporary directory under /var/tmp)")

@@ -72,8 +72,9 @@ func (r *smallRunner) measure(ctx context.Context) []*SmallFilesRow {
 	}
 	creds := []string{"AWS_ACCESS_KEY_ID=" + r.gw.AccessKey, "AWS_SECRET_ACCESS_KEY=" + r.gw.SecretKey}
 	mounted("sluice", func(mnt, cache string) (*child, error) {
-		c, err := startChild("sluice mount", mnt, r.o.Sluice, []string{"mount", "s3://" + smallBucket, mnt,
-			"--s3-endpoint", r.gw.Endpoint, "--s3-path-style", "--s3-region", "us-east-1", "--cache-dir", cache}, creds, "serving")
+		args := append([]string{"mount", "s3://" + smallBucket, mnt,
+			"--s3-endpoint", r.gw.Endpoint, "--s3-path-style", "--s3-region", "us-east-1", "--cache-dir", cache}, r.o.SluiceArgs...)
+		c, err := startChild("sluice mount", mnt, r.o.Sluice, args, creds, "serving")
 		if err != nil {
 			return nil, err
 		}

@@ -54,14 +54,16 @@ type diskObject struct {
 	blocks  map[int64]*list.Element // values are *diskBlock
 	pins    int                     // readers, writers and passthrough opens; pinned objects are not evicted
 	nblocks int64
+	openEl  *list.Element // in diskTier.open while its files are open (disk_files.go)
 }
 
 func (o *diskObject) closeFiles() {
-	o.data.Close()
-	o.idx.Close()
-	if o.direct != nil {
-		o.direct.Close()
+	for _, f := range []*os.File{o.data, o.idx, o.direct} {
+		if f != nil {
+			f.Close()
+		}
 	}
+	o.data, o.idx, o.direct = nil, nil, nil
 }
 
 type diskBlock struct {
@@ -87,6 +89,8 @@ type diskTier struct {
 	used    int64
 	objects map[string]*diskObject
 	lru     *list.List // front = most recently used *diskBlock
+	open    *list.List // objects whose files are open, front = most recently used
+	maxOpen int
 }
 
 func openDiskTier(dir string, limit, blockSize int64) (*diskTier, error) {
@@ -102,7 +106,7 @@ func openDiskTier(dir string, limit, blockSize int64) (*diskTier, error) {
 		return nil, fmt.Errorf("cache dir %s is in use by another process: %w", dir, err)
 	}
 	d := &diskTier{dir: dir, limit: limit, blockSize: blockSize, lockFile: lf,
-		objects: map[string]*diskObject{}, lru: list.New()}
+		objects: map[string]*diskObject{}, lru: list.New(), open: list.New(), maxOpen: maxOpenObjects()}
 	if err := d.load(); err != nil {
 		d.close()
 		return nil, err
@@ -214,9 +218,10 @@ func (d *diskTier) openObjectFiles(ref ObjectRef, id string, rewrite bool, live 
 		data.Close()
 		return nil, err
 	}
-	return &diskObject{id: id, ref: ref, data: data, direct: openDirect(d.objectPath(id, ".data")), idx: idx,
-		blocks:  map[int64]*list.Element{},
-		nblocks: nblocks(ref.Size, d.blockSize)}, nil
+	o := &diskObject{id: id, ref: ref, data: data, idx: idx, blocks: map[int64]*list.Element{},
+		nblocks: nblocks(ref.Size, d.blockSize)}
+	d.trackLocked(o)
+	return o, nil
 }
 
 // writeIndex atomically replaces the index with a header and live records.
@@ -281,7 +286,9 @@ func (d *diskTier) read(b BlockRef, p []byte, inOff int64) (diskRead, error) {
 		if el := o.blocks[b.Index]; el != nil && !el.Value.(*diskBlock).pending {
 			blk = el.Value.(*diskBlock)
 			d.lru.MoveToFront(el)
-			o.pins++
+			if d.pinLocked(o) != nil {
+				blk = nil
+			}
 		}
 	}
 	d.mu.Unlock()
@@ -355,16 +362,19 @@ func (d *diskTier) write(b BlockRef, data []byte, crc uint32, direct bool) error
 		}
 		d.objects[id] = o
 	}
+	if err := d.pinLocked(o); err != nil {
+		d.mu.Unlock()
+		return err
+	}
 	blk := &diskBlock{obj: o, index: b.Index, length: uint32(len(data)), crc: crc, pending: true}
 	o.blocks[b.Index] = d.lru.PushFront(blk)
-	o.pins++
 	d.used += int64(len(data))
-	d.mu.Unlock()
-
 	var df *os.File
 	if direct {
-		df = o.direct
+		df = d.directLocked(o)
 	}
+	d.mu.Unlock()
+
 	err := writeBlockData(o.data, df, data, b.Offset())
 	if err == nil {
 		_, err = o.idx.Write(record(b.Index, blk.length, blk.crc))
@@ -404,6 +414,11 @@ func (d *diskTier) removeBlockLocked(el *list.Element) {
 	delete(o.blocks, blk.index)
 	d.used -= int64(blk.length)
 	off := blk.index * d.blockSize
+	if err := d.openLocked(o); err != nil {
+		klog.V(2).InfoS("Opening a disk cache object to evict a block failed", "object", o.ref.Path, "err", err)
+		d.maybeCloseLocked(o)
+		return
+	}
 	if err := unix.Fallocate(int(o.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, int64(blk.length)); err != nil {
 		klog.V(2).InfoS("Punching a hole failed", "object", o.ref.Path, "err", err)
 	}
@@ -419,7 +434,7 @@ func (d *diskTier) maybeCloseLocked(o *diskObject) {
 		return
 	}
 	delete(d.objects, o.id)
-	o.closeFiles()
+	d.closeLocked(o)
 	os.Remove(d.objectPath(o.id, ".idx"))
 	os.Remove(d.objectPath(o.id, ".data"))
 }
@@ -445,7 +460,10 @@ func (d *diskTier) openComplete(ref ObjectRef) (f *os.File, release func(), ok b
 			unverified = append(unverified, blk)
 		}
 	}
-	o.pins++
+	if d.pinLocked(o) != nil {
+		d.mu.Unlock()
+		return nil, nil, false
+	}
 	d.mu.Unlock()
 	// One buffer for every block checked, only as large as the largest: a
 	// 4 MiB buffer per open cost a warm open of a small file 1.6 ms, most

@@ -1,0 +1,60 @@
+package blockcache
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestDiskTierBoundsOpenFiles: with room for 4 open objects, 40 one-block
+// objects are written and read back right, reopened as needed, and the
+// tier never holds the files of more than 4 unpinned objects; the
+// descriptors of the process stay bounded.
+func TestDiskTierBoundsOpenFiles(t *testing.T) {
+	dir := t.TempDir()
+	d, err := openDiskTier(dir, 64<<20, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	d.maxOpen = 4
+	fds := func() int {
+		e, _ := os.ReadDir("/proc/self/fd")
+		return len(e)
+	}
+	before := fds()
+	data := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 1000+i) }
+	ref := func(i int) BlockRef {
+		o := ObjectRef{Source: "test://", Path: fmt.Sprintf("f%03d", i), Version: "v", Size: int64(len(data(i)))}
+		return BlockRef{Object: o, Index: 0, BlockSize: 64 << 10}
+	}
+	for i := range 40 {
+		if err := d.write(ref(i), data(i), Checksum(data(i)), false); err != nil {
+			t.Fatal(err)
+		}
+		if n := d.open.Len(); n > 4 {
+			t.Fatalf("after %d writes %d objects have open files, want ≤ 4", i+1, n)
+		}
+	}
+	for pass := range 2 {
+		for i := range 40 {
+			p := make([]byte, len(data(i)))
+			r, err := d.read(ref(i), p, 0)
+			if err != nil || !r.hit || !bytes.Equal(p, data(i)) {
+				t.Fatalf("pass %d, object %d: hit %v err %v, equal %v", pass, i, r.hit, err, bytes.Equal(p, data(i)))
+			}
+		}
+	}
+	if n := d.open.Len(); n > 4 {
+		t.Errorf("%d objects have open files, want ≤ 4", n)
+	}
+	if grew := fds() - before; grew > 4*2 {
+		t.Errorf("the process holds %d more descriptors after 40 objects, want ≤ 8 (4 objects × data and index)", grew)
+	}
+	// Every object is still in the tier, and its files on disk.
+	if m, _ := filepath.Glob(filepath.Join(dir, "objects", "*", "*.data")); len(m) != 40 {
+		t.Errorf("%d data files, want 40", len(m))
+	}
+}
