@@ -81,7 +81,7 @@ func (c *CacheFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Dir, "cache-dir", defaultCacheDir(), "directory of the disk tier (\"\" disables it)")
 	fs.StringVar(&c.Memory, "cache-memory", "256Mi", "memory tier size (a Kubernetes quantity)")
 	fs.StringVar(&c.Disk, "cache-disk", "10Gi", "disk tier size (a Kubernetes quantity)")
-	fs.BoolVar(&c.DirectDisk, "cache-direct-writes", false, "write the disk tier with O_DIRECT: less CPU per cold read where page-cache allocation is dear, but the first read after it comes from the disk, not the page cache")
+	fs.BoolVar(&c.DirectDisk, "cache-direct-writes", true, "write the disk tier with O_DIRECT: a cold read allocates no page cache for its disk copy (on VMs where that is dear, the largest cost of a cold read); a new mount's first read of the file then comes from the disk (false: buffered writes, whose page cache serves that read)")
 	fs.StringVar(&c.BlockSize, "block-size", "4Mi", "cache block size")
 	fs.IntVar(&c.Readahead, "readahead", blockcache.DefaultReadahead, "blocks fetched ahead of a sequential reader (0 disables)")
 	fs.IntVar(&c.MaxFetches, "max-fetches", blockcache.DefaultMaxFetches, "blocks fetched in parallel from the tier below (origin or workers)")

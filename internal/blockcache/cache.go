@@ -15,9 +15,16 @@
 // when the queue is full rather than delaying a reader. Sequential readers (see Reader) trigger
 // parallel readahead of the next blocks; random readers do not.
 //
-// Lock order: Cache has no lock of its own; memoryTier.mu, diskTier.mu and
-// writeBehind.mu are leaves and are never held together or across a Getter
-// call.
+// Blocks live in reference-counted buffers from a pool (pool.go) that is
+// bounded by MemoryBytes: the memory tier, a fetch in flight, a queued
+// disk write, a reader and a FUSE reply each hold a reference, and a
+// buffer is reused only once the last one is released (reads hand out
+// leases on cached blocks instead of copies: lease.go).
+//
+// Lock order: Cache has no lock of its own; memoryTier.mu is held before
+// bufferPool.mu (an eviction returns a buffer); flights.mu, diskTier.mu,
+// writeBehind.mu and bufferPool.mu are leaves. None is held across a Getter
+// call or another tier's lock.
 package blockcache
 
 import (
@@ -28,7 +35,6 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/sync/singleflight"
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-dev/sluice/internal/metrics"
@@ -74,10 +80,10 @@ type Cache struct {
 	mem      *memoryTier
 	disk     *diskTier
 	behind   *writeBehind // nil without a disk tier
-	flights  singleflight.Group
+	pool     *bufferPool
+	flights  *flights
 	prefetch chan struct{}
 	fetches  *source.Slots
-	promos   *promotions
 	bg       context.Context
 	stop     context.CancelFunc
 }
@@ -112,7 +118,8 @@ func New(cfg Config) (*Cache, error) {
 		cfg.FetchTimeout = DefaultFetchTimeout
 	}
 	c := &Cache{cfg: cfg, mem: newMemoryTier(cfg.MemoryBytes), prefetch: make(chan struct{}, cfg.MaxPrefetch),
-		fetches: source.NewSlots(cfg.MaxFetches), promos: newPromotions()}
+		fetches: source.NewSlots(cfg.MaxFetches), flights: newFlights()}
+	c.pool = newBufferPool(int(cfg.BlockSize), int(cfg.MemoryBytes/cfg.BlockSize), c.reclaim)
 	if cfg.DiskDir != "" {
 		d, err := openDiskTier(cfg.DiskDir, cfg.DiskBytes, cfg.BlockSize)
 		if err != nil {
@@ -137,6 +144,8 @@ func (c *Cache) Close() {
 		c.behind.close()
 		c.disk.close()
 	}
+	c.mem.clear()
+	c.pool.close()
 }
 
 // Stats reports the bytes held by each tier.
@@ -155,61 +164,77 @@ func (c *Cache) block(obj ObjectRef, index int64) BlockRef {
 // ReadAt reads up to len(p) bytes of obj at off. It returns io.EOF when off
 // is at or past the end, and fewer bytes only at the end of the object.
 func (c *Cache) ReadAt(ctx context.Context, obj ObjectRef, p []byte, off int64) (int, error) {
+	l, err := c.Read(ctx, obj, p, off)
+	if l == nil {
+		return 0, err
+	}
+	n := l.CopyTo(p)
+	l.Release()
+	return n, err
+}
+
+// Read reads like ReadAt but leaves the bytes where they are: a block in
+// memory is referenced by the returned Lease, not copied; a block read
+// from the disk tier goes into p. The lease holds fewer bytes only at the
+// end of the object or with an error; the caller releases it.
+func (c *Cache) Read(ctx context.Context, obj ObjectRef, p []byte, off int64) (*Lease, error) {
 	if off < 0 {
-		return 0, fmt.Errorf("negative offset %d", off)
+		return nil, fmt.Errorf("negative offset %d", off)
 	}
 	if off >= obj.Size {
-		return 0, io.EOF
+		return nil, io.EOF
 	}
+	l := newLease()
 	end := min(off+int64(len(p)), obj.Size)
 	for pos := off; pos < end; {
 		b := c.block(obj, pos/c.cfg.BlockSize)
 		inOff := pos - b.Offset()
 		n := min(end-pos, b.Len()-inOff)
-		if err := c.readBlock(ctx, b, p[pos-off:pos-off+n], inOff); err != nil {
-			return int(pos - off), err
+		if err := c.readBlock(ctx, b, p[pos-off:pos-off+n], inOff, l); err != nil {
+			return l, err
 		}
 		pos += n
 	}
-	n := int(end - off)
-	c.cfg.Metrics.Served(n)
-	return n, nil
+	c.cfg.Metrics.Served(l.Len())
+	return l, nil
 }
 
-func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int64) error {
+func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int64, l *Lease) error {
 	key := b.Key()
-	if data, _, ok := c.mem.get(key); ok {
+	if buf, _, ok := c.mem.get(key); ok {
 		c.cfg.Metrics.Hit(metrics.TierMemory)
-		copy(dst, data[inOff:])
+		l.add(buf, buf.data[inOff:inOff+int64(len(dst))])
 		return nil
 	}
 	c.cfg.Metrics.Miss(metrics.TierMemory)
 	if hit, _ := c.readDisk(b, key, dst, inOff); hit {
+		l.add(nil, dst)
 		return nil
 	}
-	data, _, err := c.fetch(ctx, b, key, false)
+	buf, _, err := c.fetch(ctx, b, key, false)
 	if err != nil {
 		return err
 	}
-	copy(dst, data[inOff:])
+	l.add(buf, buf.data[inOff:inOff+int64(len(dst))])
 	return nil
 }
 
 // Block returns the whole block b and its CRC-32C, for servers that send
-// blocks on (the cache workers). The slice is shared: never modify it.
-func (c *Cache) Block(ctx context.Context, b BlockRef) ([]byte, uint32, error) {
+// blocks on (the cache workers). The bytes are the cached block's own:
+// never modify them, and call release once they are sent.
+func (c *Cache) Block(ctx context.Context, b BlockRef) (data []byte, crc uint32, release func(), err error) {
 	key := b.Key()
-	if data, crc, ok := c.mem.get(key); ok {
+	buf, crc, ok := c.mem.get(key)
+	if ok {
 		c.cfg.Metrics.Hit(metrics.TierMemory)
-		c.cfg.Metrics.Served(len(data))
-		return data, crc, nil
+	} else {
+		c.cfg.Metrics.Miss(metrics.TierMemory)
+		if buf, crc, err = c.fetch(ctx, b, key, source.IsReadahead(ctx)); err != nil {
+			return nil, 0, nil, err
+		}
 	}
-	c.cfg.Metrics.Miss(metrics.TierMemory)
-	data, crc, err := c.fetch(ctx, b, key, source.IsReadahead(ctx))
-	if err == nil {
-		c.cfg.Metrics.Served(len(data))
-	}
-	return data, crc, err
+	c.cfg.Metrics.Served(len(buf.data))
+	return buf.data, crc, buf.release, nil
 }
 
 // readDisk serves a block from the disk tier, promoting it to memory when it
@@ -218,7 +243,7 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (hit b
 	if c.disk == nil {
 		return false, 0
 	}
-	r, err := c.disk.read(b, dst, inOff)
+	r, err := c.disk.read(b, dst, inOff, c.pool.get)
 	if r.corrupt {
 		c.cfg.Metrics.Corrupt()
 		klog.InfoS("Cached block failed its checksum; fetching it again", "path", b.Object.Path, "block", b.Index)
@@ -230,80 +255,81 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (hit b
 	c.cfg.Metrics.Hit(metrics.TierDisk)
 	if r.full != nil {
 		c.putMemory(key, r.full, r.crc)
+		r.full.release()
 	}
 	return true, r.crc
 }
 
 // fetch gets a block from the tier below, once per block however many
-// readers ask. The fetch runs on the cache's own context so that one reader
+// readers ask (flights.go), and returns it with a reference the caller
+// releases. The fetch runs on the cache's own context so that one reader
 // giving up does not fail the others; each waiter honours its own ctx. A
-// readahead fetch waits behind demand fetches for a slot and tells the tier
-// below it is readahead (source.WithReadahead) — unless a reader joins it
-// first, which makes it a demand fetch (promote.go).
-func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead bool) ([]byte, uint32, error) {
-	if !readahead {
-		c.promos.demand(key)
-	}
-	ch := c.flights.DoChan(key, func() (any, error) {
-		pr := c.promos.enter(key)
-		defer c.promos.leave(key, pr)
-		if data, crc, ok := c.mem.get(key); ok {
-			return memEntry{data: data, crc: crc}, nil
+// readahead fetch waits behind demand fetches for a slot and tells the
+// tier below it is readahead (source.WithReadahead) — unless a reader
+// joins it first, which makes it a demand fetch.
+func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead bool) (*buffer, uint32, error) {
+	f := c.flights.join(key, readahead, func(f *flight) {
+		buf, crc, err := c.fly(b, key, readahead, f)
+		c.flights.finish(key, f, buf, crc, err)
+		if buf != nil {
+			buf.release()
 		}
-		if c.behind != nil {
-			if data, crc, ok := c.behind.lookup(key); ok {
-				c.putMemory(key, data, crc)
-				return memEntry{data: data, crc: crc}, nil
-			}
-		}
-		if c.disk != nil && c.disk.has(b) {
-			buf := make([]byte, b.Len())
-			if hit, crc := c.readDisk(b, key, buf, 0); hit {
-				return memEntry{data: buf, crc: crc}, nil
-			}
-		}
-		// The wait for a slot and the transfer each get the whole budget:
-		// a transfer cut short because its slot came late would leave
-		// the bytes it had for the next attempt to fetch again.
-		wctx, cancelWait := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
-		err := c.fetches.AcquirePromotable(wctx, readahead, pr.ch)
-		cancelWait()
-		if err != nil {
-			return nil, err
-		}
-		defer c.fetches.Release()
-		fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
-		defer cancel()
-		if readahead && !c.promos.promoted(pr) {
-			fctx = source.WithReadahead(fctx)
-		}
-		buf := make([]byte, b.Len())
-		start := time.Now()
-		crc, known, err := c.get(fctx, b, buf)
-		c.cfg.Metrics.Fetched(len(buf), time.Since(start), err)
-		if err != nil {
-			return nil, fmt.Errorf("fetching block %d of %s: %w", b.Index, b.Object.Path, err)
-		}
-		if !known {
-			crc = Checksum(buf)
-		}
-		c.putMemory(key, buf, crc)
-		if c.disk != nil && !c.behind.submit(b, buf, crc) {
-			c.cfg.Metrics.DiskDropped()
-		}
-		c.publishSizes()
-		return memEntry{data: buf, crc: crc}, nil
 	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, 0, r.Err
-		}
-		e := r.Val.(memEntry)
-		return e.data, e.crc, nil
-	case <-ctx.Done():
-		return nil, 0, ctx.Err()
+	return c.flights.wait(ctx, f)
+}
+
+// fly is one flight's work: the block from memory, the write-behind queue,
+// the disk or the tier below, with one reference for the flight.
+func (c *Cache) fly(b BlockRef, key string, readahead bool, f *flight) (*buffer, uint32, error) {
+	if buf, crc, ok := c.mem.get(key); ok {
+		return buf, crc, nil
 	}
+	if c.behind != nil {
+		if buf, crc, ok := c.behind.lookup(key); ok {
+			c.putMemory(key, buf, crc)
+			return buf, crc, nil
+		}
+	}
+	if c.disk != nil && c.disk.has(b) {
+		buf := c.pool.get(int(b.Len()))
+		if hit, crc := c.readDisk(b, key, buf.data, 0); hit {
+			c.putMemory(key, buf, crc)
+			return buf, crc, nil
+		}
+		buf.release()
+	}
+	// The wait for a slot and the transfer each get the whole budget:
+	// a transfer cut short because its slot came late would leave
+	// the bytes it had for the next attempt to fetch again.
+	wctx, cancelWait := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
+	err := c.fetches.AcquirePromotable(wctx, readahead, f.promote)
+	cancelWait()
+	if err != nil {
+		return nil, 0, err
+	}
+	defer c.fetches.Release()
+	fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
+	defer cancel()
+	if readahead && !c.flights.isPromoted(f) {
+		fctx = source.WithReadahead(fctx)
+	}
+	buf := c.pool.get(int(b.Len()))
+	start := time.Now()
+	crc, known, err := c.get(fctx, b, buf.data)
+	c.cfg.Metrics.Fetched(len(buf.data), time.Since(start), err)
+	if err != nil {
+		buf.release()
+		return nil, 0, fmt.Errorf("fetching block %d of %s: %w", b.Index, b.Object.Path, err)
+	}
+	if !known {
+		crc = Checksum(buf.data)
+	}
+	c.putMemory(key, buf, crc)
+	if c.disk != nil && !c.behind.submit(b, buf, crc) {
+		c.cfg.Metrics.DiskDropped()
+	}
+	c.publishSizes()
+	return buf, crc, nil
 }
 
 // get fetches b into buf from the tier below, with the block's checksum
@@ -315,10 +341,20 @@ func (c *Cache) get(ctx context.Context, b BlockRef, buf []byte) (uint32, bool, 
 	return 0, false, c.cfg.Getter.GetBlock(ctx, b, buf)
 }
 
-func (c *Cache) putMemory(key string, data []byte, crc uint32) {
-	for range c.mem.put(key, data, crc) {
+func (c *Cache) putMemory(key string, buf *buffer, crc uint32) {
+	for range c.mem.put(key, buf, crc) {
 		c.cfg.Metrics.Evicted(metrics.TierMemory)
 	}
+}
+
+// reclaim drops the least recently used block from memory so that the
+// pool can reuse its buffer.
+func (c *Cache) reclaim() bool {
+	if !c.mem.evictOne() {
+		return false
+	}
+	c.cfg.Metrics.Evicted(metrics.TierMemory)
+	return true
 }
 
 func (c *Cache) publishSizes() {
@@ -337,7 +373,7 @@ func (c *Cache) present(b BlockRef) bool {
 	if c.disk == nil {
 		return false
 	}
-	if _, _, ok := c.behind.lookup(b.Key()); ok {
+	if c.behind.has(b.Key()) {
 		return true
 	}
 	return c.disk.has(b)
@@ -359,9 +395,12 @@ func (c *Cache) Prefetch(obj ObjectRef, from, to int64) {
 				return
 			}
 			defer func() { <-c.prefetch }()
-			if _, _, err := c.fetch(c.bg, b, b.Key(), true); err != nil {
+			buf, _, err := c.fetch(c.bg, b, b.Key(), true)
+			if err != nil {
 				klog.V(4).InfoS("Readahead failed", "path", b.Object.Path, "block", b.Index, "err", err)
+				return
 			}
+			buf.release()
 		}()
 	}
 }

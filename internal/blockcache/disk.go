@@ -269,16 +269,18 @@ type diskRead struct {
 	hit bool
 	// corrupt: the block failed its checksum and was dropped.
 	corrupt bool
-	// full is the whole block when it was read and verified just now (so
-	// the caller can keep it in memory), nil otherwise; crc its checksum.
-	full []byte
+	// full is the whole block, with a reference the caller releases, when
+	// it was read into a buffer of get's and verified just now (so the
+	// caller can keep it in memory); nil otherwise. crc is its checksum.
+	full *buffer
 	crc  uint32
 }
 
 // read copies block bytes [inOff, inOff+len(p)) into p. A verified block is
-// read straight into p; an unverified one is read whole, checked, and
-// returned as full (p is filled too).
-func (d *diskTier) read(b BlockRef, p []byte, inOff int64) (diskRead, error) {
+// read straight into p; an unverified one is read whole and checked: into p
+// when p is the whole block, else into a buffer from get returned as full
+// (p is filled too).
+func (d *diskTier) read(b BlockRef, p []byte, inOff int64, get func(int) *buffer) (diskRead, error) {
 	d.mu.Lock()
 	o := d.objects[b.Object.id()]
 	var blk *diskBlock
@@ -302,18 +304,29 @@ func (d *diskTier) read(b BlockRef, p []byte, inOff int64) (diskRead, error) {
 		}
 		return diskRead{hit: true, crc: blk.crc}, nil
 	}
-	buf := make([]byte, blk.length)
-	if _, err := o.data.ReadAt(buf, b.Offset()); err != nil && !errors.Is(err, io.EOF) {
+	whole := inOff == 0 && len(p) == int(blk.length)
+	var buf *buffer
+	data := p
+	if !whole {
+		buf = get(int(blk.length))
+		data = buf.data
+	}
+	if _, err := o.data.ReadAt(data, b.Offset()); err != nil && !errors.Is(err, io.EOF) {
+		buf.releaseIfAny()
 		return diskRead{}, err
 	}
-	if Checksum(buf) != blk.crc {
+	if Checksum(data) != blk.crc {
+		buf.releaseIfAny()
 		d.drop(o, b.Index)
 		return diskRead{corrupt: true}, nil
 	}
 	d.mu.Lock()
 	blk.verified = true
 	d.mu.Unlock()
-	copy(p, buf[inOff:])
+	if whole {
+		return diskRead{hit: true, crc: blk.crc}, nil
+	}
+	copy(p, data[inOff:])
 	return diskRead{hit: true, full: buf, crc: blk.crc}, nil
 }
 

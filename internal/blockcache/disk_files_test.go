@@ -41,7 +41,7 @@ func TestDiskTierBoundsOpenFiles(t *testing.T) {
 	for pass := range 2 {
 		for i := range 40 {
 			p := make([]byte, len(data(i)))
-			r, err := d.read(ref(i), p, 0)
+			r, err := d.read(ref(i), p, 0, newBufferPool(4096, 1, nil).get)
 			if err != nil || !r.hit || !bytes.Equal(p, data(i)) {
 				t.Fatalf("pass %d, object %d: hit %v err %v, equal %v", pass, i, r.hit, err, bytes.Equal(p, data(i)))
 			}

@@ -5,8 +5,14 @@ import (
 	"sync"
 )
 
-// memoryTier is a byte-bounded LRU of whole blocks. Blocks are immutable
-// once inserted: readers may keep a slice after eviction, it is never reused.
+// memoryTier is a byte-bounded LRU of whole blocks. It holds one reference
+// to each block's buffer; a reader takes its own (get), so a block evicted
+// while it is read stays intact until the reader releases it. A pooled
+// buffer costs its whole mapping against the limit, a heap buffer its
+// length.
+//
+// Lock order: memoryTier.mu is taken before bufferPool.mu (an eviction
+// may return a buffer to the pool), never after.
 type memoryTier struct {
 	mu    sync.Mutex
 	limit int64
@@ -16,17 +22,18 @@ type memoryTier struct {
 }
 
 type memEntry struct {
-	key  string
-	data []byte
-	crc  uint32 // CRC-32C of data
+	key string
+	buf *buffer
+	crc uint32 // CRC-32C of buf.data
 }
 
 func newMemoryTier(limit int64) *memoryTier {
 	return &memoryTier{limit: limit, order: list.New(), items: map[string]*list.Element{}}
 }
 
-// get returns the block and its checksum and marks it recently used.
-func (m *memoryTier) get(key string) ([]byte, uint32, bool) {
+// get returns the block with a reference the caller releases, and its
+// checksum, and marks it recently used.
+func (m *memoryTier) get(key string) (*buffer, uint32, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	el, ok := m.items[key]
@@ -35,7 +42,7 @@ func (m *memoryTier) get(key string) ([]byte, uint32, bool) {
 	}
 	m.order.MoveToFront(el)
 	e := el.Value.(*memEntry)
-	return e.data, e.crc, true
+	return e.buf.ref(), e.crc, true
 }
 
 // contains reports presence without touching the LRU order.
@@ -46,11 +53,11 @@ func (m *memoryTier) contains(key string) bool {
 	return ok
 }
 
-// put inserts a block, evicting least recently used ones to stay within the
-// limit. A block larger than the whole limit is not kept. It returns the
-// number of evicted blocks.
-func (m *memoryTier) put(key string, data []byte, crc uint32) int {
-	size := int64(len(data))
+// put inserts a block (taking its own reference), evicting least recently
+// used ones to stay within the limit. A block larger than the whole limit
+// is not kept. It returns the number of evicted blocks.
+func (m *memoryTier) put(key string, buf *buffer, crc uint32) int {
+	size := buf.cost()
 	if size > m.limit {
 		return 0
 	}
@@ -61,17 +68,40 @@ func (m *memoryTier) put(key string, data []byte, crc uint32) int {
 		return 0
 	}
 	evicted := 0
-	for m.used+size > m.limit {
-		last := m.order.Back()
-		e := last.Value.(*memEntry)
-		m.order.Remove(last)
-		delete(m.items, e.key)
-		m.used -= int64(len(e.data))
+	for m.used+size > m.limit && m.evictLocked() {
 		evicted++
 	}
-	m.items[key] = m.order.PushFront(&memEntry{key: key, data: data, crc: crc})
+	m.items[key] = m.order.PushFront(&memEntry{key: key, buf: buf.ref(), crc: crc})
 	m.used += size
 	return evicted
+}
+
+// evictOne drops the least recently used block; false when empty.
+func (m *memoryTier) evictOne() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.evictLocked()
+}
+
+func (m *memoryTier) evictLocked() bool {
+	last := m.order.Back()
+	if last == nil {
+		return false
+	}
+	e := last.Value.(*memEntry)
+	m.order.Remove(last)
+	delete(m.items, e.key)
+	m.used -= e.buf.cost()
+	e.buf.release()
+	return true
+}
+
+// clear drops every block.
+func (m *memoryTier) clear() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for m.evictLocked() {
+	}
 }
 
 func (m *memoryTier) size() int64 {

@@ -29,10 +29,23 @@ func (r *Reader) Object() ObjectRef { return r.obj }
 
 // ReadAt reads like Cache.ReadAt and schedules readahead for sequential runs.
 func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if ra := int64(r.c.cfg.Readahead); ra > 0 && len(p) > 0 && off < r.obj.Size {
+	r.ahead(len(p), off)
+	return r.c.ReadAt(ctx, r.obj, p, off)
+}
+
+// Read reads like Cache.Read and schedules readahead for sequential runs.
+func (r *Reader) Read(ctx context.Context, p []byte, off int64) (*Lease, error) {
+	r.ahead(len(p), off)
+	return r.c.Read(ctx, r.obj, p, off)
+}
+
+// ahead schedules readahead when a read of n bytes at off continues a
+// sequential run.
+func (r *Reader) ahead(n int, off int64) {
+	if ra := int64(r.c.cfg.Readahead); ra > 0 && n > 0 && off < r.obj.Size {
 		bs := r.c.cfg.BlockSize
 		first := off / bs
-		last := (min(off+int64(len(p)), r.obj.Size) - 1) / bs
+		last := (min(off+int64(n), r.obj.Size) - 1) / bs
 		var from, to int64 = 0, -1
 		r.mu.Lock()
 		// Kernel readahead may deliver a request slightly out of order:
@@ -51,5 +64,4 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 			r.c.Prefetch(r.obj, from, to)
 		}
 	}
-	return r.c.ReadAt(ctx, r.obj, p, off)
 }

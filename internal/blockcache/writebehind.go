@@ -40,10 +40,12 @@ type writeBehind struct {
 	lastDone time.Time // when a write last finished
 }
 
+// diskJob is a queued write; it holds a reference to buf until it is
+// written or dropped.
 type diskJob struct {
-	b    BlockRef
-	data []byte
-	crc  uint32
+	b   BlockRef
+	buf *buffer
+	crc uint32
 }
 
 // objectWrites counts an object's queued or running writes; done closes
@@ -81,7 +83,7 @@ func newWriteBehind(write func(BlockRef, []byte, uint32, bool) error, queued int
 // room while the disk makes progress (a write finished within stuckAfter),
 // at most stuckAfter; it drops the copy and reports false when the disk is
 // stuck or the queue closed.
-func (w *writeBehind) submit(b BlockRef, data []byte, crc uint32) bool {
+func (w *writeBehind) submit(b BlockRef, buf *buffer, crc uint32) bool {
 	id := b.Object.id()
 	w.mu.Lock()
 	if w.closed {
@@ -94,7 +96,7 @@ func (w *writeBehind) submit(b BlockRef, data []byte, crc uint32) bool {
 		w.pending[id] = ow
 	}
 	ow.n++
-	job := diskJob{b: b, data: data, crc: crc}
+	job := diskJob{b: b, buf: buf.ref(), crc: crc}
 	w.queued[b.Key()] = job
 	progressing := time.Since(w.lastDone) < w.stuck
 	w.senders.Add(1)
@@ -126,19 +128,31 @@ func (w *writeBehind) submit(b BlockRef, data []byte, crc uint32) bool {
 	return false
 }
 
-// lookup returns a block that is queued for the disk: evicted from memory
-// before its write, it is still served from here, not fetched again.
-func (w *writeBehind) lookup(key string) ([]byte, uint32, bool) {
+// lookup returns a block that is queued for the disk, with a reference
+// the caller releases: evicted from memory before its write, it is still
+// served from here, not fetched again.
+func (w *writeBehind) lookup(key string) (*buffer, uint32, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	j, ok := w.queued[key]
-	return j.data, j.crc, ok
+	if !ok {
+		return nil, 0, false
+	}
+	return j.buf.ref(), j.crc, true
+}
+
+// has reports whether a block is queued for the disk.
+func (w *writeBehind) has(key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.queued[key]
+	return ok
 }
 
 func (w *writeBehind) run() {
 	defer w.wg.Done()
 	for j := range w.jobs {
-		if err := w.write(j.b, j.data, j.crc, w.direct); err != nil {
+		if err := w.write(j.b, j.buf.data, j.crc, w.direct); err != nil {
 			klog.V(2).InfoS("Disk tier write failed", "path", j.b.Object.Path, "block", j.b.Index, "err", err)
 		}
 		w.finished(j, true)
@@ -149,6 +163,7 @@ func (w *writeBehind) run() {
 // the disk (a dropped copy is no sign of the disk's progress).
 func (w *writeBehind) finished(j diskJob, wrote bool) {
 	id := j.b.Object.id()
+	defer j.buf.release() // after the unlock: the pool's lock is a leaf
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.queued, j.b.Key())

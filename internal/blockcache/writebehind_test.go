@@ -144,10 +144,11 @@ func TestOneChecksumPassPerBlock(t *testing.T) {
 	data := testutil.RandBytes(2*(64<<10), 13)
 	obj := g.add("f", data)
 	c := newTestCache(t, crcGetter{g, func(p []byte) uint32 { return Checksum(p) ^ 1 }}, nil)
-	_, crc, err := c.Block(context.Background(), c.block(obj, 0))
+	_, crc, release, err := c.Block(context.Background(), c.block(obj, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
+	release()
 	if crc != Checksum(data[:64<<10])^1 {
 		t.Fatalf("stored checksum %08x: computed again instead of taken from the tier below", crc)
 	}

@@ -276,11 +276,12 @@ func (s *Server) read(ctx context.Context, r *http.Request, p string) (func(http
 	if r.Header.Get(ReadaheadHeader) == "1" {
 		ctx = source.WithReadahead(ctx)
 	}
-	body, crc, err := s.body(ctx, obj, off, n)
+	body, crc, release, err := s.body(ctx, obj, off, n)
 	if err != nil {
 		return nil, err
 	}
 	return func(w http.ResponseWriter) {
+		defer release()
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 		w.Header().Set(ChecksumHeader, strconv.FormatUint(uint64(crc), 16))
@@ -293,17 +294,17 @@ func (s *Server) read(ctx context.Context, r *http.Request, p string) (func(http
 // body returns the bytes [off, off+n) of obj and their CRC-32C. A request
 // for exactly one cache block (clients use the workers' block size) is
 // answered from the cached block itself, with its stored checksum: no copy,
-// no second checksum pass.
-func (s *Server) body(ctx context.Context, obj blockcache.ObjectRef, off, n int64) ([]byte, uint32, error) {
+// no second checksum pass; release gives the block back once it is sent.
+func (s *Server) body(ctx context.Context, obj blockcache.ObjectRef, off, n int64) ([]byte, uint32, func(), error) {
 	bs := s.cfg.Cache.BlockSize()
 	if b := (blockcache.BlockRef{Object: obj, Index: off / bs, BlockSize: bs}); off%bs == 0 && n == b.Len() {
 		return s.cfg.Cache.Block(ctx, b)
 	}
 	buf := make([]byte, n)
 	if _, err := s.cfg.Cache.ReadAt(ctx, obj, buf, off); err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
-	return buf, blockcache.Checksum(buf), nil
+	return buf, blockcache.Checksum(buf), func() {}, nil
 }
 
 // entry returns the file entry at p with the requested version, looking

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -104,6 +105,10 @@ type fileNode struct {
 	fsys  *FS
 	path  string
 	entry source.Entry
+	// served counts the bytes this process answered for the node itself
+	// (not by passthrough); the kernel keeps them in the node's page
+	// cache (FOPEN_KEEP_CACHE) until memory is short.
+	served atomic.Int64
 }
 
 var (
@@ -121,9 +126,17 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		return nil, 0, syscall.EROFS
 	}
 	obj := blockcache.ObjectRef{Source: f.fsys.ns.Source().ID(), Path: f.path, Version: f.entry.Version, Size: f.entry.Size}
-	h := &handle{r: f.fsys.cache.NewReader(obj)}
+	h := &handle{r: f.fsys.cache.NewReader(obj), served: &f.served}
 	if f.fsys.opts.Passthrough && !f.fsys.front.cachedOpen(f.StableAttr().Ino) {
 		h.file, h.release, _ = f.fsys.cache.OpenLocal(obj)
+		if h.file != nil && f.served.Load() >= f.entry.Size && !pageCached(h.file, f.entry.Size) {
+			// This process answered the whole file and the disk tier
+			// wrote it with O_DIRECT: the node's own page cache has the
+			// bytes, the backing file's has not. Reading them again
+			// beats reading the backing file from the disk.
+			h.release()
+			h.file, h.release = nil, nil
+		}
 	}
 	f.fsys.prefetchNext(ctx, f.path)
 	// NOFLUSH: a read-only file has nothing to flush, and a close without
@@ -137,6 +150,7 @@ type handle struct {
 	r       *blockcache.Reader
 	file    *os.File
 	release func()
+	served  *atomic.Int64 // the node's
 }
 
 var (
@@ -145,9 +159,14 @@ var (
 	_ = (fs.FilePassthroughFder)((*handle)(nil))
 )
 
+// Read answers with the cached blocks themselves (leaseResult): go-fuse
+// writes them to the kernel with writev and releases them after.
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := h.r.ReadAt(ctx, dest, off)
+	l, err := h.r.Read(ctx, dest, off)
 	if err != nil && err != io.EOF {
+		if l != nil {
+			l.Release()
+		}
 		if ctx.Err() == nil {
 			// The reader gets EIO (or the errno of a definite answer); the
 			// cause is here. An interrupted read is the reader's choice.
@@ -155,7 +174,28 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		}
 		return nil, errno(err)
 	}
-	return fuse.ReadResultData(dest[:n]), 0
+	if l == nil { // at or past the end
+		return fuse.ReadResultData(nil), 0
+	}
+	h.served.Add(int64(l.Len()))
+	return leaseResult{l}, 0
+}
+
+// leaseResult is a fuse.ReadResult over a blockcache.Lease. It has
+// go-fuse's Slices method, so the reply is written from the slices
+// without a copy; Done runs once the reply is written.
+type leaseResult struct{ l *blockcache.Lease }
+
+func (r leaseResult) Size() int                       { return r.l.Len() }
+func (r leaseResult) Slices() ([][]byte, fuse.Status) { return r.l.Slices(), fuse.OK }
+func (r leaseResult) Done()                           { r.l.Release() }
+func (r leaseResult) Bytes(buf []byte) ([]byte, fuse.Status) {
+	if cap(buf) < r.l.Len() {
+		buf = make([]byte, r.l.Len())
+	}
+	buf = buf[:r.l.Len()]
+	r.l.CopyTo(buf)
+	return buf, fuse.OK
 }
 
 func (h *handle) PassthroughFd() (int, bool) {
