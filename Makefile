@@ -120,9 +120,14 @@ demo: tools build
 bench-fusermount3:
 	@command -v fusermount3 >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fuse3; }
 
-bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3
+# s3fs (Debian s3fs-fuse) is the data-path benchmark's second peer.
+.PHONY: bench-s3fs
+bench-s3fs:
+	@command -v s3fs >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y s3fs; }
+
+bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3 bench-s3fs
 	mkdir -p $(OUT)/bench
-	$(BIN)/sluice-bench datapath --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone \
+	$(BIN)/sluice-bench datapath --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone --s3fs "$$(command -v s3fs)" \
 		--json $(OUT)/bench/datapath.json $(BENCH_FLAGS)
 	$(BIN)/sluice-bench burst --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone --clients 16,64 \
 		--json $(OUT)/bench/burst.json $(BURST_FLAGS)

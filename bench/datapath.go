@@ -25,6 +25,7 @@ const Bucket = "bench"
 type Options struct {
 	VersityGW      string // versitygw binary (required)
 	Rclone         string // rclone binary; empty or missing: rclone rows are skipped
+	S3fs           string // s3fs binary; empty or missing: s3fs rows are skipped
 	Sluice         string // sluice binary; empty: the running executable
 	BigSize        string // W1's file
 	SmallSize      string // each of W2's files
@@ -36,12 +37,14 @@ type Options struct {
 
 	bigSize, smallSize, getRange int64
 	rcloneSkip                   string // why rclone rows are skipped ("" = they run)
+	s3fsSkip                     string // why s3fs rows are skipped ("" = they run)
 }
 
 // AddFlags registers the flags.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.VersityGW, "versitygw", "", "versitygw binary (the S3 origin; required)")
 	fs.StringVar(&o.Rclone, "rclone", "", "rclone binary for the rclone rows (empty or missing: rows skipped)")
+	fs.StringVar(&o.S3fs, "s3fs", "", "s3fs binary (Debian s3fs-fuse) for the s3fs rows (empty or missing: rows skipped)")
 	fs.StringVar(&o.Sluice, "sluice", "", "sluice binary to mount with (default: the sluice beside this executable)")
 	fs.StringVar(&o.BigSize, "big-size", "2Gi", "size of W1's file (one sequential reader)")
 	fs.StringVar(&o.SmallSize, "small-size", "256Mi", "size of each of W2's files")
@@ -65,6 +68,7 @@ func (o *Options) Validate() error {
 		return err
 	}
 	o.rcloneSkip = rcloneSkip(o.Rclone)
+	o.s3fsSkip = s3fsSkip(o.S3fs)
 	if o.bigSize, err = parseSize("--big-size", o.BigSize); err != nil {
 		return err
 	}
@@ -215,6 +219,9 @@ func (o *Options) Run(ctx context.Context, out io.Writer) (err error) {
 	}
 	if o.rcloneSkip == "" {
 		versions["rclone"] = versionOf(ctx, o.Rclone, "version")
+	}
+	if o.s3fsSkip == "" {
+		versions["s3fs"] = s3fsVersion(ctx, o.S3fs)
 	}
 	rows := r.measureRows(ctx)
 	if err := ctx.Err(); err != nil {

@@ -123,8 +123,9 @@ func TestDatapathSmoke(t *testing.T) {
 	if err := json.Unmarshal(data, &rep); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]bool{"direct": true, "get": true, "sluice-cold": true, "sluice-warm": true,
-		"sluice-warm-nopt": true, "loopback": true, "workers": true, "workers-tls": true, "rclone-cold": false, "rclone-warm": false}
+	want := map[string]bool{"direct": true, "get": true, "sluice-cold": true, "sluice-again": true, "sluice-warm": true,
+		"sluice-warm-nopt": true, "sluice-cold-buffered": true, "sluice-warm-buffered": true, "loopback": true,
+		"workers": true, "workers-tls": true, "rclone-cold": false, "rclone-warm": false, "s3fs-cold": false, "s3fs-warm": false}
 	if len(rep.Rows) != len(want) {
 		t.Fatalf("%d rows, want %d", len(rep.Rows), len(want))
 	}
@@ -134,15 +135,21 @@ func TestDatapathSmoke(t *testing.T) {
 		case !ok:
 			t.Errorf("unexpected row %q", r.Key)
 		case !measured && r.Skipped == "":
-			t.Errorf("row %s not skipped without rclone", r.Key)
+			t.Errorf("row %s not skipped without rclone and s3fs", r.Key)
 		case measured && (r.Error != "" || r.W1 == nil || r.W2 == nil):
 			t.Errorf("row %s: error %q, measurements %v %v", r.Key, r.Error, r.W1, r.W2)
 		case measured && (r.W1.Bytes != 8<<20 || r.W2.Bytes != 4<<20 || r.W1.MBps <= 0):
 			t.Errorf("row %s read %d and %d bytes (%.0f MB/s), want 8Mi and 4Mi", r.Key, r.W1.Bytes, r.W2.Bytes, r.W1.MBps)
 		}
 	}
-	if len(rep.Targets) != 8 || rep.Env.Kernel == "" || rep.Env.Versions["sluice"] == "" {
-		t.Errorf("targets %d (want 8), env %+v", len(rep.Targets), rep.Env)
+	// 12 ratio targets of 6 rows on two workloads, 6 limits (CPU, RSS).
+	if len(rep.Targets) != 18 || rep.Env.Kernel == "" || rep.Env.Versions["sluice"] == "" {
+		t.Errorf("targets %d (want 18), env %+v", len(rep.Targets), rep.Env)
+	}
+	for _, r := range rep.Rows {
+		if r.W1 != nil && strings.HasPrefix(r.Key, "sluice-cold") && r.CPUPerGiB <= 0 {
+			t.Errorf("row %s has no CPU-seconds per GiB", r.Key)
+		}
 	}
 	if !strings.Contains(out.String(), "sluice warm (passthrough)") {
 		t.Errorf("table missing from the output")

@@ -23,6 +23,38 @@ type Row struct {
 	Error    string         `json:"error,omitempty"`
 	Extra    map[string]any `json:"extra,omitempty"`
 	Notes    []string       `json:"notes,omitempty"`
+	// CPUPerGiB is the measured process's user+sys CPU-seconds per GiB
+	// read (the mount's; 0: not measured); Limits are upper bounds on it
+	// and on other per-row numbers.
+	CPUPerGiB float64 `json:"cpuPerGiB,omitempty"`
+	Limits    []Limit `json:"limits,omitempty"`
+}
+
+// Limit is an upper bound on a number a row measured (CPU-seconds per
+// GiB, peak RSS); Value is filled in by the measurement.
+type Limit struct {
+	Name  string  `json:"name"`
+	Unit  string  `json:"unit"`
+	Max   float64 `json:"max"`
+	Value float64 `json:"value"`
+	Set   bool    `json:"set"` // Value was measured
+}
+
+// limit returns the row's limit named name (nil: none).
+func (r *Row) limit(name string) *Limit {
+	for i := range r.Limits {
+		if r.Limits[i].Name == name {
+			return &r.Limits[i]
+		}
+	}
+	return nil
+}
+
+// measured records v for the row's limit named name, if it has one.
+func (r *Row) measured(name string, v float64) {
+	if l := r.limit(name); l != nil {
+		l.Value, l.Set = v, true
+	}
 }
 
 func (r *Row) workloads() [2]*Measurement { return [2]*Measurement{r.W1, r.W2} }
@@ -72,6 +104,12 @@ func evaluate(rows []*Row) []TargetResult {
 	}
 	var results []TargetResult
 	for _, r := range rows {
+		for _, l := range r.Limits {
+			if l.Set {
+				results = append(results, TargetResult{Row: r.Name, Workload: "W1+W2", Target: fmt.Sprintf("%s ≤ %g %s", l.Name, l.Max, l.Unit),
+					Ratio: l.Value, Pass: l.Value <= l.Max})
+			}
+		}
 		ref := byKey[r.Reference]
 		if ref == nil {
 			continue
@@ -106,6 +144,7 @@ func datapathTable(rep *DatapathReport) *Table {
 			{Name: "row"}, {Name: "W1 MB/s", Right: true}, {Name: "×ref", Right: true},
 			{Name: "W2 MB/s", Right: true}, {Name: "×ref", Right: true},
 			{Name: "reference"}, {Name: "target"}, {Name: "W1"}, {Name: "W2"},
+			{Name: "CPU-s/GiB", Right: true}, {Name: "≤"}, {Name: "CPU"},
 		},
 	}
 	names := map[string]string{}
@@ -132,6 +171,7 @@ func datapathTable(rep *DatapathReport) *Table {
 		for _, m := range r.workloads() {
 			cells = append(cells, passCell(m))
 		}
+		cells = append(cells, cpuCells(r)...)
 		t.Rows = append(t.Rows, cells)
 	}
 	for _, r := range rep.Rows {
@@ -144,6 +184,11 @@ func datapathTable(rep *DatapathReport) *Table {
 		for _, n := range r.Notes {
 			t.Notes = append(t.Notes, fmt.Sprintf("%s: %s", r.Name, n))
 		}
+		for _, l := range r.Limits {
+			if l.Set && l.Name != cpuLimit {
+				t.Notes = append(t.Notes, fmt.Sprintf("%s: %s %.1f %s (target ≤ %g) %s", r.Name, l.Name, l.Value, l.Unit, l.Max, passWord(l.Value <= l.Max)))
+			}
+		}
 	}
 	passed, total := 0, len(rep.Targets)
 	for _, tr := range rep.Targets {
@@ -155,6 +200,28 @@ func datapathTable(rep *DatapathReport) *Table {
 	t.Notes = append(t.Notes, fmt.Sprintf("targets met: %d of %d; run took %.0fs; kernel %s, %s, %d CPUs",
 		passed, total, rep.Seconds, rep.Env.Kernel, rep.Env.Go, rep.Env.CPUs))
 	return t
+}
+
+// cpuLimit is the name of the CPU-seconds-per-GiB limit of a row.
+const cpuLimit = "CPU"
+
+// cpuCells are a row's CPU-seconds per GiB, its limit and whether it holds.
+func cpuCells(r *Row) []string {
+	if r.CPUPerGiB <= 0 {
+		return []string{"", "", ""}
+	}
+	cells := []string{fmt.Sprintf("%.2f", r.CPUPerGiB), "", ""}
+	if l := r.limit(cpuLimit); l != nil && l.Set {
+		cells[1], cells[2] = fmt.Sprintf("%g", l.Max), passWord(l.Value <= l.Max)
+	}
+	return cells
+}
+
+func passWord(ok bool) string {
+	if ok {
+		return "pass"
+	}
+	return "FAIL"
 }
 
 func mbpsCell(m *Measurement) string {

@@ -31,8 +31,17 @@ var rcloneFlags = []string{"--vfs-cache-mode", "full", "--read-only"}
 func (r *runner) measureRows(ctx context.Context) []*Row {
 	sluiceCache := filepath.Join(r.work, "sluice-cache")
 	rcloneCache := filepath.Join(r.work, "rclone-cache")
+	bufferedCache := filepath.Join(r.work, "sluice-cache-buffered")
+	s3fsCache := filepath.Join(r.work, "s3fs-cache")
 	plainWorkers := &Row{Key: "workers", Name: "through workers", Reference: "sluice-warm-nopt",
-		Meaning: "a fresh `sluice mount` without a disk tier reading through one `sluice cache-worker` that holds the data, plain HTTP."}
+		Meaning: "a fresh `sluice mount` without a disk tier reading through one `sluice cache-worker` that holds the data, plain HTTP.",
+		Limits:  []Limit{{Name: cpuLimit, Unit: "CPU-s/GiB", Max: 0.8}, {Name: "worker CPU", Unit: "CPU-s/GiB", Max: 0.4}}}
+	rssMax := float64(sluiceMemory+64<<20) / (1 << 20)
+	again := &Row{Key: "sluice-again", Name: "sluice warm, same mount", Reference: "direct", Target: &Target{">=", 0.9},
+		Meaning: "the cold row's mount reading everything again at once: the FUSE page cache it filled (FOPEN_KEEP_CACHE) serves it, as the disk tier's O_DIRECT copy is not in the page cache."}
+	buffered := &Row{Key: "sluice-cold-buffered", Name: "sluice cold, buffered writes", Reference: "get",
+		Meaning: "the cold row with --cache-direct-writes=false: the disk copy goes through the page cache.",
+		Limits:  []Limit{{Name: cpuLimit, Unit: "CPU-s/GiB", Max: 1.2}}}
 	steps := []struct {
 		row     *Row
 		after   string // Key of a row that must have succeeded first
@@ -44,15 +53,24 @@ func (r *runner) measureRows(ctx context.Context) []*Row {
 		{&Row{Key: "get", Name: "parallel GET (best)", Reference: "direct",
 			Meaning: "the best parallel ranged GET with minio-go against versitygw: what the origin can deliver over HTTP."},
 			"", r.parallelGET},
-		{&Row{Key: "sluice-cold", Name: "sluice cold", Reference: "get", Target: &Target{">=", 0.9},
-			Meaning: "a fresh `sluice mount` with an empty cache: every byte comes from the origin through readahead."},
-			"", func(ctx context.Context, row *Row) error { return r.sluice(ctx, row, sluiceCache, true) }},
+		{&Row{Key: "sluice-cold", Name: "sluice cold", Reference: "get", Target: &Target{">=", 0.6},
+			Meaning: "a fresh `sluice mount` with an empty cache: every byte comes from the origin through readahead; the disk copy is written with O_DIRECT behind the readers.",
+			Limits:  []Limit{{Name: cpuLimit, Unit: "CPU-s/GiB", Max: 1.2}, {Name: "peak RSS", Unit: "MiB", Max: rssMax}}},
+			"", func(ctx context.Context, row *Row) error { return r.sluice(ctx, row, sluiceCache, true, again) }},
+		{again, "sluice-cold", measuredBy("sluice-cold")},
 		{&Row{Key: "sluice-warm", Name: "sluice warm (passthrough)", Reference: "direct", Target: &Target{">=", 0.9},
-			Meaning: "a new `sluice mount` on the same cache dir (disk tier full, FUSE page cache empty): kernel passthrough reads the cache files."},
-			"sluice-cold", func(ctx context.Context, row *Row) error { return r.sluice(ctx, row, sluiceCache, true) }},
+			Meaning: "a new `sluice mount` on the same cache dir (disk tier full, FUSE page cache empty): kernel passthrough reads the cache files, whose O_DIRECT writes left them out of the page cache: this first read comes from the disk."},
+			"sluice-cold", func(ctx context.Context, row *Row) error { return r.sluice(ctx, row, sluiceCache, true, nil) }},
 		{&Row{Key: "sluice-warm-nopt", Name: "sluice warm (no passthrough)", Reference: "loopback", Target: &Target{">=", 0.9},
-			Meaning: "the same with --passthrough=false: every read is a FUSE request that sluice answers from its disk tier."},
-			"sluice-cold", func(ctx context.Context, row *Row) error { return r.sluice(ctx, row, sluiceCache, false) }},
+			Meaning: "the same with --passthrough=false: every read is a FUSE request that sluice answers from its disk tier.",
+			Limits:  []Limit{{Name: cpuLimit, Unit: "CPU-s/GiB", Max: 0.3}}},
+			"sluice-cold", func(ctx context.Context, row *Row) error { return r.sluice(ctx, row, sluiceCache, false, nil) }},
+		{buffered, "", func(ctx context.Context, row *Row) error {
+			return r.sluice(ctx, row, bufferedCache, true, nil, "--cache-direct-writes=false")
+		}},
+		{&Row{Key: "sluice-warm-buffered", Name: "sluice warm (passthrough), buffered", Reference: "direct", Target: &Target{">=", 0.9},
+			Meaning: "a new `sluice mount` on the buffered row's cache dir: passthrough reads cache files still in the page cache."},
+			"sluice-cold-buffered", func(ctx context.Context, row *Row) error { return r.sluice(ctx, row, bufferedCache, true, nil) }},
 		{&Row{Key: "loopback", Name: "go-fuse loopback", Reference: "direct",
 			Meaning: "an in-process go-fuse loopback mount of versitygw's files with sluice's FUSE settings, passthrough off: the FUSE ceiling for the row above."},
 			"", r.loopback},
@@ -60,12 +78,18 @@ func (r *runner) measureRows(ctx context.Context) []*Row {
 		{&Row{Key: "workers-tls", Name: "through workers, TLS", Reference: "workers", Target: &Target{">=", 0.9},
 			Meaning: "the same over TLS (the worker's certificate from a sluice CA, verified by the client; keep-alive and session resumption)."},
 			"workers", func(ctx context.Context, row *Row) error { return r.workers(ctx, row, true, plainWorkers) }},
-		{&Row{Key: "rclone-cold", Name: "rclone cold", Reference: "sluice-cold", Target: &Target{"<", 1},
-			Meaning: "`rclone mount --vfs-cache-mode full` with an empty cache; below 1.00 means sluice cold is ahead."},
+		{&Row{Key: "rclone-cold", Name: "rclone cold", Reference: "sluice-cold", Target: &Target{"<", 0.4},
+			Meaning: "`rclone mount --vfs-cache-mode full` with an empty cache; below 0.40 means sluice cold is at least 2.5 × ahead."},
 			"", func(ctx context.Context, row *Row) error { return r.rclone(ctx, row, rcloneCache) }},
 		{&Row{Key: "rclone-warm", Name: "rclone warm", Reference: "sluice-warm", Target: &Target{"<", 1},
 			Meaning: "a new rclone mount on the same cache dir; below 1.00 means sluice warm (passthrough) is ahead."},
 			"rclone-cold", func(ctx context.Context, row *Row) error { return r.rclone(ctx, row, rcloneCache) }},
+		{&Row{Key: "s3fs-cold", Name: "s3fs cold", Reference: "sluice-cold", Target: &Target{"<", 0.5},
+			Meaning: "`s3fs -o use_cache` (Debian s3fs-fuse) with an empty cache; below 0.50 means sluice cold is at least 2 × ahead."},
+			"", func(ctx context.Context, row *Row) error { return r.s3fs(ctx, row, s3fsCache) }},
+		{&Row{Key: "s3fs-warm", Name: "s3fs warm", Reference: "sluice-warm", Target: &Target{"<", 1},
+			Meaning: "a new s3fs mount on the same cache dir; below 1.00 means sluice warm (passthrough) is ahead."},
+			"s3fs-cold", func(ctx context.Context, row *Row) error { return r.s3fs(ctx, row, s3fsCache) }},
 	}
 	ok := map[string]bool{}
 	var rows []*Row
@@ -77,6 +101,10 @@ func (r *runner) measureRows(ctx context.Context) []*Row {
 		}
 		if strings.HasPrefix(s.row.Key, "rclone") && r.o.rcloneSkip != "" {
 			s.row.Skipped = r.o.rcloneSkip
+			continue
+		}
+		if strings.HasPrefix(s.row.Key, "s3fs") && r.o.s3fsSkip != "" {
+			s.row.Skipped = r.o.s3fsSkip
 			continue
 		}
 		if s.after != "" && !ok[s.after] {
@@ -156,6 +184,10 @@ func (r *runner) parallelGET(ctx context.Context, row *Row) error {
 	return nil
 }
 
+// sluiceMemory is the memory tier of the data-path mounts (sluice's
+// default --cache-memory).
+const sluiceMemory = 256 << 20
+
 // sluiceFlags are the `sluice mount` flags every sluice row passes besides
 // source, mount point, cache dir, metrics address and passthrough.
 func sluiceFlags(o *Options) []string {
@@ -164,8 +196,19 @@ func sluiceFlags(o *Options) []string {
 	return []string{"--s3-path-style", "--s3-region", "us-east-1", "--cache-disk", formatSize(disk)}
 }
 
-// sluice measures a fresh `sluice mount` on cacheDir.
-func (r *runner) sluice(ctx context.Context, row *Row, cacheDir string, passthrough bool) error {
+// measuredBy is the measure of a row that another row's measure fills in.
+func measuredBy(key string) func(context.Context, *Row) error {
+	return func(_ context.Context, row *Row) error {
+		if row.W1 == nil || row.W2 == nil {
+			return fmt.Errorf("not measured by the %s row", key)
+		}
+		return nil
+	}
+}
+
+// sluice measures a fresh `sluice mount` on cacheDir, and with again set
+// a second pass of the same mount right after, into again.
+func (r *runner) sluice(ctx context.Context, row *Row, cacheDir string, passthrough bool, again *Row, extra ...string) error {
 	mnt := filepath.Join(r.work, "mnt-"+row.Key)
 	metricsAddr, err := freeAddr()
 	if err != nil {
@@ -174,6 +217,7 @@ func (r *runner) sluice(ctx context.Context, row *Row, cacheDir string, passthro
 	args := append([]string{"mount", "s3://" + Bucket, mnt, "--s3-endpoint", r.gw.Endpoint,
 		"--cache-dir", cacheDir, "--metrics-addr", metricsAddr,
 		"--passthrough=" + strconv.FormatBool(passthrough)}, sluiceFlags(r.o)...)
+	args = append(args, extra...)
 	env := []string{"AWS_ACCESS_KEY_ID=" + r.gw.AccessKey, "AWS_SECRET_ACCESS_KEY=" + r.gw.SecretKey}
 	c, err := startChild("sluice mount", mnt, r.o.Sluice, args, env, "serving")
 	if err != nil {
@@ -184,46 +228,74 @@ func (r *runner) sluice(ctx context.Context, row *Row, cacheDir string, passthro
 	if err := c.waitServing(ctx, mountTimeout); err != nil {
 		return err
 	}
-	before, err := scrapeCounters(metricsAddr)
-	if err != nil {
+	pass := func(row *Row) error {
+		before, err := scrapeCounters(metricsAddr)
+		if err != nil {
+			return err
+		}
+		cpu0, err := c.cpuNow()
+		if err != nil {
+			return err
+		}
+		w, err := r.readBoth(ctx, mnt)
+		if err != nil {
+			return fmt.Errorf("%w; sluice output:\n%s", err, c.out.tail())
+		}
+		cpu1, err := c.cpuNow()
+		if err != nil {
+			return err
+		}
+		after, err := scrapeCounters(metricsAddr)
+		if err != nil {
+			return err
+		}
+		setBoth(row, w)
+		r.sluiceNotes(row, w, passthrough, cpu1-cpu0, int64(after[servedMetric]-before[servedMetric]),
+			int64(after[originMetric]-before[originMetric]))
+		row.Settings = "sluice " + strings.Join(args, " ")
+		return nil
+	}
+	if err := pass(row); err != nil {
 		return err
 	}
-	w, err := r.readBoth(ctx, mnt)
-	if err != nil {
-		return fmt.Errorf("%w; sluice output:\n%s", err, c.out.tail())
-	}
-	after, err := scrapeCounters(metricsAddr)
-	if err != nil {
-		return err
+	if again != nil {
+		if err := pass(again); err != nil {
+			again.Error = err.Error()
+		}
 	}
 	if err := c.stop(); err != nil {
 		return err
 	}
-	setBoth(row, w)
+	rss := c.peakRSS()
+	row.Extra["sluicePeakRSSBytes"] = rss
+	row.measured("peak RSS", float64(rss)/(1<<20))
+	row.Notes = append(row.Notes, fmt.Sprintf("peak RSS %s (the mount's whole life)", formatBytes(rss)))
+	return nil
+}
+
+// sluiceNotes records one pass of a sluice mount in row.
+func (r *runner) sluiceNotes(row *Row, w [2]Measurement, passthrough bool, cpu float64, served, origin int64) {
 	read := w[0].Bytes + w[1].Bytes
-	served := int64(after[servedMetric] - before[servedMetric])
-	origin := int64(after[originMetric] - before[originMetric])
-	row.Settings = "sluice " + strings.Join(args, " ")
-	cpu, rss := c.cpuSeconds(), c.peakRSS()
+	row.CPUPerGiB = cpu / (float64(read) / (1 << 30))
+	row.measured(cpuLimit, row.CPUPerGiB)
 	row.Extra = map[string]any{"bytesRead": read, "bytesServedBySluice": served, "originBytes": origin, "sluiceCPUSeconds": cpu,
-		"sluicePeakRSSBytes": rss}
-	row.Notes = append(row.Notes, fmt.Sprintf("sluice mount used %.1f CPU-seconds (user+sys) for %s; peak RSS %s",
-		cpu, formatBytes(read), formatBytes(rss)))
+		"sluiceCPUPerGiB": row.CPUPerGiB}
+	row.Notes = append(row.Notes, fmt.Sprintf("sluice mount used %.1f CPU-seconds (user+sys) for %s", cpu, formatBytes(read)))
+	cold := strings.HasPrefix(row.Key, "sluice-cold")
 	switch {
-	case passthrough && row.Key != "sluice-cold" && served > read/100:
-		row.Notes = append(row.Notes, fmt.Sprintf("passthrough did NOT engage: sluice answered %s of %s with FUSE reads",
+	case passthrough && !cold && served > read/100:
+		row.Notes = append(row.Notes, fmt.Sprintf("sluice answered %s of %s with FUSE reads (not passthrough)",
 			formatBytes(served), formatBytes(read)))
-	case passthrough && row.Key != "sluice-cold":
-		row.Notes = append(row.Notes, fmt.Sprintf("passthrough engaged: sluice answered %s of %s itself", formatBytes(served), formatBytes(read)))
+	case passthrough && !cold:
+		row.Notes = append(row.Notes, fmt.Sprintf("passthrough or the page cache served all: sluice answered %s of %s itself", formatBytes(served), formatBytes(read)))
 	}
 	if open := max(w[0].OpenSeconds, w[1].OpenSeconds); open > 0.05 {
 		row.Notes = append(row.Notes, fmt.Sprintf("open(2) took up to %.2fs (W1 %.2fs of %.2fs, W2 %.2fs of %.2fs)",
 			open, w[0].OpenSeconds, w[0].Seconds, w[1].OpenSeconds, w[1].Seconds))
 	}
-	if row.Key != "sluice-cold" && origin > 0 {
+	if !cold && origin > 0 {
 		row.Notes = append(row.Notes, fmt.Sprintf("fetched %s from the origin although the disk tier should hold everything", formatBytes(origin)))
 	}
-	return nil
 }
 
 // rclone measures a fresh `rclone mount` on cacheDir.
@@ -261,6 +333,7 @@ func (r *runner) rclone(ctx context.Context, row *Row, cacheDir string) error {
 	row.Settings = "rclone " + strings.Join(args, " ")
 	cpu := c.cpuSeconds()
 	row.Extra = map[string]any{"rcloneCPUSeconds": cpu}
+	row.CPUPerGiB = cpu / (float64(w[0].Bytes+w[1].Bytes) / (1 << 30))
 	row.Notes = append(row.Notes, fmt.Sprintf("rclone mount used %.1f CPU-seconds (user+sys) for %s",
 		cpu, formatBytes(w[0].Bytes+w[1].Bytes)))
 	return nil

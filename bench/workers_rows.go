@@ -86,6 +86,9 @@ func (r *runner) workers(ctx context.Context, row *Row, useTLS bool, plain *Row)
 	row.Extra = map[string]any{"clientCPUSeconds": client, "workerCPUSeconds": worker,
 		"clientCPUPerGiB": client / gib, "workerCPUPerGiB": worker / gib}
 	row.Notes = append(row.Notes, fmt.Sprintf("CPU-seconds per GiB: client %.2f, worker %.2f (%.1f GiB read)", client/gib, worker/gib, gib))
+	row.CPUPerGiB = client / gib
+	row.measured(cpuLimit, client/gib)
+	row.measured("worker CPU", worker/gib)
 	if plain != nil && plain.Extra != nil {
 		pc, _ := plain.Extra["clientCPUPerGiB"].(float64)
 		pw, _ := plain.Extra["workerCPUPerGiB"].(float64)
