@@ -1,6 +1,8 @@
 package blockcache
 
 import (
+	"errors"
+	"io"
 	"os"
 	"unsafe"
 
@@ -17,9 +19,10 @@ import (
 // through the buffered descriptor.
 const directAlign = 4096
 
-// openDirect opens path for O_DIRECT writes; nil where unsupported.
+// openDirect opens path for O_DIRECT writes and reads; nil where
+// unsupported.
 func openDirect(path string) *os.File {
-	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_DIRECT, 0)
 	if err != nil {
 		return nil
 	}
@@ -42,4 +45,84 @@ func writeBlockData(buffered, direct *os.File, data []byte, off int64) error {
 		return err
 	}
 	return nil
+}
+
+// readWhole reads block b whole into buf (pooled: page-aligned), checking
+// its checksum unless this process verified or wrote it. Where the block's
+// bytes are not in the page cache it reads them with O_DIRECT: a buffered
+// read would allocate page-cache pages for them, the dearest part of a
+// read from the disk here, and the block is kept in memory anyway. It
+// returns the stored CRC-32C.
+func (d *diskTier) readWhole(b BlockRef, buf []byte) (diskRead, error) {
+	d.mu.Lock()
+	o := d.objects[b.Object.id()]
+	var blk *diskBlock
+	if o != nil {
+		if el := o.blocks[b.Index]; el != nil && !el.Value.(*diskBlock).pending && int(el.Value.(*diskBlock).length) == len(buf) {
+			blk = el.Value.(*diskBlock)
+			d.lru.MoveToFront(el)
+			if d.pinLocked(o) != nil {
+				blk = nil
+			}
+		}
+	}
+	var direct *os.File
+	if blk != nil && !pageCachedRange(o.data, b.Offset(), int64(len(buf))) {
+		direct = d.directLocked(o)
+	}
+	verified := blk != nil && blk.verified
+	d.mu.Unlock()
+	if blk == nil {
+		return diskRead{}, nil
+	}
+	defer d.unpin(o)
+	if err := readBlockData(o.data, direct, buf, b.Offset()); err != nil {
+		return diskRead{}, err
+	}
+	if !verified {
+		if Checksum(buf) != blk.crc {
+			d.drop(o, b.Index)
+			return diskRead{corrupt: true}, nil
+		}
+		d.mu.Lock()
+		blk.verified = true
+		d.mu.Unlock()
+	}
+	return diskRead{hit: true, crc: blk.crc}, nil
+}
+
+// readBlockData reads len(data) bytes at off, the aligned part through
+// direct when it is set and the buffer allows.
+func readBlockData(buffered, direct *os.File, data []byte, off int64) error {
+	n := len(data) &^ (directAlign - 1)
+	if direct == nil || n == 0 || off%directAlign != 0 || uintptr(unsafe.Pointer(&data[0]))%directAlign != 0 {
+		_, err := buffered.ReadAt(data, off)
+		return eofIsShort(err)
+	}
+	if _, err := direct.ReadAt(data[:n], off); err != nil {
+		return eofIsShort(err)
+	}
+	if n < len(data) {
+		_, err := buffered.ReadAt(data[n:], off+int64(n))
+		return eofIsShort(err)
+	}
+	return nil
+}
+
+func eofIsShort(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// pageCachedRange reports whether all of [off, off+n) of f is in the page
+// cache (cachestat(2)); false where the kernel cannot tell.
+func pageCachedRange(f *os.File, off, n int64) bool {
+	var st unix.Cachestat_t
+	rng := unix.CachestatRange{Off: uint64(off), Len: uint64(n)}
+	if err := unix.Cachestat(uint(f.Fd()), &rng, &st, 0); err != nil {
+		return false
+	}
+	return int64(st.Cache)*int64(os.Getpagesize()) >= n
 }

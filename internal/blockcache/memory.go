@@ -76,24 +76,45 @@ func (m *memoryTier) put(key string, buf *buffer, crc uint32) int {
 	return evicted
 }
 
-// evictOne drops the least recently used block; false when empty.
-func (m *memoryTier) evictOne() bool {
+// evictFree drops the least recently used block that only the tier
+// holds, so that its buffer goes back to the pool at once (a block also
+// held by a queued disk write or a reader would free nothing); false when
+// the reclaimScan least recently used blocks are all held elsewhere.
+func (m *memoryTier) evictFree() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.evictLocked()
+	el := m.order.Back()
+	for range reclaimScan {
+		if el == nil {
+			return false
+		}
+		if e := el.Value.(*memEntry); e.buf.pool != nil && e.buf.refs.Load() == 1 {
+			m.removeLocked(el)
+			return true
+		}
+		el = el.Prev()
+	}
+	return false
 }
+
+// reclaimScan bounds evictFree's walk.
+const reclaimScan = 64
 
 func (m *memoryTier) evictLocked() bool {
 	last := m.order.Back()
 	if last == nil {
 		return false
 	}
-	e := last.Value.(*memEntry)
-	m.order.Remove(last)
+	m.removeLocked(last)
+	return true
+}
+
+func (m *memoryTier) removeLocked(el *list.Element) {
+	e := el.Value.(*memEntry)
+	m.order.Remove(el)
 	delete(m.items, e.key)
 	m.used -= e.buf.cost()
 	e.buf.release()
-	return true
 }
 
 // clear drops every block.

@@ -101,14 +101,14 @@ func (p *bufferPool) take() []byte {
 			p.mu.Unlock()
 			return mem
 		}
-		if p.mapped < p.limit || tries >= 4 || p.reclaim == nil {
+		if p.mapped < p.limit || tries > 0 || p.reclaim == nil {
 			p.mapped++
 			p.mu.Unlock()
 			return p.mapNew()
 		}
 		p.mu.Unlock()
-		if !p.reclaim() {
-			tries = 4 // nothing to drop: map one more
+		if p.reclaim() {
+			tries = -1 // a buffer went back: take it (or one freed meanwhile)
 		}
 	}
 }
