@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/api/resource"
 
@@ -202,7 +204,7 @@ func (o *Options) Run(ctx context.Context, out io.Writer) (err error) {
 	cl.add(func() error { return os.RemoveAll(work) })
 	fmt.Fprintf(out, "work directory %s\n", work)
 
-	gw, err := s3server.Launch(o.VersityGW, filepath.Join(work, "gw"))
+	gw, err := s3server.LaunchKeepAlive(o.VersityGW, filepath.Join(work, "gw"))
 	if err != nil {
 		return err
 	}
@@ -277,7 +279,17 @@ func (o *Options) settings() map[string]any {
 func (r *runner) upload(ctx context.Context) (dataset, error) {
 	var d dataset
 	client := r.gw.Client()
-	if err := client.MakeBucket(ctx, Bucket, minio.MakeBucketOptions{}); err != nil {
+	// The bucket is made on a connection of its own: with keep-alive on,
+	// versitygw follows its answer to a zero-length PUT with a stray 400
+	// on the same connection (package s3server).
+	bucketClient, err := minio.New(strings.TrimPrefix(r.gw.Endpoint, "http://"), &minio.Options{
+		Creds: credentials.NewStaticV4(r.gw.AccessKey, r.gw.SecretKey, ""), Region: "us-east-1",
+		Transport: &http.Transport{DisableKeepAlives: true},
+	})
+	if err != nil {
+		return d, err
+	}
+	if err := bucketClient.MakeBucket(ctx, Bucket, minio.MakeBucketOptions{}); err != nil {
 		return d, fmt.Errorf("create bucket: %w", err)
 	}
 	total := r.o.bigSize + int64(r.o.SmallCount)*r.o.smallSize
@@ -294,7 +306,6 @@ func (r *runner) upload(ctx context.Context) (dataset, error) {
 		}
 		return File{Key: key, Sum: g.Sum()}, nil
 	}
-	var err error
 	if d.Big, err = put("big.bin", 1, r.o.bigSize); err != nil {
 		return d, err
 	}

@@ -207,13 +207,14 @@ func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int
 		return nil
 	}
 	c.cfg.Metrics.Miss(metrics.TierMemory)
-	if buf, _ := c.readDiskWhole(b, key, len(dst)); buf != nil {
-		l.add(buf, buf.data[inOff:inOff+int64(len(dst))])
-		return nil
-	}
-	if hit, _ := c.readDisk(b, key, dst, inOff); hit {
-		l.add(nil, dst)
-		return nil
+	// A small read of a block on disk reads just its bytes; a large one
+	// (sequential readers ask for 1 MiB) loads the whole block through
+	// its flight (fly: from the disk, else from the tier below).
+	if !c.wholeFromDisk(b, len(dst)) {
+		if hit, _ := c.readDisk(b, key, dst, inOff); hit {
+			l.add(nil, dst)
+			return nil
+		}
 	}
 	buf, _, err := c.fetch(ctx, b, key, false)
 	if err != nil {
@@ -264,14 +265,23 @@ func (c *Cache) readDisk(b BlockRef, key string, dst []byte, inOff int64) (hit b
 	return true, r.crc
 }
 
-// readDiskWhole serves a read of n bytes of block b from the disk tier by
-// reading the whole block into a pooled buffer (O_DIRECT where it is not
-// in the page cache: direct.go) and keeping it in memory, when the read is
-// large (at least an eighth of a block: sequential reads come in 1 MiB
-// requests) and the block's buffer would be pooled. It returns the buffer
-// with a reference, or nil: the caller then reads the bytes it wants.
-func (c *Cache) readDiskWhole(b BlockRef, key string, n int) (*buffer, uint32) {
-	if c.disk == nil || int64(n) < c.cfg.BlockSize/8 || b.Len() < c.cfg.BlockSize/2 || !c.disk.has(b) {
+// wholeFromDisk reports whether a read of n bytes of block b is served by
+// loading the whole block from the disk tier into memory: when the read is
+// large (at least an eighth of a block) and the block's buffer is pooled.
+func (c *Cache) wholeFromDisk(b BlockRef, n int) bool {
+	return c.disk != nil && int64(n) >= c.cfg.BlockSize/8 && b.Len() >= c.cfg.BlockSize/2
+}
+
+// readDiskWhole loads block b from the disk tier into a pooled buffer
+// (O_DIRECT where it is not in the page cache: direct.go) and keeps it in
+// memory. It returns the buffer with a reference and its checksum, or nil
+// when the disk does not hold the block.
+func (c *Cache) readDiskWhole(b BlockRef, key string) (*buffer, uint32) {
+	if !c.wholeFromDisk(b, int(b.Len())) {
+		return nil, 0
+	}
+	if !c.disk.has(b) {
+		c.cfg.Metrics.Miss(metrics.TierDisk)
 		return nil, 0
 	}
 	buf := c.pool.get(int(b.Len()))
@@ -281,6 +291,7 @@ func (c *Cache) readDiskWhole(b BlockRef, key string, n int) (*buffer, uint32) {
 		klog.InfoS("Cached block failed its checksum; fetching it again", "path", b.Object.Path, "block", b.Index)
 	}
 	if err != nil || !r.hit {
+		c.cfg.Metrics.Miss(metrics.TierDisk)
 		buf.release()
 		return nil, 0
 	}
@@ -319,7 +330,7 @@ func (c *Cache) fly(b BlockRef, key string, readahead bool, f *flight) (*buffer,
 			return buf, crc, nil
 		}
 	}
-	if buf, crc := c.readDiskWhole(b, key, int(b.Len())); buf != nil {
+	if buf, crc := c.readDiskWhole(b, key); buf != nil {
 		return buf, crc, nil
 	}
 	if c.disk != nil && c.disk.has(b) {
@@ -396,8 +407,9 @@ func (c *Cache) publishSizes() {
 	}
 }
 
-// present reports whether a block is in memory, queued for the disk or
-// on it.
+// present reports whether readahead has nothing to do for a block: it is
+// in memory or queued for the disk, or on the disk and read from there in
+// place (blocks loaded whole from the disk are read ahead into memory).
 func (c *Cache) present(b BlockRef) bool {
 	if c.mem.contains(b.Key()) {
 		return true
@@ -408,7 +420,7 @@ func (c *Cache) present(b BlockRef) bool {
 	if c.behind.has(b.Key()) {
 		return true
 	}
-	return c.disk.has(b)
+	return !c.wholeFromDisk(b, int(b.Len())) && c.disk.has(b)
 }
 
 // Prefetch fetches blocks [from, to] of obj in the background, at most

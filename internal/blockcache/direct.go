@@ -47,50 +47,6 @@ func writeBlockData(buffered, direct *os.File, data []byte, off int64) error {
 	return nil
 }
 
-// readWhole reads block b whole into buf (pooled: page-aligned), checking
-// its checksum unless this process verified or wrote it. Where the block's
-// bytes are not in the page cache it reads them with O_DIRECT: a buffered
-// read would allocate page-cache pages for them, the dearest part of a
-// read from the disk here, and the block is kept in memory anyway. It
-// returns the stored CRC-32C.
-func (d *diskTier) readWhole(b BlockRef, buf []byte) (diskRead, error) {
-	d.mu.Lock()
-	o := d.objects[b.Object.id()]
-	var blk *diskBlock
-	if o != nil {
-		if el := o.blocks[b.Index]; el != nil && !el.Value.(*diskBlock).pending && int(el.Value.(*diskBlock).length) == len(buf) {
-			blk = el.Value.(*diskBlock)
-			d.lru.MoveToFront(el)
-			if d.pinLocked(o) != nil {
-				blk = nil
-			}
-		}
-	}
-	var direct *os.File
-	if blk != nil && !pageCachedRange(o.data, b.Offset(), int64(len(buf))) {
-		direct = d.directLocked(o)
-	}
-	verified := blk != nil && blk.verified
-	d.mu.Unlock()
-	if blk == nil {
-		return diskRead{}, nil
-	}
-	defer d.unpin(o)
-	if err := readBlockData(o.data, direct, buf, b.Offset()); err != nil {
-		return diskRead{}, err
-	}
-	if !verified {
-		if Checksum(buf) != blk.crc {
-			d.drop(o, b.Index)
-			return diskRead{corrupt: true}, nil
-		}
-		d.mu.Lock()
-		blk.verified = true
-		d.mu.Unlock()
-	}
-	return diskRead{hit: true, crc: blk.crc}, nil
-}
-
 // readBlockData reads len(data) bytes at off, the aligned part through
 // direct when it is set and the buffer allows.
 func readBlockData(buffered, direct *os.File, data []byte, off int64) error {

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -261,79 +260,6 @@ func (d *diskTier) has(b BlockRef) bool {
 	}
 	el := o.blocks[b.Index]
 	return el != nil && !el.Value.(*diskBlock).pending
-}
-
-// diskRead is what read found.
-type diskRead struct {
-	// hit: p holds the bytes. False when the block is absent or corrupt.
-	hit bool
-	// corrupt: the block failed its checksum and was dropped.
-	corrupt bool
-	// full is the whole block, with a reference the caller releases, when
-	// it was read into a buffer of get's and verified just now (so the
-	// caller can keep it in memory); nil otherwise. crc is its checksum.
-	full *buffer
-	crc  uint32
-}
-
-// read copies block bytes [inOff, inOff+len(p)) into p. A verified block is
-// read straight into p; an unverified one is read whole and checked: into p
-// when p is the whole block, else into a buffer from get returned as full
-// (p is filled too).
-func (d *diskTier) read(b BlockRef, p []byte, inOff int64, get func(int) *buffer) (diskRead, error) {
-	d.mu.Lock()
-	o := d.objects[b.Object.id()]
-	var blk *diskBlock
-	if o != nil {
-		if el := o.blocks[b.Index]; el != nil && !el.Value.(*diskBlock).pending {
-			blk = el.Value.(*diskBlock)
-			d.lru.MoveToFront(el)
-			if d.pinLocked(o) != nil {
-				blk = nil
-			}
-		}
-	}
-	d.mu.Unlock()
-	if blk == nil {
-		return diskRead{}, nil
-	}
-	defer d.unpin(o)
-	if blk.isVerified(d) {
-		if _, err := o.data.ReadAt(p, b.Offset()+inOff); err != nil {
-			return diskRead{}, err
-		}
-		return diskRead{hit: true, crc: blk.crc}, nil
-	}
-	whole := inOff == 0 && len(p) == int(blk.length)
-	var buf *buffer
-	data := p
-	if !whole {
-		buf = get(int(blk.length))
-		data = buf.data
-	}
-	if _, err := o.data.ReadAt(data, b.Offset()); err != nil && !errors.Is(err, io.EOF) {
-		buf.releaseIfAny()
-		return diskRead{}, err
-	}
-	if Checksum(data) != blk.crc {
-		buf.releaseIfAny()
-		d.drop(o, b.Index)
-		return diskRead{corrupt: true}, nil
-	}
-	d.mu.Lock()
-	blk.verified = true
-	d.mu.Unlock()
-	if whole {
-		return diskRead{hit: true, crc: blk.crc}, nil
-	}
-	copy(p, data[inOff:])
-	return diskRead{hit: true, full: buf, crc: blk.crc}, nil
-}
-
-func (blk *diskBlock) isVerified(d *diskTier) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return blk.verified
 }
 
 // drop removes one block (after a checksum failure).
