@@ -36,6 +36,7 @@ type Options struct {
 	WorkDir        string // "" = a new temporary directory under /var/tmp
 	GetConcurrency []int  // parallel-GET settings tried
 	GetRange       string // parallel-GET range size
+	Only           []string // row keys to measure ("" = all)
 
 	bigSize, smallSize, getRange int64
 	rcloneSkip                   string // why rclone rows are skipped ("" = they run)
@@ -55,6 +56,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.WorkDir, "work-dir", "", "work directory, new or empty; removed at the end (default: a temporary directory under /var/tmp)")
 	fs.IntSliceVar(&o.GetConcurrency, "get-concurrency", []int{8, 16, 32}, "parallel-GET concurrencies tried (the best is reported)")
 	fs.StringVar(&o.GetRange, "get-range", "8Mi", "parallel-GET range size")
+	fs.StringSliceVar(&o.Only, "only", nil, "measure only these rows (keys as in the JSON: direct,get,sluice-cold,...); the others are skipped")
 }
 
 // Validate checks the options and fills in defaults; it touches nothing.

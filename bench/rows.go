@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -97,6 +98,10 @@ func (r *runner) measureRows(ctx context.Context) []*Row {
 		rows = append(rows, s.row)
 		if ctx.Err() != nil {
 			s.row.Skipped = "interrupted"
+			continue
+		}
+		if len(r.o.Only) > 0 && !slices.Contains(r.o.Only, s.row.Key) {
+			s.row.Skipped = "not in --only"
 			continue
 		}
 		if strings.HasPrefix(s.row.Key, "rclone") && r.o.rcloneSkip != "" {

@@ -26,6 +26,7 @@ type MountOptions struct {
 	WorkerFlags WorkerFlags
 	MetricsAddr string
 	Passthrough bool
+	PageCache   bool
 	AllowOther  bool
 	FuseDebug   bool
 	ProbeTime   time.Duration
@@ -38,6 +39,7 @@ func (o *MountOptions) AddFlags(fs *pflag.FlagSet) {
 	o.WorkerFlags.AddFlags(fs)
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at this address (e.g. :9090)")
 	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
+	fs.BoolVar(&o.PageCache, "page-cache", false, "keep what sluice answers itself (files not fully cached, or without passthrough) in the kernel's page cache, instead of direct I/O into the reader's buffer: faster re-reads of the same file through this mount, at the cost of filling page-cache pages on the first read")
 	fs.BoolVar(&o.AllowOther, "allow-other", os.Geteuid() == 0, "let other users read the mount")
 	fs.BoolVar(&o.FuseDebug, "fuse-debug", false, "log every FUSE request")
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin before giving up")
@@ -121,7 +123,7 @@ func (o *MountOptions) RunMount(ctx context.Context, out io.Writer) error {
 	}
 	defer rt.Cache.Close()
 	fsys := fusefs.New(rt.Listings, rt.Cache, fusefs.Options{
-		Passthrough: o.Passthrough, FsName: rt.Source.ID(), AllowOther: o.AllowOther, Debug: o.FuseDebug,
+		Passthrough: o.Passthrough, PageCache: o.PageCache, FsName: rt.Source.ID(), AllowOther: o.AllowOther, Debug: o.FuseDebug,
 	})
 	mnt, err := fsys.Mount(o.MountPoint)
 	if err != nil {

@@ -52,6 +52,10 @@ import (
 type Options struct {
 	// Passthrough enables kernel FUSE passthrough for fully cached files.
 	Passthrough bool
+	// PageCache keeps the bytes of files sluice answers itself in the
+	// kernel's page cache (FOPEN_KEEP_CACHE) instead of reading them with
+	// direct I/O (nodes.go).
+	PageCache bool
 	// ReadAheadKB is written to the mount's bdi read_ahead_kb (0: 1024).
 	ReadAheadKB int
 	// FsName is the "source" column of /proc/mounts.
@@ -105,6 +109,8 @@ func mountOptions(o Options, handover bool) fuse.MountOptions {
 		// READDIRPLUS hands out node ids inside directory listings,
 		// where handoverFS cannot count them for a successor.
 		DisableReadDirPlus: handover,
+		// mmap of a file opened with FOPEN_DIRECT_IO (nodes.go).
+		ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 	}
 	if !o.Passthrough {
 		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH

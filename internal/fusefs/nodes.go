@@ -106,8 +106,7 @@ type fileNode struct {
 	path  string
 	entry source.Entry
 	// served counts the bytes this process answered for the node itself
-	// (not by passthrough); the kernel keeps them in the node's page
-	// cache (FOPEN_KEEP_CACHE) until memory is short.
+	// (direct I/O), for Open's choice of passthrough.
 	served atomic.Int64
 }
 
@@ -129,11 +128,14 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	h := &handle{r: f.fsys.cache.NewReader(obj), served: &f.served}
 	if f.fsys.opts.Passthrough && !f.fsys.front.cachedOpen(f.StableAttr().Ino) {
 		h.file, h.release, _ = f.fsys.cache.OpenLocal(obj)
-		if h.file != nil && f.served.Load() >= f.entry.Size && !pageCached(h.file, f.entry.Size) {
-			// This process answered the whole file and the disk tier
-			// wrote it with O_DIRECT: the node's own page cache has the
-			// bytes, the backing file's has not. Reading them again
-			// beats reading the backing file from the disk.
+		if h.file != nil && !f.fsys.opts.PageCache && f.served.Load() < f.entry.Size && !pageCached(h.file, f.entry.Size) {
+			// The disk tier's copy is whole but not in the page cache
+			// (it was written with O_DIRECT): passthrough would have the
+			// kernel fill page-cache pages from the disk while the
+			// reader waits. The first read is answered here instead
+			// (O_DIRECT from the disk into pooled buffers, direct I/O
+			// to the reader); once the file is read again, passthrough
+			// lets the page cache keep it.
 			h.release()
 			h.file, h.release = nil, nil
 		}
@@ -141,7 +143,17 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	f.fsys.prefetchNext(ctx, f.path)
 	// NOFLUSH: a read-only file has nothing to flush, and a close without
 	// a FLUSH round trip is a third of a small file's requests.
-	return h, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	if h.file != nil || f.fsys.opts.PageCache {
+		return h, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	}
+	// A file sluice answers itself is read with direct I/O: the bytes go
+	// from the cached block straight into the reader's buffer, and the
+	// kernel keeps no page cache of its own for them. Filling fresh
+	// page-cache pages costs more than the rest of a cold read on VMs
+	// that hand free memory back to their host; the disk tier's O_DIRECT
+	// copy is served by passthrough once it is whole. Sequential readers
+	// are read ahead by the block cache, not by the kernel.
+	return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
 
 // handle is an open file. When file is set, the kernel reads it directly
