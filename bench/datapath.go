@@ -25,17 +25,17 @@ const Bucket = "bench"
 
 // Options are the options of `sluice bench datapath`.
 type Options struct {
-	VersityGW      string // versitygw binary (required)
-	Rclone         string // rclone binary; empty or missing: rclone rows are skipped
-	S3fs           string // s3fs binary; empty or missing: s3fs rows are skipped
-	Sluice         string // sluice binary; empty: the running executable
-	BigSize        string // W1's file
-	SmallSize      string // each of W2's files
-	SmallCount     int    // W2's readers (one file each)
-	JSON           string // write the results here ("" = don't)
-	WorkDir        string // "" = a new temporary directory under /var/tmp
-	GetConcurrency []int  // parallel-GET settings tried
-	GetRange       string // parallel-GET range size
+	VersityGW      string   // versitygw binary (required)
+	Rclone         string   // rclone binary; empty or missing: rclone rows are skipped
+	S3fs           string   // s3fs binary; empty or missing: s3fs rows are skipped
+	Sluice         string   // sluice binary; empty: the running executable
+	BigSize        string   // W1's file
+	SmallSize      string   // each of W2's files
+	SmallCount     int      // W2's readers (one file each)
+	JSON           string   // write the results here ("" = don't)
+	WorkDir        string   // "" = a new temporary directory under /var/tmp
+	GetConcurrency []int    // parallel-GET settings tried
+	GetRange       string   // parallel-GET range size
 	Only           []string // row keys to measure ("" = all)
 
 	bigSize, smallSize, getRange int64
