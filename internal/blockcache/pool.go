@@ -3,6 +3,7 @@ package blockcache
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -58,10 +59,13 @@ func (b *buffer) cost() int64 {
 
 // bufferPool hands out block buffers and keeps about limit of them
 // mapped. When all are taken it asks reclaim (the memory tier) to drop a
-// block; when that frees none (every mapped buffer is held by a fetch, a
-// queued write or a reader) it maps one more, and unmaps buffers released
-// while more than an eighth over the limit are mapped (the eighth keeps a
-// working set just over the limit from mapping and unmapping each block).
+// block nothing else holds; when there is none (every mapped buffer is
+// held by a fetch, a queued write or a reader, which all let go within
+// milliseconds) it waits up to overflowWait for one to come back, then
+// maps one more (a stuck disk write never blocks a read). Buffers
+// released while more than a sixteenth over the limit are mapped are
+// unmapped (the sixteenth keeps a working set just over the limit from
+// mapping and unmapping each block).
 //
 // Lock order: bufferPool.mu is a leaf; reclaim is called without it.
 type bufferPool struct {
@@ -72,11 +76,16 @@ type bufferPool struct {
 	mu     sync.Mutex
 	free   [][]byte
 	mapped int
-	maps   atomic.Int64 // mappings made (statistics for tests and metrics)
+	maps   atomic.Int64  // mappings made (statistics for tests and metrics)
+	avail  chan struct{} // a buffer went back to free (capacity 1)
 }
 
+// overflowWait bounds how long a get waits for a held buffer to come back
+// before it maps one over the limit.
+const overflowWait = 50 * time.Millisecond
+
 func newBufferPool(size int, limit int, reclaim func() bool) *bufferPool {
-	return &bufferPool{size: size, limit: max(limit, 1), reclaim: reclaim}
+	return &bufferPool{size: size, limit: max(limit, 1), reclaim: reclaim, avail: make(chan struct{}, 1)}
 }
 
 // get returns a buffer of n bytes with one reference.
@@ -93,7 +102,8 @@ func (p *bufferPool) get(n int) *buffer {
 }
 
 func (p *bufferPool) take() []byte {
-	for tries := 0; ; tries++ {
+	var deadline <-chan time.Time
+	for {
 		p.mu.Lock()
 		if k := len(p.free); k > 0 {
 			mem := p.free[k-1]
@@ -101,14 +111,27 @@ func (p *bufferPool) take() []byte {
 			p.mu.Unlock()
 			return mem
 		}
-		if p.mapped < p.limit || tries > 0 || p.reclaim == nil {
+		if p.mapped < p.limit || p.reclaim == nil {
 			p.mapped++
 			p.mu.Unlock()
 			return p.mapNew()
 		}
 		p.mu.Unlock()
 		if p.reclaim() {
-			tries = -1 // a buffer went back: take it (or one freed meanwhile)
+			continue // a buffer went back: take it (or one freed meanwhile)
+		}
+		if deadline == nil {
+			t := time.NewTimer(overflowWait)
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-p.avail:
+		case <-deadline:
+			p.mu.Lock()
+			p.mapped++
+			p.mu.Unlock()
+			return p.mapNew()
 		}
 	}
 }
@@ -128,9 +151,13 @@ func (p *bufferPool) put(b *buffer) {
 	mem := b.mem
 	b.mem, b.data = nil, nil
 	p.mu.Lock()
-	if p.mapped <= p.limit+p.limit/8 {
+	if p.mapped <= p.limit+p.limit/16 {
 		p.free = append(p.free, mem)
 		p.mu.Unlock()
+		select {
+		case p.avail <- struct{}{}:
+		default:
+		}
 		return
 	}
 	p.mapped--

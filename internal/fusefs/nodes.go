@@ -143,16 +143,18 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	f.fsys.prefetchNext(ctx, f.path)
 	// NOFLUSH: a read-only file has nothing to flush, and a close without
 	// a FLUSH round trip is a third of a small file's requests.
-	if h.file != nil || f.fsys.opts.PageCache {
+	if h.file != nil || f.fsys.opts.PageCache || f.served.Load() >= f.entry.Size {
 		return h, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
-	// A file sluice answers itself is read with direct I/O: the bytes go
-	// from the cached block straight into the reader's buffer, and the
-	// kernel keeps no page cache of its own for them. Filling fresh
-	// page-cache pages costs more than the rest of a cold read on VMs
-	// that hand free memory back to their host; the disk tier's O_DIRECT
-	// copy is served by passthrough once it is whole. Sequential readers
-	// are read ahead by the block cache, not by the kernel.
+	// The first read of a file that sluice answers itself is direct I/O:
+	// the bytes go from the cached block straight into the reader's
+	// buffer, and the kernel fills no page cache of its own for them.
+	// Filling fresh page-cache pages costs more than the rest of a cold
+	// read on VMs that hand free memory back to their host. Once the file
+	// was read whole, the next opens let the kernel's page cache keep it
+	// (passthrough when the disk copy is whole, else FOPEN_KEEP_CACHE).
+	// Sequential readers are read ahead by the block cache, not by the
+	// kernel.
 	return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
 
