@@ -152,7 +152,11 @@ func (w *writeBehind) has(key string) bool {
 func (w *writeBehind) run() {
 	defer w.wg.Done()
 	for j := range w.jobs {
-		if err := w.write(j.b, j.buf.data, j.crc, w.direct); err != nil {
+		// Small blocks (heap buffers: small objects) are written through
+		// the page cache, so that they are served from it when opened
+		// again; per byte they cost the same, per file far less than a
+		// read from the disk.
+		if err := w.write(j.b, j.buf.data, j.crc, w.direct && j.buf.pool != nil); err != nil {
 			klog.V(2).InfoS("Disk tier write failed", "path", j.b.Object.Path, "block", j.b.Index, "err", err)
 		}
 		w.finished(j, true)

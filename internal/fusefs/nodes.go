@@ -143,10 +143,12 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	f.fsys.prefetchNext(ctx, f.path)
 	// NOFLUSH: a read-only file has nothing to flush, and a close without
 	// a FLUSH round trip is a third of a small file's requests.
-	if h.file != nil || f.fsys.opts.PageCache || f.served.Load() >= f.entry.Size {
+	if h.file != nil || f.fsys.opts.PageCache || f.entry.Size < directIOMin || f.served.Load() >= f.entry.Size {
 		return h, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
-	// The first read of a file that sluice answers itself is direct I/O:
+	// The first read of a file that sluice answers itself is direct I/O
+	// (files of at least directIOMin; a smaller one is one READ request
+	// through the page cache, which also knows where it ends):
 	// the bytes go from the cached block straight into the reader's
 	// buffer, and the kernel fills no page cache of its own for them.
 	// Filling fresh page-cache pages costs more than the rest of a cold
@@ -157,6 +159,12 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	// kernel.
 	return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
+
+// directIOMin is the smallest file read with direct I/O: the largest FUSE
+// request (MaxWrite). A smaller file read through the page cache takes one
+// READ, and its end is known there; with direct I/O a reader's next read
+// would be a second round trip to learn it is at the end.
+const directIOMin = 1 << 20
 
 // handle is an open file. When file is set, the kernel reads it directly
 // (passthrough) and Read is not called.
