@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,6 +40,25 @@ type child struct {
 	waitErr    error
 	stopOnce   sync.Once
 	stopErr    error
+	hwm        int64 // VmHWM in bytes, read by stop (0: not read)
+}
+
+// vmHWM is the peak resident set of a running process (VmHWM of
+// /proc/PID/status), in bytes; 0 when it cannot be read.
+func vmHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 0
 }
 
 // startChild starts bin with args and env (added to the benchmark's own);
@@ -121,6 +141,7 @@ func (c *child) waitMounted(ctx context.Context, fstype string, timeout time.Dur
 func (c *child) stop() (err error) {
 	c.stopOnce.Do(func() {
 		pid := c.cmd.Process.Pid
+		c.hwm = vmHWM(pid)
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 		select {
 		case <-c.exited:
@@ -259,9 +280,14 @@ func (c *cleanups) run() error {
 	return errors.Join(errs...)
 }
 
-// peakRSS is the largest resident set of a child that has exited, in
-// bytes (getrusage's ru_maxrss); 0 before it exits.
+// peakRSS is the largest resident set of a stopped child, in bytes: its
+// VmHWM just before stop, else getrusage's ru_maxrss (which also counts
+// the benchmark's own resident set, as a forked child's before its exec
+// is kept there); 0 before it exits.
 func (c *child) peakRSS() int64 {
+	if c.hwm > 0 {
+		return c.hwm
+	}
 	select {
 	case <-c.exited:
 		if ru, ok := c.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
