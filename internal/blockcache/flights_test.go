@@ -100,3 +100,76 @@ func waitFetchQueue(t *testing.T, c *Cache, demand, ahead int) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestReadaheadContinuesIntoNextObject: a sequential reader whose
+// readahead window passes the end of its object has the next object's
+// first blocks fetched (those the window reaches; the next object is
+// looked up once); a random reader
+// of the same object does not.
+func TestReadaheadContinuesIntoNextObject(t *testing.T) {
+	const bs = 64 << 10
+	for _, tc := range []struct {
+		name    string
+		offsets []int64
+		want    int // blocks of the next object fetched
+	}{
+		{"sequential to the end", []int64{0, bs, 2 * bs, 3 * bs}, 2},
+		{"random", []int64{3 * bs, 0, 2 * bs}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newMemGetter()
+			a := g.add("a", testutil.RandBytes(4*bs, 1))
+			b := g.add("b", testutil.RandBytes(8*bs, 2))
+			c := newTestCache(t, g, func(c *Config) { c.Readahead = 2; c.MemoryBytes = 8 << 20; c.DiskBytes = 8 << 20 })
+			r := c.NewReader(a)
+			asked := make(chan struct{}, 8)
+			r.SetNext(func() (ObjectRef, bool) { asked <- struct{}{}; return b, true })
+			for _, off := range tc.offsets {
+				if _, err := r.ReadAt(context.Background(), make([]byte, 1000), off); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fetchedOfB := func() int {
+				g.mu.Lock()
+				defer g.mu.Unlock()
+				n := 0
+				for i := range int64(8) {
+					n += g.fetches[c.block(b, i).Key()]
+				}
+				return n
+			}
+			if tc.want > 0 {
+				<-asked
+				for deadline := time.Now().Add(5 * time.Second); fetchedOfB() < tc.want; time.Sleep(5 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("%d blocks of the next object fetched after 5s, want %d", fetchedOfB(), tc.want)
+					}
+				}
+			}
+			// The reads and their readahead are done: nothing more comes.
+			waitIdle(t, c)
+			if got := fetchedOfB(); got != tc.want {
+				t.Fatalf("%d blocks of the next object fetched, want %d", got, tc.want)
+			}
+			if n := len(asked); n != 0 {
+				t.Fatalf("the next object was looked up %d more times", n)
+			}
+		})
+	}
+}
+
+// waitIdle waits until no fetch is in flight and no readahead holds a slot.
+func waitIdle(t *testing.T, c *Cache) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		c.flights.mu.Lock()
+		n := len(c.flights.m)
+		c.flights.mu.Unlock()
+		if n == 0 && len(c.prefetch) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d fetches still in flight after 5s", n)
+		}
+	}
+}

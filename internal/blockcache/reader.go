@@ -17,11 +17,27 @@ type Reader struct {
 	mu        sync.Mutex
 	lastBlock int64 // block of the last byte of the previous read
 	aheadTo   int64 // last block already handed to Prefetch
+	crossed   bool  // the readahead window reached the next object (its lookup started)
+	nextObj   *ObjectRef
+	nextTo    int64 // last block of nextObj handed to Prefetch (-1: none)
+
+	// next, when set, names the object read after this one (the next file
+	// of its directory): a sequential run whose readahead window passes
+	// the end goes on into it, so that the origin is not idle while the
+	// reader finishes this object.
+	next func() (ObjectRef, bool)
+}
+
+// SetNext sets the object a sequential run continues into (see next).
+func (r *Reader) SetNext(next func() (ObjectRef, bool)) {
+	r.mu.Lock()
+	r.next = next
+	r.mu.Unlock()
 }
 
 // NewReader returns a Reader for obj.
 func (c *Cache) NewReader(obj ObjectRef) *Reader {
-	return &Reader{c: c, obj: obj, lastBlock: -1, aheadTo: -1}
+	return &Reader{c: c, obj: obj, lastBlock: -1, aheadTo: -1, nextTo: -1}
 }
 
 // Object is the object this Reader reads.
@@ -47,6 +63,10 @@ func (r *Reader) ahead(n int, off int64) {
 		first := off / bs
 		last := (min(off+int64(n), r.obj.Size) - 1) / bs
 		var from, to int64 = 0, -1
+		var lookup func() (ObjectRef, bool)
+		var nobj *ObjectRef
+		var nfrom, nto int64
+		end := nblocks(r.obj.Size, bs) - 1
 		r.mu.Lock()
 		// Kernel readahead may deliver a request slightly out of order:
 		// tolerate one block backwards.
@@ -54,6 +74,15 @@ func (r *Reader) ahead(n int, off int64) {
 			if want := last + ra; want > r.aheadTo {
 				from, to = max(r.aheadTo+1, last+1), want
 				r.aheadTo = want
+				if upto := want - end - 1; upto > r.nextTo && r.next != nil {
+					switch {
+					case !r.crossed:
+						r.crossed, lookup = true, r.next
+					case r.nextObj != nil:
+						nobj, nfrom, nto = r.nextObj, r.nextTo+1, upto
+					}
+					r.nextTo = upto
+				}
 			}
 			r.lastBlock = max(r.lastBlock, last)
 		} else {
@@ -63,5 +92,25 @@ func (r *Reader) ahead(n int, off int64) {
 		if to >= from {
 			r.c.Prefetch(r.obj, from, to)
 		}
+		if nobj != nil {
+			r.c.Prefetch(*nobj, nfrom, nto)
+		}
+		if lookup != nil { // off the read path: the lookup may list a directory
+			go r.crossInto(lookup)
+		}
 	}
+}
+
+// crossInto looks up the next object and fetches ahead the blocks of it
+// that the readahead window has reached by then.
+func (r *Reader) crossInto(lookup func() (ObjectRef, bool)) {
+	obj, ok := lookup()
+	if !ok {
+		return
+	}
+	r.mu.Lock()
+	r.nextObj = &obj
+	to := r.nextTo
+	r.mu.Unlock()
+	r.c.Prefetch(obj, 0, to)
 }

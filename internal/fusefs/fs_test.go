@@ -191,12 +191,18 @@ func TestConcurrentReadersFetchEachBlockOnce(t *testing.T) {
 					if n := m.getter.maxPerBlock(); n != 1 {
 						t.Errorf("a block was fetched from the origin %d times, want 1", n)
 					}
-					var want int64
 					for _, p := range tc.files {
-						want += (int64(len(files[p])) + testBlock - 1) / testBlock
+						want := int((int64(len(files[p])) + testBlock - 1) / testBlock)
+						if got := m.getter.fetchedOf(p); got != want {
+							t.Errorf("origin fetches of %s: %d, want %d", p, got, want)
+						}
 					}
-					if got := m.getter.fetches.Load(); got != want {
-						t.Errorf("origin fetches %d, want %d", got, want)
+					// Readahead goes on into the next file of the directory,
+					// at most its window (4 blocks), and no further.
+					if next := fmt.Sprintf("f%d", len(tc.files)); files[next] != nil {
+						if got := m.getter.fetchedOf(next); got > 4 {
+							t.Errorf("%d blocks of the next file %s fetched ahead, want at most 4", got, next)
+						}
 					}
 				})
 			}

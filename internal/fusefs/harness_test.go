@@ -25,7 +25,15 @@ type countingGetter struct {
 	inner   blockcache.Getter
 	mu      sync.Mutex
 	perKey  map[string]int
+	perPath map[string]int
 	fetches atomic.Int64
+}
+
+// fetchedOf is the number of blocks of path fetched.
+func (g *countingGetter) fetchedOf(path string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.perPath[path]
 }
 
 func (g *countingGetter) GetBlock(ctx context.Context, b blockcache.BlockRef, p []byte) error {
@@ -34,6 +42,10 @@ func (g *countingGetter) GetBlock(ctx context.Context, b blockcache.BlockRef, p 
 		g.fetches.Add(1)
 		g.mu.Lock()
 		g.perKey[b.Key()]++
+		if g.perPath == nil {
+			g.perPath = map[string]int{}
+		}
+		g.perPath[b.Object.Path]++
 		g.mu.Unlock()
 	}
 	return err

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -126,6 +127,14 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	}
 	obj := blockcache.ObjectRef{Source: f.fsys.ns.Source().ID(), Path: f.path, Version: f.entry.Version, Size: f.entry.Size}
 	h := &handle{r: f.fsys.cache.NewReader(obj), served: &f.served}
+	// A sequential reader's readahead goes on into the next file of the
+	// directory (shards, parts, images read in order).
+	fsys, p := f.fsys, f.path
+	h.r.SetNext(func() (blockcache.ObjectRef, bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), nextFileTimeout)
+		defer cancel()
+		return fsys.nextFile(ctx, p)
+	})
 	if f.fsys.opts.Passthrough && !f.fsys.front.cachedOpen(f.StableAttr().Ino) {
 		h.file, h.release, _ = f.fsys.cache.OpenLocal(obj)
 		if h.file != nil && !f.fsys.opts.PageCache && f.served.Load() < f.entry.Size && !pageCached(h.file, f.entry.Size) {
@@ -159,6 +168,10 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	// kernel.
 	return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
+
+// nextFileTimeout bounds the listing lookup of the file after an open one
+// (it is cached: the lookup of the open file listed its directory).
+const nextFileTimeout = 5 * time.Second
 
 // directIOMin is the smallest file read with direct I/O: the largest FUSE
 // request (MaxWrite). A smaller file read through the page cache takes one

@@ -94,3 +94,23 @@ func (fsys *FS) prefetchNext(ctx context.Context, p string) {
 		fsys.cache.Prefetch(obj, 0, 0)
 	}
 }
+
+// nextFile returns the object of the file after p in its directory's
+// listing (the cached one: the lookup of p listed it), skipping
+// directories and empty files; ok is false at the end or when the
+// listing is not at hand.
+func (fsys *FS) nextFile(ctx context.Context, p string) (blockcache.ObjectRef, bool) {
+	dir, name := path.Split(p)
+	dir = path.Clean("/" + dir)[1:]
+	entries, err := fsys.ns.List(ctx, dir)
+	if err != nil {
+		return blockcache.ObjectRef{}, false
+	}
+	i := sort.Search(len(entries), func(i int) bool { return entries[i].Name > name })
+	for ; i < len(entries); i++ {
+		if e := entries[i]; !e.IsDir && e.Size > 0 {
+			return blockcache.ObjectRef{Source: fsys.ns.Source().ID(), Path: path.Join(dir, e.Name), Version: e.Version, Size: e.Size}, true
+		}
+	}
+	return blockcache.ObjectRef{}, false
+}
