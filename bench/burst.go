@@ -26,6 +26,7 @@ type BurstOptions struct {
 	Versitygw, Rclone, Sluice string
 	Files                     int
 	FileSize                  string
+	FilesAtOnce               int // files one client reads at once
 	Clients                   []int
 	Workers                   int
 	Bandwidth                 string
@@ -50,6 +51,7 @@ func (o *BurstOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Sluice, "sluice", "", "sluice binary for the mounts and workers (default: the sluice beside this executable)")
 	fs.IntVar(&o.Files, "files", 16, "files in the dataset")
 	fs.StringVar(&o.FileSize, "file-size", "64Mi", "size of each file")
+	fs.IntVar(&o.FilesAtOnce, "files-at-once", 4, "files one client reads at once, in listing order (1: one after another, like sha256sum part-*)")
 	fs.IntSliceVar(&o.Clients, "clients", []int{16}, "concurrent clients (several: --clients 16,64)")
 	fs.IntVar(&o.Workers, "workers", 2, "cache workers")
 	fs.StringVar(&o.Bandwidth, "bandwidth", "100M", "origin bandwidth cap in bytes/s (100M = 100 MB/s)")
@@ -80,8 +82,8 @@ func (o *BurstOptions) Validate() error {
 	if o.bandwidth, err = quantity("--bandwidth", o.Bandwidth); err != nil {
 		return err
 	}
-	if o.Files < 1 || o.Workers < 1 {
-		return errors.New("--files and --workers must be at least 1")
+	if o.Files < 1 || o.Workers < 1 || o.FilesAtOnce < 1 {
+		return errors.New("--files, --workers and --files-at-once must be at least 1")
 	}
 	if len(o.Clients) == 0 || slices.Min(o.Clients) < 1 || slices.Max(o.Clients) > 256 {
 		return errors.New("--clients: want 1..256 clients per run")

@@ -98,10 +98,10 @@ type clientUse struct {
 	cpu     float64
 }
 
-// readAll reads every file of the dataset under dir, clientConcurrency at a
+// readAll reads every file of the dataset under dir, FilesAtOnce at a
 // time, verifying every chunk.
 func (e *burstEnv) readAll(ctx context.Context, dir string) error {
-	sem := make(chan struct{}, clientConcurrency)
+	sem := make(chan struct{}, e.o.FilesAtOnce)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var first error

@@ -46,7 +46,7 @@ func seq(n int) []int {
 func TestBurstValidate(t *testing.T) {
 	base := func() BurstOptions {
 		return BurstOptions{Versitygw: "/bin/sh", Sluice: "/bin/sh", Files: 2, FileSize: "1Mi", Clients: []int{2},
-			Workers: 1, Bandwidth: "100M", Modes: []string{ModeSluice}, BlockSize: "1Mi"}
+			Workers: 1, Bandwidth: "100M", Modes: []string{ModeSluice}, BlockSize: "1Mi", FilesAtOnce: 4}
 	}
 	tests := []struct {
 		name   string

@@ -141,7 +141,7 @@ func (o *FaultsOptions) ordered() []string {
 func (o *FaultsOptions) burstOptions() *BurstOptions {
 	return &BurstOptions{Versitygw: o.Versitygw, Sluice: o.Sluice, Files: o.Files, FileSize: o.FileSize,
 		Clients: []int{o.Clients}, Workers: o.Workers, Bandwidth: o.Bandwidth, BlockSize: o.BlockSize,
-		WorkDir: o.WorkDir, fileSize: o.fileSize, bandwidth: o.bandwidth}
+		WorkDir: o.WorkDir, FilesAtOnce: 4, fileSize: o.fileSize, bandwidth: o.bandwidth}
 }
 
 // FaultResult is one scenario.
