@@ -318,29 +318,52 @@ func (r *runner) rclone(ctx context.Context, row *Row, cacheDir string) error {
 		"RCLONE_CONFIG_SLUICEBENCH_ACCESS_KEY_ID=" + r.gw.AccessKey,
 		"RCLONE_CONFIG_SLUICEBENCH_SECRET_ACCESS_KEY=" + r.gw.SecretKey,
 	}
-	c, err := startChild("rclone mount", mnt, r.o.Rclone, args, env, "")
+	return r.peer(ctx, row, peerMount{name: "rclone", bin: r.o.Rclone, mnt: mnt, args: args, env: env, fsType: "fuse.rclone"})
+}
+
+// peerMount is another FUSE client measured beside sluice.
+type peerMount struct {
+	name, bin, mnt string
+	args, env      []string
+	fsType         string // in /proc/self/mountinfo once it serves
+	// unmountFirst ends it by unmounting (its exit status is not what is
+	// measured) before the SIGTERM of child.stop.
+	unmountFirst bool
+}
+
+// peer measures a fresh mount of p: both workloads, its CPU per GiB.
+func (r *runner) peer(ctx context.Context, row *Row, p peerMount) error {
+	c, err := startChild(p.name+" mount", p.mnt, p.bin, p.args, p.env, "")
 	if err != nil {
 		return err
 	}
 	r.cl.add(c.stop)
 	defer c.stop()
-	if err := c.waitMounted(ctx, "fuse.rclone", mountTimeout); err != nil {
+	if err := c.waitMounted(ctx, p.fsType, mountTimeout); err != nil {
 		return err
 	}
-	w, err := r.readBoth(ctx, mnt)
+	w, err := r.readBoth(ctx, p.mnt)
 	if err != nil {
-		return fmt.Errorf("%w; rclone output:\n%s", err, c.out.tail())
+		return fmt.Errorf("%w; %s output:\n%s", err, p.name, c.out.tail())
+	}
+	if p.unmountFirst && mountutil.Unmount(p.mnt) == nil {
+		select {
+		case <-c.exited:
+		case <-time.After(stopTimeout):
+		}
 	}
 	if err := c.stop(); err != nil {
-		return err
+		if !p.unmountFirst {
+			return err
+		}
+		row.Notes = append(row.Notes, p.name+" did not stop cleanly after the reads: "+firstLine(err.Error()))
 	}
 	setBoth(row, w)
-	row.Settings = "rclone " + strings.Join(args, " ")
-	cpu := c.cpuSeconds()
-	row.Extra = map[string]any{"rcloneCPUSeconds": cpu}
-	row.CPUPerGiB = cpu / (float64(w[0].Bytes+w[1].Bytes) / (1 << 30))
-	row.Notes = append(row.Notes, fmt.Sprintf("rclone mount used %.1f CPU-seconds (user+sys) for %s",
-		cpu, formatBytes(w[0].Bytes+w[1].Bytes)))
+	row.Settings = p.name + " " + strings.Join(p.args, " ")
+	cpu, read := c.cpuSeconds(), w[0].Bytes+w[1].Bytes
+	row.Extra = map[string]any{p.name + "CPUSeconds": cpu}
+	row.CPUPerGiB = cpu / (float64(read) / (1 << 30))
+	row.Notes = append(row.Notes, fmt.Sprintf("%s used %.1f CPU-seconds (user+sys) for %s", p.name, cpu, formatBytes(read)))
 	return nil
 }
 

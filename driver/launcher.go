@@ -23,6 +23,7 @@ import (
 	"github.com/sluice-dev/sluice/internal/contract"
 	"github.com/sluice-dev/sluice/internal/fusefs"
 	"github.com/sluice-dev/sluice/internal/mountutil"
+	"github.com/sluice-dev/sluice/internal/unixsock"
 )
 
 // procLauncher runs each session as `sluice csi serve-session` in its own
@@ -350,7 +351,7 @@ func (l *procLauncher) stats(ctx context.Context, rec *state.Session) (sessionSt
 	var st sessionStats
 	c := http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", rec.StatsSocket())
+			return unixsock.Dial(ctx, rec.StatsSocket())
 		},
 	}, Timeout: 5 * time.Second}
 	defer c.CloseIdleConnections()

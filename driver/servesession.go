@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"github.com/sluice-dev/sluice/internal/datapath"
 	"github.com/sluice-dev/sluice/internal/fusefs"
 	"github.com/sluice-dev/sluice/internal/metrics"
+	"github.com/sluice-dev/sluice/internal/unixsock"
 )
 
 // ServeOptions are the options of the hidden `sluice csi serve-session`,
@@ -150,7 +150,7 @@ func serveStats(path string, reg *prometheus.Registry, m *metrics.Cache, rt *dat
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	ln, err := net.Listen("unix", path)
+	ln, err := unixsock.Listen(path)
 	if err != nil {
 		return nil, fmt.Errorf("stats socket: %w", err)
 	}

@@ -1,6 +1,7 @@
 package fusefs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -9,6 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/unixsock"
 )
 
 // serveHandback hands fd (SCM_RIGHTS) to each process of this user that
@@ -18,7 +21,7 @@ func serveHandback(path string, fd *os.File) (func() error, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	ln, err := unixsock.Listen(path)
 	if err != nil {
 		return nil, fmt.Errorf("handback socket: %w", err)
 	}
@@ -28,11 +31,11 @@ func serveHandback(path string, fd *os.File) (func() error, error) {
 	}
 	go func() {
 		for {
-			c, err := ln.AcceptUnix()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go handBack(c, fd)
+			go handBack(c.(*net.UnixConn), fd)
 		}
 	}()
 	return ln.Close, nil
@@ -61,7 +64,9 @@ func handBack(c *net.UnixConn, fd *os.File) {
 // FetchFD takes a connection's /dev/fuse descriptor from the process
 // serving it (its Handover.HandbackSocket).
 func FetchFD(path string, timeout time.Duration) (*os.File, error) {
-	c, err := net.DialTimeout("unix", path, timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := unixsock.Dial(ctx, path)
 	if err != nil {
 		return nil, fmt.Errorf("handback socket: %w", err)
 	}
