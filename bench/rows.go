@@ -100,7 +100,7 @@ func (r *runner) measureRows(ctx context.Context) []*Row {
 			s.row.Skipped = "interrupted"
 			continue
 		}
-		if len(r.o.Only) > 0 && !slices.Contains(r.o.Only, s.row.Key) {
+		if !r.selected(s.row.Key) {
 			s.row.Skipped = "not in --only"
 			continue
 		}
@@ -201,6 +201,11 @@ func sluiceFlags(o *Options) []string {
 	return []string{"--s3-path-style", "--s3-region", "us-east-1", "--cache-disk", formatSize(disk)}
 }
 
+// selected reports whether --only lets the row with key be measured.
+func (r *runner) selected(key string) bool {
+	return len(r.o.Only) == 0 || slices.Contains(r.o.Only, key)
+}
+
 // measuredBy is the measure of a row that another row's measure fills in.
 func measuredBy(key string) func(context.Context, *Row) error {
 	return func(_ context.Context, row *Row) error {
@@ -263,7 +268,7 @@ func (r *runner) sluice(ctx context.Context, row *Row, cacheDir string, passthro
 	if err := pass(row); err != nil {
 		return err
 	}
-	if again != nil {
+	if again != nil && r.selected(again.Key) {
 		if err := pass(again); err != nil {
 			again.Error = err.Error()
 		}
