@@ -218,6 +218,9 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	if got, err := os.ReadFile(ptPath); err != nil || !bytes.Equal(got, pt) {
 		t.Fatalf("reading p.bin: %v", err)
 	}
+	// The kernel sends that read's RELEASE after close returns: an open
+	// that came first would find the file still open in cached mode.
+	waitLogReleased(t, filepath.Join(state, "opens"), ptPath)
 	ptFile, err := os.Open(ptPath)
 	if err != nil {
 		t.Fatal(err)
@@ -325,6 +328,38 @@ func mustWriteFile(t *testing.T, path string, data []byte) {
 
 // openBacking is the backing id the serving process recorded in its open
 // log for an open file at path (0: cached mode).
+// waitLogReleased waits until the open log of a serving process has no
+// file of path open (see waitReleased).
+func waitLogReleased(t *testing.T, logPath, path string) {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		raw, err := os.ReadFile(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := &openLog{live: map[uint64]openRecord{}}
+		for _, line := range strings.Split(string(raw), "\n") {
+			l.apply(line)
+		}
+		open := 0
+		for _, r := range l.live {
+			if r.node == st.Sys().(*syscall.Stat_t).Ino {
+				open++
+			}
+		}
+		if open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still has %d files open 5s after its last close", path, open)
+		}
+	}
+}
+
 func openBacking(t *testing.T, logPath, path string) int32 {
 	t.Helper()
 	st, err := os.Stat(path)
