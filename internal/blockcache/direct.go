@@ -72,13 +72,14 @@ func eofIsShort(err error) error {
 	return err
 }
 
-// pageCachedRange reports whether all of [off, off+n) of f is in the page
-// cache (cachestat(2)); false where the kernel cannot tell.
-func pageCachedRange(f *os.File, off, n int64) bool {
+// PageCached returns the share of [off, off+n) of f that is in the page
+// cache (cachestat(2), Linux 6.5); ok is false where the kernel cannot tell.
+func PageCached(f *os.File, off, n int64) (share float64, ok bool) {
 	var st unix.Cachestat_t
 	rng := unix.CachestatRange{Off: uint64(off), Len: uint64(n)}
-	if err := unix.Cachestat(uint(f.Fd()), &rng, &st, 0); err != nil {
-		return false
+	if n <= 0 || unix.Cachestat(uint(f.Fd()), &rng, &st, 0) != nil {
+		return 0, false
 	}
-	return int64(st.Cache)*int64(os.Getpagesize()) >= n
+	pages := (n + int64(os.Getpagesize()) - 1) / int64(os.Getpagesize())
+	return float64(st.Cache) / float64(pages), true
 }

@@ -99,7 +99,7 @@ func (d *diskTier) readWhole(b BlockRef, buf []byte) (diskRead, error) {
 		}
 	}
 	var direct *os.File
-	if blk != nil && !pageCachedRange(o.data, b.Offset(), int64(len(buf))) {
+	if share, _ := PageCached(o.data, b.Offset(), int64(len(buf))); blk != nil && share < 1 {
 		direct = d.directLocked(o)
 	}
 	verified := blk != nil && blk.verified

@@ -137,7 +137,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	})
 	if f.fsys.opts.Passthrough && !f.fsys.front.cachedOpen(f.StableAttr().Ino) {
 		h.file, h.release, _ = f.fsys.cache.OpenLocal(obj)
-		if h.file != nil && !f.fsys.opts.PageCache && f.served.Load() < f.entry.Size && !pageCached(h.file, f.entry.Size) {
+		if h.file != nil && !f.fsys.opts.PageCache && f.served.Load() < f.entry.Size && !mostlyCached(h.file, f.entry.Size) {
 			// The disk tier's copy is whole but not in the page cache
 			// (it was written with O_DIRECT): passthrough would have the
 			// kernel fill page-cache pages from the disk while the
@@ -167,6 +167,13 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	// Sequential readers are read ahead by the block cache, not by the
 	// kernel.
 	return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
+}
+
+// mostlyCached reports whether nine tenths of f's first size bytes are in
+// the page cache; where the kernel cannot tell, true (passthrough then).
+func mostlyCached(f *os.File, size int64) bool {
+	share, ok := blockcache.PageCached(f, 0, size)
+	return !ok || share >= 0.9
 }
 
 // nextFileTimeout bounds the listing lookup of the file after an open one
