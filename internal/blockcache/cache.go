@@ -275,11 +275,8 @@ func (c *Cache) wholeFromDisk(b BlockRef, n int) bool {
 // readDiskWhole loads block b from the disk tier into a pooled buffer
 // (O_DIRECT where it is not in the page cache: direct.go) and keeps it in
 // memory. It returns the buffer with a reference and its checksum, or nil
-// when the disk does not hold the block.
+// when the disk does not hold the block. The caller checks wholeFromDisk.
 func (c *Cache) readDiskWhole(b BlockRef, key string) (*buffer, uint32) {
-	if !c.wholeFromDisk(b, int(b.Len())) {
-		return nil, 0
-	}
 	if !c.disk.has(b) {
 		c.cfg.Metrics.Miss(metrics.TierDisk)
 		return nil, 0
@@ -330,10 +327,11 @@ func (c *Cache) fly(b BlockRef, key string, readahead bool, f *flight) (*buffer,
 			return buf, crc, nil
 		}
 	}
-	if buf, crc := c.readDiskWhole(b, key); buf != nil {
-		return buf, crc, nil
-	}
-	if c.disk != nil && c.disk.has(b) {
+	if c.wholeFromDisk(b, int(b.Len())) {
+		if buf, crc := c.readDiskWhole(b, key); buf != nil {
+			return buf, crc, nil
+		}
+	} else if c.disk != nil && c.disk.has(b) { // a small block: a heap buffer of its size
 		buf := c.pool.get(int(b.Len()))
 		if hit, crc := c.readDisk(b, key, buf.data, 0); hit {
 			c.putMemory(key, buf, crc)
