@@ -408,26 +408,28 @@ func (c *Cache) publishSizes() {
 // present reports whether readahead has nothing to do for a block: it is
 // in memory or queued for the disk, or on the disk and read from there in
 // place (blocks loaded whole from the disk are read ahead into memory).
-func (c *Cache) present(b BlockRef) bool {
-	if c.mem.contains(b.Key()) {
+func (c *Cache) present(b BlockRef, id string) bool {
+	key := blockKey(id, b.Index)
+	if c.mem.contains(key) {
 		return true
 	}
 	if c.disk == nil {
 		return false
 	}
-	if c.behind.has(b.Key()) {
+	if c.behind.has(key) {
 		return true
 	}
-	return !c.wholeFromDisk(b, int(b.Len())) && c.disk.has(b)
+	return !c.wholeFromDisk(b, int(b.Len())) && c.disk.holds(id, b.Index)
 }
 
 // Prefetch fetches blocks [from, to] of obj in the background, at most
 // MaxPrefetch at a time across the cache. Blocks already present are skipped.
 func (c *Cache) Prefetch(obj ObjectRef, from, to int64) {
 	last := nblocks(obj.Size, c.cfg.BlockSize) - 1
+	id := obj.id()
 	for i := max(from, 0); i <= min(to, last); i++ {
 		b := c.block(obj, i)
-		if c.present(b) {
+		if c.present(b, id) {
 			continue
 		}
 		go func() {
@@ -447,9 +449,11 @@ func (c *Cache) Prefetch(obj ObjectRef, from, to int64) {
 	}
 }
 
-// OpenLocal returns a read-only file holding obj's bytes when every block is
-// on the local disk (for kernel FUSE passthrough). The object stays pinned
-// on disk until release is called.
+// OpenLocal returns the disk tier's file holding obj's bytes when every
+// block is on the local disk (for kernel FUSE passthrough). The file is the
+// tier's own: read it with ReadAt or hand its descriptor to the kernel, and
+// do not close it. The object stays pinned on disk, and the file open,
+// until release is called.
 func (c *Cache) OpenLocal(obj ObjectRef) (f *os.File, release func(), ok bool) {
 	if c.disk == nil || obj.Size == 0 {
 		return nil, nil, false

@@ -407,7 +407,7 @@ func TestOpenLocalNeedsEveryBlock(t *testing.T) {
 		t.Fatal("OpenLocal on a fully cached object failed")
 	}
 	defer release()
-	got, err := io.ReadAll(f)
+	got, err := io.ReadAll(io.NewSectionReader(f, 0, int64(len(data))))
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("local file differs from the source (err %v)", err)
 	}

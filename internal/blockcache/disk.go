@@ -56,13 +56,17 @@ type diskObject struct {
 	openEl  *list.Element // in diskTier.open while its files are open (disk_files.go)
 }
 
-func (o *diskObject) closeFiles() {
+// closeFiles closes o's open files and returns how many it closed.
+func (o *diskObject) closeFiles() int {
+	n := 0
 	for _, f := range []*os.File{o.data, o.idx, o.direct} {
 		if f != nil {
 			f.Close()
+			n++
 		}
 	}
 	o.data, o.idx, o.direct = nil, nil, nil
+	return n
 }
 
 type diskBlock struct {
@@ -89,12 +93,17 @@ type diskTier struct {
 	objects map[string]*diskObject
 	lru     *list.List // front = most recently used *diskBlock
 	open    *list.List // objects whose files are open, front = most recently used
-	maxOpen int
+	fds     int        // descriptors of the objects in open
+	maxFDs  int
 }
 
 func openDiskTier(dir string, limit, blockSize int64) (*diskTier, error) {
-	if err := os.MkdirAll(filepath.Join(dir, "objects"), 0o700); err != nil {
-		return nil, fmt.Errorf("cache dir: %w", err)
+	// Every object directory (objects/00 .. objects/ff) is made here, not
+	// per object.
+	for i := range 256 {
+		if err := os.MkdirAll(filepath.Join(dir, "objects", fmt.Sprintf("%02x", i)), 0o700); err != nil {
+			return nil, fmt.Errorf("cache dir: %w", err)
+		}
 	}
 	lf, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
@@ -105,7 +114,7 @@ func openDiskTier(dir string, limit, blockSize int64) (*diskTier, error) {
 		return nil, fmt.Errorf("cache dir %s is in use by another process: %w", dir, err)
 	}
 	d := &diskTier{dir: dir, limit: limit, blockSize: blockSize, lockFile: lf,
-		objects: map[string]*diskObject{}, lru: list.New(), open: list.New(), maxOpen: maxOpenObjects()}
+		objects: map[string]*diskObject{}, lru: list.New(), open: list.New(), maxFDs: maxOpenDescriptors()}
 	if err := d.load(); err != nil {
 		d.close()
 		return nil, err
@@ -192,12 +201,18 @@ func (d *diskTier) loadObject(id string, trusted bool) error {
 }
 
 // openObjectFiles opens (or creates) the object's data and index files. When
-// rewrite is set, the index is rewritten with just the live records.
+// rewrite is set, the index is rewritten with just the live records. A new
+// object's index is written in place, not replaced: there is nothing to
+// keep, a torn header is dropped at load like any unusable index, and each
+// file created costs an inode allocation, the largest part of a small
+// object's cold read on a busy ext4.
 func (d *diskTier) openObjectFiles(ref ObjectRef, id string, rewrite bool, live map[int64][2]uint32) (*diskObject, error) {
-	if err := os.MkdirAll(filepath.Dir(d.objectPath(id, "")), 0o700); err != nil {
-		return nil, err
-	}
 	data, err := os.OpenFile(d.objectPath(id, ".data"), os.O_CREATE|os.O_RDWR, 0o600)
+	if errors.Is(err, os.ErrNotExist) { // its directory: made at open, removed since
+		if err = os.MkdirAll(filepath.Dir(d.objectPath(id, "")), 0o700); err == nil {
+			data, err = os.OpenFile(d.objectPath(id, ".data"), os.O_CREATE|os.O_RDWR, 0o600)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -206,29 +221,36 @@ func (d *diskTier) openObjectFiles(ref ObjectRef, id string, rewrite bool, live 
 		return nil, err
 	}
 	idxPath := d.objectPath(id, ".idx")
-	if live == nil || rewrite {
-		if err := writeIndex(idxPath, ref, d.blockSize, live); err != nil {
-			data.Close()
-			return nil, err
+	var idx *os.File
+	switch {
+	case live == nil:
+		idx, err = os.OpenFile(idxPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err == nil {
+			if _, err = idx.Write(indexBytes(ref, d.blockSize, nil)); err != nil {
+				idx.Close()
+			}
 		}
+	case rewrite:
+		if err = atomicfile.Replace(idxPath, indexBytes(ref, d.blockSize, live), 0o600); err == nil {
+			idx, err = os.OpenFile(idxPath, os.O_WRONLY|os.O_APPEND, 0o600)
+		}
+	default:
+		idx, err = os.OpenFile(idxPath, os.O_WRONLY|os.O_APPEND, 0o600)
 	}
-	idx, err := os.OpenFile(idxPath, os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		data.Close()
 		return nil, err
 	}
 	o := &diskObject{id: id, ref: ref, data: data, idx: idx, blocks: map[int64]*list.Element{},
 		nblocks: nblocks(ref.Size, d.blockSize)}
+	d.fds += 2
 	d.trackLocked(o)
 	return o, nil
 }
 
-// writeIndex atomically replaces the index with a header and live records.
-func writeIndex(path string, ref ObjectRef, blockSize int64, live map[int64][2]uint32) error {
-	hdr, err := json.Marshal(idxHeader{Source: ref.Source, Path: ref.Path, Version: ref.Version, Size: ref.Size, BlockSize: blockSize})
-	if err != nil {
-		return err
-	}
+// indexBytes is an index file: a header and the live records.
+func indexBytes(ref ObjectRef, blockSize int64, live map[int64][2]uint32) []byte {
+	hdr, _ := json.Marshal(idxHeader{Source: ref.Source, Path: ref.Path, Version: ref.Version, Size: ref.Size, BlockSize: blockSize})
 	var buf bytes.Buffer
 	buf.Grow(len(idxMagic) + len(hdr) + 1 + len(live)*recordSize)
 	buf.WriteString(idxMagic)
@@ -237,7 +259,7 @@ func writeIndex(path string, ref ObjectRef, blockSize int64, live map[int64][2]u
 	for idx, lc := range live {
 		buf.Write(record(idx, lc[0], lc[1]))
 	}
-	return atomicfile.Replace(path, buf.Bytes(), 0o600)
+	return buf.Bytes()
 }
 
 func record(idx int64, length, crc uint32) []byte {
@@ -251,14 +273,17 @@ func record(idx int64, length, crc uint32) []byte {
 func nblocks(size, blockSize int64) int64 { return (size + blockSize - 1) / blockSize }
 
 // has reports whether a block is present (not necessarily verified).
-func (d *diskTier) has(b BlockRef) bool {
+func (d *diskTier) has(b BlockRef) bool { return d.holds(b.Object.id(), b.Index) }
+
+// holds is has for block index of the object whose id is id.
+func (d *diskTier) holds(id string, index int64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	o := d.objects[b.Object.id()]
+	o := d.objects[id]
 	if o == nil {
 		return false
 	}
-	el := o.blocks[b.Index]
+	el := o.blocks[index]
 	return el != nil && !el.Value.(*diskBlock).pending
 }
 
@@ -305,6 +330,13 @@ func (d *diskTier) write(b BlockRef, data []byte, crc uint32, direct bool) error
 		d.mu.Unlock()
 		return err
 	}
+	idx, err := d.indexLocked(o)
+	if err != nil {
+		o.pins--
+		d.maybeCloseLocked(o)
+		d.mu.Unlock()
+		return err
+	}
 	blk := &diskBlock{obj: o, index: b.Index, length: uint32(len(data)), crc: crc, pending: true}
 	o.blocks[b.Index] = d.lru.PushFront(blk)
 	d.used += int64(len(data))
@@ -314,9 +346,9 @@ func (d *diskTier) write(b BlockRef, data []byte, crc uint32, direct bool) error
 	}
 	d.mu.Unlock()
 
-	err := writeBlockData(o.data, df, data, b.Offset())
+	err = writeBlockData(o.data, df, data, b.Offset())
 	if err == nil {
-		_, err = o.idx.Write(record(b.Index, blk.length, blk.crc))
+		_, err = idx.Write(record(b.Index, blk.length, blk.crc))
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -361,7 +393,11 @@ func (d *diskTier) removeBlockLocked(el *list.Element) {
 	if err := unix.Fallocate(int(o.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, int64(blk.length)); err != nil {
 		klog.V(2).InfoS("Punching a hole failed", "object", o.ref.Path, "err", err)
 	}
-	if _, err := o.idx.Write(record(blk.index, tombstoneLen, 0)); err != nil {
+	idx, err := d.indexLocked(o)
+	if err == nil {
+		_, err = idx.Write(record(blk.index, tombstoneLen, 0))
+	}
+	if err != nil {
 		klog.V(2).InfoS("Writing a tombstone failed", "object", o.ref.Path, "err", err)
 	}
 	d.maybeCloseLocked(o)
@@ -422,13 +458,11 @@ func (d *diskTier) openComplete(ref ObjectRef) (f *os.File, release func(), ok b
 		blk.verified = true
 		d.mu.Unlock()
 	}
-	f, err := os.Open(d.objectPath(o.id, ".data"))
-	if err != nil {
-		d.unpin(o)
-		return nil, nil, false
-	}
+	// The object's own descriptor: a pinned object's files stay open,
+	// and a second open of the file per open of a small one was a third
+	// of a warm open's cost.
 	var once sync.Once
-	return f, func() { once.Do(func() { f.Close(); d.unpin(o) }) }, true
+	return o.data, func() { once.Do(func() { d.unpin(o) }) }, true
 }
 
 func (d *diskTier) size() int64 {
@@ -443,6 +477,7 @@ func (d *diskTier) close() {
 	for _, o := range d.objects {
 		o.closeFiles()
 	}
+	d.fds = 0
 	d.objects = map[string]*diskObject{}
 	d.lru.Init()
 	d.mu.Unlock()

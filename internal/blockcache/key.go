@@ -45,7 +45,10 @@ func (b BlockRef) Len() int64 {
 }
 
 // Key is a stable string for the block: object identity and index.
-func (b BlockRef) Key() string { return b.Object.id() + "/" + strconv.FormatInt(b.Index, 10) }
+func (b BlockRef) Key() string { return blockKey(b.Object.id(), b.Index) }
+
+// blockKey is the Key of block index of the object whose id is id.
+func blockKey(id string, index int64) string { return id + "/" + strconv.FormatInt(index, 10) }
 
 // Getter fetches blocks from the tier below the local cache: an origin or
 // the cache workers, both as a source.Source through OriginGetter. GetBlock

@@ -175,7 +175,9 @@ func TestSlowDiskPacesNotDrops(t *testing.T) {
 	if !ok {
 		t.Fatal("the file is not whole on disk after a read through a slow disk")
 	}
-	f.Close()
+	if f == nil {
+		t.Fatal("OpenLocal returned no file")
+	}
 	release()
 }
 
