@@ -109,12 +109,47 @@ type fileNode struct {
 	// served counts the bytes this process answered for the node itself
 	// (direct I/O), for Open's choice of passthrough.
 	served atomic.Int64
+	// shared answers reads that come without a handle (Options.NoOpen).
+	shared atomic.Pointer[handle]
 }
 
 var (
 	_ = (fs.NodeOpener)((*fileNode)(nil))
 	_ = (fs.NodeGetattrer)((*fileNode)(nil))
+	_ = (fs.NodeReader)((*fileNode)(nil))
 )
+
+// Read answers a read on the handle Open made, or, for a kernel that opens
+// files without asking (Options.NoOpen), on the node's shared handle. Its
+// first read counts as the open for directory walks.
+func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if h, ok := fh.(*handle); ok {
+		return h.Read(ctx, dest, off)
+	}
+	h := f.shared.Load()
+	if h == nil {
+		if f.shared.CompareAndSwap(nil, f.newHandle()) {
+			f.fsys.prefetchNext(ctx, f.path, false)
+		}
+		h = f.shared.Load()
+	}
+	return h.Read(ctx, dest, off)
+}
+
+// newHandle is a handle reading the node through the block cache, whose
+// readahead goes on into the next file of the directory (shards, parts,
+// images read in order).
+func (f *fileNode) newHandle() *handle {
+	obj := blockcache.ObjectRef{Source: f.fsys.ns.Source().ID(), Path: f.path, Version: f.entry.Version, Size: f.entry.Size}
+	h := &handle{r: f.fsys.cache.NewReader(obj), served: &f.served}
+	fsys, p := f.fsys, f.path
+	h.r.SetNext(func() (blockcache.ObjectRef, bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), nextFileTimeout)
+		defer cancel()
+		return fsys.nextFile(ctx, p)
+	})
+	return h
+}
 
 func (f *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	setAttr(&out.Attr, f.entry)
@@ -125,17 +160,14 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	obj := blockcache.ObjectRef{Source: f.fsys.ns.Source().ID(), Path: f.path, Version: f.entry.Version, Size: f.entry.Size}
-	h := &handle{r: f.fsys.cache.NewReader(obj), served: &f.served}
-	// A sequential reader's readahead goes on into the next file of the
-	// directory (shards, parts, images read in order).
-	fsys, p := f.fsys, f.path
-	h.r.SetNext(func() (blockcache.ObjectRef, bool) {
-		ctx, cancel := context.WithTimeout(context.Background(), nextFileTimeout)
-		defer cancel()
-		return fsys.nextFile(ctx, p)
-	})
-	if f.fsys.opts.Passthrough && !f.fsys.front.cachedOpen(f.StableAttr().Ino) {
+	h := f.newHandle()
+	obj := h.r.Object()
+	// A small file this mount has answered whole is in the kernel's page
+	// cache of this inode (FOPEN_KEEP_CACHE below): its open needs no disk
+	// file and no passthrough registration, the cost of a warm open. Should
+	// the kernel have dropped the pages, it reads them from the block cache.
+	servedSmall := f.entry.Size < directIOMin && f.served.Load() >= f.entry.Size
+	if f.fsys.opts.Passthrough && !servedSmall && !f.fsys.front.cachedOpen(f.StableAttr().Ino) {
 		h.file, h.release, _ = f.fsys.cache.OpenLocal(obj)
 		if h.file != nil && !f.fsys.opts.PageCache && f.served.Load() < f.entry.Size && !mostlyCached(h.file, f.entry.Size) {
 			// The disk tier's copy is whole but not in the page cache
@@ -149,7 +181,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 			h.file, h.release = nil, nil
 		}
 	}
-	f.fsys.prefetchNext(ctx, f.path)
+	f.fsys.prefetchNext(ctx, f.path, servedSmall)
 	// NOFLUSH: a read-only file has nothing to flush, and a close without
 	// a FLUSH round trip is a third of a small file's requests.
 	if h.file != nil || f.fsys.opts.PageCache || f.entry.Size < directIOMin || f.served.Load() >= f.entry.Size {

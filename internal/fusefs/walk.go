@@ -15,7 +15,11 @@ import (
 // origin round trip per file. An open within walkWindow files after the
 // furthest one opened so far continues the walk (parallel readers open
 // files slightly out of order); walkStreak such opens start the prefetch,
-// which stays walkAhead files ahead. Any other open ends the streak.
+// which stays walkAhead files ahead. Any other open ends the streak. An
+// open of a file this mount already answered whole (a second epoch) goes
+// on with the walk but prefetches nothing: the next files are most likely
+// cached too, and the check would cost a warm open more than the rest of
+// it. The first open of a file that is not catches the prefetch up.
 //
 // Lock order: dirWalks.mu is a leaf.
 const (
@@ -37,8 +41,8 @@ type dirWalk struct {
 }
 
 // opened records an open of entry i of dir and returns the entries to
-// prefetch, [from, to] (ok false: none).
-func (w *dirWalks) opened(dir string, i int) (from, to int, ok bool) {
+// prefetch, [from, to] (ok false: none; always none when warm).
+func (w *dirWalks) opened(dir string, i int, warm bool) (from, to int, ok bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.dirs == nil || len(w.dirs) >= maxWalks {
@@ -58,7 +62,7 @@ func (w *dirWalks) opened(dir string, i int) (from, to int, ok bool) {
 	default:
 		d.streak, d.last, d.ahead = 0, i, i
 	}
-	if d.streak < walkStreak {
+	if d.streak < walkStreak || warm {
 		return 0, 0, false
 	}
 	from, to = max(d.last+1, d.ahead+1), d.last+walkAhead
@@ -69,9 +73,10 @@ func (w *dirWalks) opened(dir string, i int) (from, to int, ok bool) {
 	return from, to, true
 }
 
-// prefetchNext notes the open of the file at p and fetches the first
-// block of the next files of its directory when a walk is under way.
-func (fsys *FS) prefetchNext(ctx context.Context, p string) {
+// prefetchNext notes the open of the file at p (warm: answered whole by
+// this mount before) and fetches the first block of the next files of its
+// directory when a walk is under way.
+func (fsys *FS) prefetchNext(ctx context.Context, p string, warm bool) {
 	dir, name := path.Split(p)
 	dir = path.Clean("/" + dir)[1:]
 	entries, err := fsys.ns.List(ctx, dir) // cached: the lookup just listed it
@@ -82,7 +87,7 @@ func (fsys *FS) prefetchNext(ctx context.Context, p string) {
 	if i == len(entries) || entries[i].Name != name {
 		return
 	}
-	from, to, ok := fsys.walks.opened(dir, i)
+	from, to, ok := fsys.walks.opened(dir, i, warm)
 	if !ok || from >= len(entries) {
 		return
 	}
