@@ -53,7 +53,8 @@ func TestSmallFilesSmoke(t *testing.T) {
 	if err := json.Unmarshal(data, &rep); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"direct, warm", "sluice cold", "sluice warm (same mount)", "rclone"}
+	want := []string{"direct, warm", "sluice cold", "sluice warm (same mount)",
+		"sluice --small-files cold", "sluice --small-files warm (same mount)", "rclone"}
 	if len(rep.Rows) != len(want) {
 		t.Fatalf("rows %+v, want %q", rep.Rows, want)
 	}

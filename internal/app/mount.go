@@ -27,10 +27,14 @@ type MountOptions struct {
 	MetricsAddr string
 	Passthrough bool
 	PageCache   bool
+	SmallFiles  bool
 	AllowOther  bool
 	FuseDebug   bool
 	ProbeTime   time.Duration
 }
+
+// SmallFilesUsage is the help of every --small-files flag.
+const SmallFilesUsage = "tune the mount for datasets of many small files: the kernel opens and closes files without asking sluice, so a cached file is read from the page cache with no request at all; every file then goes through the page cache, without passthrough or direct I/O, which costs large files more CPU on their first read"
 
 // AddFlags registers the mount flags.
 func (o *MountOptions) AddFlags(fs *pflag.FlagSet) {
@@ -40,6 +44,7 @@ func (o *MountOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at this address (e.g. :9090)")
 	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
 	fs.BoolVar(&o.PageCache, "page-cache", false, "keep what sluice answers itself (files not fully cached, or without passthrough) in the kernel's page cache, instead of direct I/O into the reader's buffer: faster re-reads of the same file through this mount, at the cost of filling page-cache pages on the first read")
+	fs.BoolVar(&o.SmallFiles, "small-files", false, SmallFilesUsage)
 	fs.BoolVar(&o.AllowOther, "allow-other", os.Geteuid() == 0, "let other users read the mount")
 	fs.BoolVar(&o.FuseDebug, "fuse-debug", false, "log every FUSE request")
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin before giving up")
@@ -123,7 +128,7 @@ func (o *MountOptions) RunMount(ctx context.Context, out io.Writer) error {
 	}
 	defer rt.Cache.Close()
 	fsys := fusefs.New(rt.Listings, rt.Cache, fusefs.Options{
-		Passthrough: o.Passthrough, PageCache: o.PageCache, FsName: rt.Source.ID(), AllowOther: o.AllowOther, Debug: o.FuseDebug,
+		Passthrough: o.Passthrough, PageCache: o.PageCache, NoOpen: o.SmallFiles, FsName: rt.Source.ID(), AllowOther: o.AllowOther, Debug: o.FuseDebug,
 	})
 	mnt, err := fsys.Mount(o.MountPoint)
 	if err != nil {

@@ -10,6 +10,9 @@
 //     an empty page cache, while an unchanged one keeps its inode, so every
 //     open returns FOPEN_KEEP_CACHE and second reads come from the kernel's
 //     page cache. Opens also return FOPEN_NOFLUSH: a close sends no FLUSH.
+//   - With Options.NoOpen the kernel neither opens nor closes files
+//     through this process: reads come without a handle and are answered
+//     by the node (fileNode.Read), and every file uses the page cache.
 //   - An object whose every block is on the local disk tier is opened with
 //     kernel FUSE passthrough (kernel >= 6.9, CAP_SYS_ADMIN): reads go to the
 //     cache file without entering this process. Without passthrough, reads
@@ -56,6 +59,14 @@ type Options struct {
 	// kernel's page cache (FOPEN_KEEP_CACHE) instead of reading them with
 	// direct I/O (nodes.go).
 	PageCache bool
+	// NoOpen tunes the mount for datasets of many small files: OPEN and
+	// FLUSH are answered with ENOSYS, so the kernel opens and closes files
+	// without a request to this process (FUSE's no_open): a warm small
+	// file is read from the page cache with no round trip at all. Every
+	// file is then read through the kernel's page cache (FOPEN_KEEP_CACHE),
+	// without passthrough or direct I/O, which large files pay for on
+	// their first read.
+	NoOpen bool
 	// ReadAheadKB is written to the mount's bdi read_ahead_kb (0: 1024).
 	ReadAheadKB int
 	// FsName is the "source" column of /proc/mounts.
@@ -130,6 +141,7 @@ func (f *FS) rawFS(generation uint16, opens *openLog, plain bool) *handoverFS {
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 	})
 	f.front = newHandoverFS(bridge, generation, opens, plain)
+	f.front.noOpen = f.opts.NoOpen
 	return f.front
 }
 

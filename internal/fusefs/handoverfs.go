@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -37,6 +38,10 @@ type handoverFS struct {
 	// handles are then the bridge's own: requests go straight through,
 	// READDIRPLUS is on, and only the io modes of open files are kept.
 	plain bool
+	// noOpen answers OPEN and FLUSH with ENOSYS: the kernel then opens
+	// and closes files without asking again (Options.NoOpen).
+	noOpen bool
+	asked  atomic.Int64 // OPENs answered with ENOSYS
 
 	mu     sync.RWMutex             // read-locked on the read path
 	counts map[uint64]uint64        // node id → lookups the bridge holds
@@ -266,6 +271,10 @@ func (h *handoverFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fu
 }
 
 func (h *handoverFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if h.noOpen {
+		h.asked.Add(1)
+		return fuse.ENOSYS
+	}
 	if st := h.ensure(cancel, &in.InHeader); !st.Ok() {
 		return st
 	}
@@ -333,6 +342,9 @@ func (h *handoverFS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.L
 }
 
 func (h *handoverFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	if h.noOpen {
+		return fuse.ENOSYS
+	}
 	if h.plain {
 		return h.RawFileSystem.Flush(cancel, in)
 	}

@@ -68,6 +68,7 @@ type mountConfig struct {
 	cacheDir    string
 	readahead   int // blocks; 0: 4
 	noReadahead bool
+	noOpen      bool
 	dir         string
 }
 
@@ -111,7 +112,7 @@ func mountSource(t *testing.T, src source.Source, mc mountConfig) *testMount {
 	if dir == "" {
 		dir = filepath.Join(t.TempDir(), "mnt")
 	}
-	fsys := New(listcache.New(src, mc.ttl), cache, Options{Passthrough: mc.passthrough, FsName: "test", AllowOther: true})
+	fsys := New(listcache.New(src, mc.ttl), cache, Options{Passthrough: mc.passthrough, NoOpen: mc.noOpen, FsName: "test", AllowOther: true})
 	m, err := fsys.Mount(dir)
 	if err != nil {
 		cache.Close()
