@@ -107,8 +107,9 @@ type Mount struct {
 
 // mountOptions are go-fuse's options for a file system with Options o,
 // served for a keeper (handover) or not; MountFD gives the kernel the same
-// ones when a keeper mounts for a serving process.
-func mountOptions(o Options, handover bool) fuse.MountOptions {
+// ones when a keeper mounts for a serving process. READDIRPLUS is on for
+// both: handoverFS counts the node ids its replies hand out.
+func mountOptions(o Options) fuse.MountOptions {
 	mo := fuse.MountOptions{
 		FsName:        o.FsName,
 		Name:          contract.FSName,
@@ -117,9 +118,6 @@ func mountOptions(o Options, handover bool) fuse.MountOptions {
 		AllowOther:    o.AllowOther,
 		Debug:         o.Debug,
 		MaxBackground: 64,
-		// READDIRPLUS hands out node ids inside directory listings,
-		// where handoverFS cannot count them for a successor.
-		DisableReadDirPlus: handover,
 		// mmap of a file opened with FOPEN_DIRECT_IO (nodes.go).
 		ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 	}
@@ -151,7 +149,7 @@ func (f *FS) Mount(dir string) (*Mount, error) {
 	if err := mountutil.PrepareTarget(dir); err != nil {
 		return nil, err
 	}
-	mo := mountOptions(f.opts, false)
+	mo := mountOptions(f.opts)
 	if os.Geteuid() == 0 {
 		mo.DirectMountStrict = true
 		mo.DirectMountFlags = mountFlags

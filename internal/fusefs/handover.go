@@ -38,7 +38,7 @@ func MountFD(dir string, o Options) (*os.File, error) {
 		return nil, fmt.Errorf("opening /dev/fuse: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), "/dev/fuse") // blocking: not in Go's poller
-	mo := mountOptions(o, true)
+	mo := mountOptions(o)
 	data := []string{fmt.Sprintf("fd=%d", fd), "rootmode=40000",
 		fmt.Sprintf("user_id=%d", os.Geteuid()), fmt.Sprintf("group_id=%d", os.Getegid()),
 		fmt.Sprintf("max_read=%d", mo.MaxWrite)}
@@ -112,7 +112,7 @@ func (f *FS) ServeFD(dir string, h Handover) (m *Mount, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("duplicating the FUSE descriptor: %w", err)
 	}
-	mo := mountOptions(f.opts, true)
+	mo := mountOptions(f.opts)
 	var server *fuse.Server
 	if h.Resume {
 		server, err = resumeServer(f.rawFS(h.Generation, opens, false), &mo, fuseFD, h.InitFile)

@@ -169,7 +169,8 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	a, b := testutil.RandBytes(16<<16, 7), testutil.RandBytes(3<<16+11, 8)
 	pt := testutil.RandBytes(directIOMin+3<<16, 9) // read with direct I/O first, so its next open is passthrough
-	for p, data := range map[string][]byte{"dir/a.bin": a, "dir/b.bin": b, "dir/p.bin": pt, "dir/sub/c": []byte("c")} {
+	r := testutil.RandBytes(5000, 10)
+	for p, data := range map[string][]byte{"dir/a.bin": a, "dir/b.bin": b, "dir/p.bin": pt, "dir/sub/c": []byte("c"), "listed/r.bin": r} {
 		mustWriteFile(t, filepath.Join(srcDir, p), data)
 	}
 	fd, err := MountFD(mnt, Options{FsName: "test", AllowOther: true})
@@ -215,6 +216,17 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(mnt, "dir", "sub", "c")); err != nil {
 		t.Fatal(err)
 	}
+	// A node id handed out by READDIRPLUS alone: r.bin is opened right
+	// after its directory is listed, within the entry timeout, so the
+	// kernel opens the listing's node without a LOOKUP.
+	if _, err := os.ReadDir(filepath.Join(mnt, "listed")); err != nil {
+		t.Fatal(err)
+	}
+	rf, err := os.Open(filepath.Join(mnt, "listed", "r.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held = append(held, rf)
 	// A fully cached file held open in passthrough mode (or in cached mode,
 	// had the disk tier not kept it): the successor must open it again in
 	// the same mode, with the same backing file, or the kernel says EIO.
@@ -285,10 +297,15 @@ func TestHandoverKeepsTheMountAcrossKill(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(mnt, "dir", "sub", "c")); err != nil {
 		t.Fatalf("cached name after the kill: %v", err)
 	}
+	gotR := make([]byte, len(r))
+	if _, err := rf.ReadAt(gotR, 0); err != nil || !bytes.Equal(gotR, r) {
+		t.Fatalf("read on a file whose node came from READDIRPLUS before the kill: %v", err)
+	}
 	// The kernel forgets gen 1's nodes at gen 2: no lookup-count underflow.
 	f.Close()
 	d.Close()
 	ptFile.Close()
+	rf.Close()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("2"), 0o200); err != nil {
 		t.Logf("drop_caches: %v", err)
 	}

@@ -1,9 +1,11 @@
 package fusefs
 
 import (
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"k8s.io/klog/v2"
@@ -15,7 +17,7 @@ import (
 // out, and lookup counts it never saw; the bridge panics on all three.
 //
 //   - Node ids: the bridge's lookup count of every node id is mirrored in
-//     counts (all LOOKUP replies pass here; READDIRPLUS is off). Before a
+//     counts (all LOOKUP and READDIRPLUS replies pass here). Before a
 //     request on an id with no count, the id is looked up as "." — the
 //     bridge asks the root's LookupNode, which finds the path in the inode
 //     log. FORGET is trimmed to the count, so the kernel's references from
@@ -36,7 +38,7 @@ type handoverFS struct {
 	opens *openLog // nil: not taken over, nor to be
 	// plain: a mount that is never handed over (Mount). Node ids and
 	// handles are then the bridge's own: requests go straight through,
-	// READDIRPLUS is on, and only the io modes of open files are kept.
+	// and only the io modes of open files are kept.
 	plain bool
 	// noOpen answers OPEN and FLUSH with ENOSYS: the kernel then opens
 	// and closes files without asking again (Options.NoOpen).
@@ -327,11 +329,44 @@ func (h *handoverFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.
 	return h.RawFileSystem.ReadDir(cancel, in, out)
 }
 
+// ReadDirPlus counts the node id of every entry of the reply, a lookup the
+// kernel holds like a LOOKUP's; the bridge recorded each one's path in the
+// inode log.
 func (h *handoverFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
 	if h.plain {
 		return h.RawFileSystem.ReadDirPlus(cancel, in, out)
 	}
-	return fuse.ENOSYS // off (mountOptions): its entries would escape counts
+	if st := h.prepare(cancel, &in.InHeader, &in.Fh, true); !st.Ok() {
+		return st
+	}
+	st := h.RawFileSystem.ReadDirPlus(cancel, in, out)
+	if st.Ok() {
+		h.mu.Lock()
+		eachDirentplusNode(out.Bytes(), func(id uint64) { h.counts[id]++ })
+		h.mu.Unlock()
+	}
+	return st
+}
+
+// eachDirentplusNode calls fn with the node id of every entry of a
+// READDIRPLUS reply that has one: fuse_direntplus records, each a
+// fuse_entry_out (the node id first), a fuse_dirent (ino, off, namelen,
+// type) and the name padded to 8 bytes. "." and ".." and failed lookups
+// carry node id 0.
+func eachDirentplusNode(b []byte, fn func(id uint64)) {
+	entrySize := int(unsafe.Sizeof(fuse.EntryOut{}))
+	const direntSize = 24
+	for len(b) >= entrySize+direntSize {
+		nameLen := int(binary.NativeEndian.Uint32(b[entrySize+16:]))
+		n := entrySize + direntSize + (nameLen+7)&^7
+		if n > len(b) {
+			return
+		}
+		if id := binary.NativeEndian.Uint64(b); id != 0 {
+			fn(id)
+		}
+		b = b[n:]
+	}
 }
 
 func (h *handoverFS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {

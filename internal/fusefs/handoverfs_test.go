@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -49,6 +50,19 @@ func (r *recordingFS) Open(_ <-chan struct{}, _ *fuse.OpenIn, out *fuse.OpenOut)
 
 func (r *recordingFS) Read(_ <-chan struct{}, in *fuse.ReadIn, _ []byte) (fuse.ReadResult, fuse.Status) {
 	return fuse.ReadResultData([]byte{byte(in.Fh)}), fuse.OK
+}
+
+// ReadDirPlus lists ".", "a" (node 201), a name of 13 bytes (node 202, its
+// record padded) and "gone" (a failed lookup: node id 0).
+func (r *recordingFS) ReadDirPlus(_ <-chan struct{}, _ *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	for _, e := range []struct {
+		name string
+		id   uint64
+	}{{".", 0}, {"a", 201}, {"thirteen-byte", 202}, {"gone", 0}} {
+		eo := out.AddDirLookupEntry(fuse.DirEntry{Name: e.name, Mode: syscall.S_IFREG})
+		eo.NodeId = e.id
+	}
+	return fuse.OK
 }
 
 func (r *recordingFS) Release(_ <-chan struct{}, in *fuse.ReleaseIn) {
@@ -102,6 +116,25 @@ func TestHandoverFSCountsAndHandles(t *testing.T) {
 	}
 	if len(inner.released) != 2 || inner.released[0] != 1 || inner.released[1] != 2 {
 		t.Errorf("bridge releases %v, want [1 2]", inner.released)
+	}
+}
+
+// TestHandoverFSCountsReadDirPlus: the node ids of a READDIRPLUS reply are
+// counted like LOOKUPs', so their FORGETs reach the bridge.
+func TestHandoverFSCountsReadDirPlus(t *testing.T) {
+	inner := &recordingFS{forgets: map[uint64]uint64{}}
+	h := newHandoverFS(inner, 2, nil, false)
+	for range 2 {
+		out := fuse.NewDirEntryList(make([]byte, 4096), 0)
+		if st := h.ReadDirPlus(nil, &fuse.ReadIn{InHeader: fuse.InHeader{NodeId: fuse.FUSE_ROOT_ID}}, out); !st.Ok() {
+			t.Fatal(st)
+		}
+	}
+	for _, tc := range []struct{ id, n, want uint64 }{{201, 5, 2}, {202, 1, 1}, {0, 1, 0}} {
+		h.Forget(tc.id, tc.n)
+		if got := inner.forgets[tc.id]; got != tc.want {
+			t.Errorf("after Forget(%d, %d): bridge forgot %d, want %d", tc.id, tc.n, got, tc.want)
+		}
 	}
 }
 
