@@ -281,18 +281,8 @@ func (o *Options) settings() map[string]any {
 func (r *runner) upload(ctx context.Context) (dataset, error) {
 	var d dataset
 	client := r.gw.Client()
-	// The bucket is made on a connection of its own: with keep-alive on,
-	// versitygw follows its answer to a zero-length PUT with a stray 400
-	// on the same connection (package s3server).
-	bucketClient, err := minio.New(strings.TrimPrefix(r.gw.Endpoint, "http://"), &minio.Options{
-		Creds: credentials.NewStaticV4(r.gw.AccessKey, r.gw.SecretKey, ""), Region: "us-east-1",
-		Transport: &http.Transport{DisableKeepAlives: true},
-	})
-	if err != nil {
+	if err := makeBucket(ctx, r.gw, Bucket); err != nil {
 		return d, err
-	}
-	if err := bucketClient.MakeBucket(ctx, Bucket, minio.MakeBucketOptions{}); err != nil {
-		return d, fmt.Errorf("create bucket: %w", err)
 	}
 	total := r.o.bigSize + int64(r.o.SmallCount)*r.o.smallSize
 	fmt.Fprintf(r.out, "uploading %s: 1 × %s and %d × %s to versitygw at %s\n",
@@ -308,6 +298,7 @@ func (r *runner) upload(ctx context.Context) (dataset, error) {
 		}
 		return File{Key: key, Sum: g.Sum()}, nil
 	}
+	var err error
 	if d.Big, err = put("big.bin", 1, r.o.bigSize); err != nil {
 		return d, err
 	}
@@ -351,3 +342,20 @@ func (r *runner) readBoth(ctx context.Context, dir string) (w [2]Measurement, er
 
 // gwDir is the directory where versitygw keeps the bucket's objects.
 func (r *runner) gwDir() string { return filepath.Join(r.gw.Root, Bucket) }
+
+// makeBucket makes a bucket on a connection of its own: with keep-alive on,
+// versitygw follows its answer to a zero-length PUT with a stray 400 on
+// the same connection (package s3server).
+func makeBucket(ctx context.Context, gw *s3server.Server, name string) error {
+	c, err := minio.New(strings.TrimPrefix(gw.Endpoint, "http://"), &minio.Options{
+		Creds: credentials.NewStaticV4(gw.AccessKey, gw.SecretKey, ""), Region: "us-east-1",
+		Transport: &http.Transport{DisableKeepAlives: true},
+	})
+	if err != nil {
+		return err
+	}
+	if err := c.MakeBucket(ctx, name, minio.MakeBucketOptions{}); err != nil {
+		return fmt.Errorf("create bucket: %w", err)
+	}
+	return nil
+}

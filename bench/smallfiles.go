@@ -133,7 +133,9 @@ func (o *SmallFilesOptions) Run(ctx context.Context, out io.Writer) (err error) 
 		return err
 	}
 	cl.add(func() error { return os.RemoveAll(work) })
-	gw, err := s3server.Launch(o.VersityGW, filepath.Join(work, "gw"))
+	// Keep-alive on, as S3 keeps connections: without it each small
+	// object's GET costs a TCP connection at both ends.
+	gw, err := s3server.LaunchKeepAlive(o.VersityGW, filepath.Join(work, "gw"))
 	if err != nil {
 		return err
 	}
@@ -141,6 +143,9 @@ func (o *SmallFilesOptions) Run(ctx context.Context, out io.Writer) (err error) 
 	fmt.Fprintf(out, "uploading %d × %s in %d directories and a directory of %d objects to versitygw at %s\n",
 		o.Files, o.FileSize, o.Dirs, o.BigDir, gw.Endpoint)
 	t0 := time.Now()
+	if err := makeBucket(ctx, gw, smallBucket); err != nil {
+		return err
+	}
 	set, err := o.upload(ctx, gw.Client())
 	if err != nil {
 		return err
@@ -178,9 +183,6 @@ func (o *SmallFilesOptions) Run(ctx context.Context, out io.Writer) (err error) 
 // upload puts the small files (pseudo-random, each hashed) and the large
 // directory's 1-byte objects, 32 at a time.
 func (o *SmallFilesOptions) upload(ctx context.Context, c *minio.Client) (*smallSet, error) {
-	if err := c.MakeBucket(ctx, smallBucket, minio.MakeBucketOptions{}); err != nil {
-		return nil, err
-	}
 	set := &smallSet{sums: map[string]uint64{}}
 	for i := range o.Files {
 		set.keys = append(set.keys, fmt.Sprintf("train/d%04d/f%07d.bin", i%o.Dirs, i))

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 
 	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
+	"github.com/sluice-dev/sluice/driver/state"
 	"github.com/sluice-dev/sluice/internal/contract"
 )
 
@@ -96,6 +97,15 @@ func TestParseDatasetAttrs(t *testing.T) {
 	// Source and dataset volumes never share a session.
 	if (volumeSpec{Dataset: "ml/x"}).sessionSource() == (volumeSpec{Source: "ml/x"}).sessionSource() {
 		t.Error("a dataset and a source with the same text share a session key")
+	}
+	// A small-files volume is a mount of its own kind: its own session,
+	// and its context carries the attribute to the node.
+	small := volumeSpec{Source: "s3://b/p", SmallFiles: true}
+	if small.sessionSource() == (volumeSpec{Source: "s3://b/p"}).sessionSource() {
+		t.Error("a small-files volume shares a session with a default one of the same source")
+	}
+	if got := small.context()["smallFiles"]; got != "true" {
+		t.Errorf("small-files volume context %v", small.context())
 	}
 }
 
@@ -313,5 +323,37 @@ func TestNodeDatasetInline(t *testing.T) {
 	if f.l.starts != 1 || f.l.running() != 1 || f.l.lastRec.Workers != "10.0.0.1:8080" {
 		t.Errorf("%d starts, %d running, workers %q; want one shared session at the Dataset's status.workers",
 			f.l.starts, f.l.running(), f.l.lastRec.Workers)
+	}
+}
+
+// TestServeArgsCarryTheVolumeOptions: a session's serve-session arguments
+// carry its volume's cache size, readahead and small-files mode, and only
+// those it asked for.
+func TestServeArgsCarryTheVolumeOptions(t *testing.T) {
+	tests := []struct {
+		name string
+		rec  state.Session
+		want []string
+		not  []string
+	}{
+		{"defaults", state.Session{Source: "s3://b/p"}, []string{"--source", "s3://b/p"}, []string{"--small-files", "--readahead", "--cache-disk"}},
+		{"small files", state.Session{Source: "s3://b/p", SmallFiles: true}, []string{"--small-files"}, nil},
+		{"readahead and size", state.Session{Source: "s3://b/p", Readahead: "4", CacheSize: "2Gi"}, []string{"--readahead", "4", "--cache-disk", "2Gi"}, []string{"--small-files"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			args := (&procLauncher{}).serveArgs(&tc.rec, 1, false)
+			joined := " " + strings.Join(args, " ") + " "
+			for _, w := range tc.want {
+				if !strings.Contains(joined, " "+w+" ") {
+					t.Errorf("args %q lack %q", args, w)
+				}
+			}
+			for _, n := range tc.not {
+				if strings.Contains(joined, " "+n+" ") {
+					t.Errorf("args %q hold %q", args, n)
+				}
+			}
+		})
 	}
 }

@@ -166,6 +166,9 @@ func (l *procLauncher) serveArgs(rec *state.Session, gen int, resume bool) []str
 	if rec.Readahead != "" {
 		args = append(args, "--readahead", rec.Readahead)
 	}
+	if rec.SmallFiles {
+		args = append(args, "--small-files")
+	}
 	return append(args, l.args...)
 }
 

@@ -50,16 +50,24 @@ func (s volumeSpec) context() map[string]string {
 			ctx[k] = v
 		}
 	}
+	if s.SmallFiles {
+		ctx[contract.AttrSmallFiles] = "true"
+	}
 	return ctx
 }
 
 // sessionSource is what the spec's session serves, for its key: the
-// source URL, or the Dataset (a URL has no NUL byte: the two never meet).
+// source URL, or the Dataset (a URL has no NUL byte: the two never meet),
+// and the mount's kind: a small-files mount is a session of its own.
 func (s volumeSpec) sessionSource() string {
+	src := s.Source
 	if s.Dataset != "" {
-		return "dataset\x00" + s.Dataset
+		src = "dataset\x00" + s.Dataset
 	}
-	return s.Source
+	if s.SmallFiles {
+		src += "\x00smallFiles"
+	}
+	return src
 }
 
 // parseVolumeAttrs validates attrs (volattr.Parse, the webhook's rules

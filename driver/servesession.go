@@ -44,6 +44,7 @@ type ServeOptions struct {
 	ReadyFD         int
 	CacheFlags      app.CacheFlags
 	Passthrough     bool
+	SmallFiles      bool
 	ProbeTime       time.Duration
 	// FuseFD is an inherited /dev/fuse descriptor that the node mounted
 	// at MountDir (0: mount here). HandoverDir keeps what a successor
@@ -67,6 +68,7 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.ReadyFD, "ready-fd", 0, "inherited file descriptor that gets \"ready\" or \"error CODE MESSAGE\" (0: none)")
 	o.CacheFlags.AddFlags(fs)
 	fs.BoolVar(&o.Passthrough, "passthrough", true, "serve fully cached files with kernel FUSE passthrough when available")
+	fs.BoolVar(&o.SmallFiles, "small-files", false, app.SmallFilesUsage)
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin before giving up")
 	fs.IntVar(&o.FuseFD, "fuse-fd", 0, "inherited /dev/fuse descriptor already mounted at --mount-dir (0: mount here)")
 	fs.StringVar(&o.HandoverDir, "handover-dir", "", "with --fuse-fd: directory of the connection's INIT record, inode and open logs and handback socket")
@@ -112,7 +114,7 @@ func ServeSession(ctx context.Context, o *ServeOptions) (err error) {
 	}
 	defer rt.Cache.Close()
 	fsys := fusefs.New(rt.Listings, rt.Cache, fusefs.Options{
-		Passthrough: o.Passthrough, FsName: rt.Source.ID(), AllowOther: true,
+		Passthrough: o.Passthrough, NoOpen: o.SmallFiles, FsName: rt.Source.ID(), AllowOther: true,
 	})
 	var mnt *fusefs.Mount
 	if o.FuseFD > 0 {

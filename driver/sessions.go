@@ -125,7 +125,7 @@ func (m *sessionManager) acquire(key string, spec *volumeSpec) *session {
 			}
 			s = &session{rec: state.Session{
 				Key: key, Source: spec.Source, Dataset: spec.Dataset, CacheSize: spec.CacheSize, Readahead: spec.Readahead,
-				Dir: filepath.Join(m.dir, key),
+				SmallFiles: spec.SmallFiles, Dir: filepath.Join(m.dir, key),
 			}}
 			if m.cacheDir != "" {
 				s.rec.CacheDir = filepath.Join(m.cacheDir, key)

@@ -54,7 +54,7 @@ type Options struct {
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	o.SourceFlags.AddFlags(fs)
 	o.CacheFlags.AddFlags(fs)
-	fs.StringArrayVar(&o.RawVolumes, "volume", nil, "a volume to serve, as JSON (name, mountPath, source or dataset+workers, subPath, cacheSize, readahead, credentialsEnv); repeatable")
+	fs.StringArrayVar(&o.RawVolumes, "volume", nil, "a volume to serve, as JSON (name, mountPath, source or dataset+workers, subPath, cacheSize, readahead, smallFiles, credentialsEnv); repeatable")
 	fs.StringVar(&o.Listen, "listen", fmt.Sprintf(":%d", contract.SidecarPort), "address of /readyz, /healthz and /metrics")
 	fs.StringVar(&o.StagingDir, "staging-dir", "/sluice/fuse", "where each volume's FUSE mount is made before it is bound at its mountPath (a directory of the sidecar's own file system)")
 	fs.StringVar(&o.ControllerURL, "controller-url", "", "controller base URL for heartbeats (\"\": none)")

@@ -119,7 +119,7 @@ func (o *Options) mount(ctx context.Context, v contract.SidecarVolume, m *metric
 		return nil, err
 	}
 	staging := filepath.Join(o.StagingDir, v.Name)
-	fsys := fusefs.New(rt.Listings, rt.Cache, fusefs.Options{Passthrough: o.Passthrough, FsName: rt.Source.ID(), AllowOther: true})
+	fsys := fusefs.New(rt.Listings, rt.Cache, fusefs.Options{Passthrough: o.Passthrough, NoOpen: v.SmallFiles, FsName: rt.Source.ID(), AllowOther: true})
 	mnt, err := fsys.Mount(staging)
 	if err != nil {
 		rt.Cache.Close()

@@ -189,6 +189,7 @@ func (d *Defaulter) volumeSpec(name, ns string, attrs map[string]string) (contra
 		return spec, deny("volume %q: %v", name, err)
 	}
 	spec.Source, spec.Dataset, spec.SubPath, spec.CacheSize, spec.Readahead = v.Source, v.Dataset, v.SubPath, v.CacheSize, v.Readahead
+	spec.SmallFiles = v.SmallFiles
 	if spec.Dataset != "" && !strings.Contains(spec.Dataset, "/") {
 		spec.Dataset = ns + "/" + spec.Dataset // the pod's namespace
 	}

@@ -56,10 +56,12 @@ type Session struct {
 	Workers   string `json:"workers,omitempty"` // host:port of the Dataset's workers
 	CacheSize string `json:"cacheSize,omitempty"`
 	Readahead string `json:"readahead,omitempty"`
-	Dir       string `json:"dir"` // the session's directory
-	CacheDir  string `json:"cacheDir"`
-	Pid       int    `json:"pid"`
-	StartTime uint64 `json:"startTime"`
+	// SmallFiles: served with --small-files (volattr.Spec.SmallFiles).
+	SmallFiles bool   `json:"smallFiles,omitempty"`
+	Dir        string `json:"dir"` // the session's directory
+	CacheDir   string `json:"cacheDir"`
+	Pid        int    `json:"pid"`
+	StartTime  uint64 `json:"startTime"`
 	// Generation counts the children that served the current FUSE
 	// connection (1: the one that mounted it).
 	Generation int   `json:"generation,omitempty"`

@@ -21,6 +21,9 @@ const (
 	AttrSubPath   = "subPath"
 	AttrCacheSize = "cacheSize"
 	AttrReadahead = "readahead"
+	// AttrSmallFiles "true" tunes the volume for datasets of many small
+	// files (`sluice mount --small-files`).
+	AttrSmallFiles = "smallFiles"
 
 	// InjectLabel opts a pod in ("true") or out ("false"); on a namespace the
 	// value InjectEnabled opts every pod in.
@@ -150,6 +153,9 @@ type SidecarVolume struct {
 	SubPath   string `json:"subPath,omitempty"`
 	CacheSize string `json:"cacheSize,omitempty"`
 	Readahead string `json:"readahead,omitempty"`
+	// SmallFiles: the kernel opens files without asking the sidecar
+	// (AttrSmallFiles).
+	SmallFiles bool `json:"smallFiles,omitempty"`
 	// CredentialsEnv is the prefix of the two credential variables
 	// (<CredentialsEnv>AWS_ACCESS_KEY_ID, <CredentialsEnv>AWS_SECRET_ACCESS_KEY).
 	CredentialsEnv string `json:"credentialsEnv,omitempty"`

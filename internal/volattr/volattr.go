@@ -44,6 +44,8 @@ type Spec struct {
 	SubPath   string // relative, without leading or trailing "/"
 	CacheSize string // a Kubernetes quantity; "" takes the default
 	Readahead string // blocks; "" takes the default
+	// SmallFiles tunes the mount for many small files (fusefs NoOpen).
+	SmallFiles bool
 }
 
 // Parse validates attrs: known keys only, exactly one of source and
@@ -56,7 +58,7 @@ func Parse(attrs map[string]string) (Spec, error) {
 	for k := range attrs {
 		switch {
 		case k == contract.AttrSource, k == contract.AttrDataset, k == contract.AttrSubPath,
-			k == contract.AttrCacheSize, k == contract.AttrReadahead:
+			k == contract.AttrCacheSize, k == contract.AttrReadahead, k == contract.AttrSmallFiles:
 		case strings.HasPrefix(k, K8sPrefix), k == ProvisionerIdentity:
 		default:
 			unknown = append(unknown, k)
@@ -64,8 +66,9 @@ func Parse(attrs map[string]string) (Spec, error) {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return spec, fmt.Errorf("unknown volume attribute(s) %q; want %s or %s, and optionally %s, %s or %s", unknown,
-			contract.AttrSource, contract.AttrDataset, contract.AttrSubPath, contract.AttrCacheSize, contract.AttrReadahead)
+		return spec, fmt.Errorf("unknown volume attribute(s) %q; want %s or %s, and optionally %s, %s, %s or %s", unknown,
+			contract.AttrSource, contract.AttrDataset, contract.AttrSubPath, contract.AttrCacheSize, contract.AttrReadahead,
+			contract.AttrSmallFiles)
 	}
 	src, hasSrc := attrs[contract.AttrSource]
 	dataset, hasDataset := attrs[contract.AttrDataset]
@@ -102,6 +105,13 @@ func Parse(attrs map[string]string) (Spec, error) {
 			return spec, fmt.Errorf("%q=%q: want 0..%d blocks", contract.AttrReadahead, v, MaxReadahead)
 		}
 		spec.Readahead = v
+	}
+	if v := attrs[contract.AttrSmallFiles]; v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return spec, fmt.Errorf("%q=%q: want true or false", contract.AttrSmallFiles, v)
+		}
+		spec.SmallFiles = b
 	}
 	return spec, nil
 }

@@ -34,6 +34,9 @@ func TestParse(t *testing.T) {
 		{"cacheSize not a size", map[string]string{"source": "file:///d", "cacheSize": "lots"}, Spec{}, `"cacheSize"="lots"`},
 		{"readahead too large", map[string]string{"source": "file:///d", "readahead": "257"}, Spec{}, "0..256"},
 		{"readahead negative", map[string]string{"source": "file:///d", "readahead": "-1"}, Spec{}, `"readahead"="-1"`},
+		{"small files", map[string]string{"source": "file:///d", "smallFiles": "true"}, Spec{Source: "file:///d", SmallFiles: true}, ""},
+		{"small files off", map[string]string{"source": "file:///d", "smallFiles": "false"}, Spec{Source: "file:///d"}, ""},
+		{"small files not a boolean", map[string]string{"source": "file:///d", "smallFiles": "yes please"}, Spec{}, `"smallFiles"="yes please": want true or false`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
