@@ -47,7 +47,7 @@ func (o *SmallFilesOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.Dirs, "dirs", 500, "directories the small files are spread over")
 	fs.IntVar(&o.BigDir, "big-dir", 100000, "objects in the one large directory (0: none)")
 	fs.IntVar(&o.Readers, "readers", 8, "parallel readers (and stat callers)")
-	fs.StringSliceVar(&o.SluiceArgs, "sluice-arg", nil, "another `sluice mount` flag (repeatable), e.g. --sluice-arg=--metadata-ttl=10m")
+	fs.StringSliceVar(&o.SluiceArgs, "sluice-arg", []string{"--metadata-ttl=5m"}, "`sluice mount` flags of every sluice row (repeatable; the default is rclone's default --dir-cache-time, so that a cold pass of over a minute does not leave the warm pass's metadata expired)")
 	fs.BoolVar(&o.DropCaches, "drop-caches", true, "drop the machine's page cache before the cold direct row (root)")
 	fs.StringVar(&o.JSON, "json", "", "write every number and setting to this JSON file")
 	fs.StringVar(&o.WorkDir, "work-dir", "", "work directory, new or empty; removed at the end (default: a temporary directory under /var/tmp)")
@@ -102,6 +102,7 @@ type SmallFilesReport struct {
 	Dirs         int              `json:"dirs"`
 	BigDir       int              `json:"bigDir"`
 	Readers      int              `json:"readers"`
+	SluiceArgs   []string         `json:"sluiceArgs"`
 	MinioListSec float64          `json:"minioListSeconds"` // listing the large directory's prefix with minio-go
 	Env          Env              `json:"env"`
 	Rows         []*SmallFilesRow `json:"rows"`
@@ -152,7 +153,7 @@ func (o *SmallFilesOptions) Run(ctx context.Context, out io.Writer) (err error) 
 	}
 	fmt.Fprintf(out, "uploaded in %.1fs\n", time.Since(t0).Seconds())
 	rep := &SmallFilesReport{Bench: "smallfiles", Files: o.Files, FileSize: o.fileSize, Dirs: o.Dirs, BigDir: o.BigDir,
-		Readers: o.Readers, Env: CollectEnv(start, map[string]string{"sluice": versionOf(ctx, o.Sluice, "version"),
+		Readers: o.Readers, SluiceArgs: o.SluiceArgs, Env: CollectEnv(start, map[string]string{"sluice": versionOf(ctx, o.Sluice, "version"),
 			"versitygw": versionOf(ctx, o.VersityGW, "--version")})}
 	if set.big != "" {
 		t1 := time.Now()

@@ -260,7 +260,8 @@ func smallTable(rep *SmallFilesReport) *Table {
 		t.Rows = append(t.Rows, []string{r.Name, fmt.Sprintf("%.0f", r.StatPerSec), fmt.Sprintf("%.0f", r.ReadPerSec),
 			fmt.Sprintf("%.2f s", r.ListSec), cpu})
 	}
-	t.Notes = append(t.Notes, fmt.Sprintf("minio-go lists the large directory's prefix in %.2f s", rep.MinioListSec),
+	t.Notes = append(t.Notes, fmt.Sprintf("sluice rows mount with %s; rclone rows with %s", strings.Join(rep.SluiceArgs, " "), strings.Join(rcloneFlags, " ")),
+		fmt.Sprintf("minio-go lists the large directory's prefix in %.2f s", rep.MinioListSec),
 		"mount CPU-s: the mount process's user+sys CPU over its cold and warm passes (on the warm row)")
 	t.Notes = append(t.Notes, rep.Targets...)
 	t.Notes = append(t.Notes, fmt.Sprintf("run took %.0fs; kernel %s, %s, %d CPUs", rep.Seconds, rep.Env.Kernel, rep.Env.Go, rep.Env.CPUs))

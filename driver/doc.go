@@ -11,8 +11,8 @@
 //
 // A volume is a read-only view of a dataset. Its attributes (StorageClass
 // parameters, PV volumeAttributes or inline volumeAttributes) name a
-// source URL or a Dataset, and optionally subPath, cacheSize and readahead
-// (internal/volattr: the webhook applies the same rules). CreateVolume
+// source URL or a Dataset, and optionally subPath, cacheSize, readahead
+// and smallFiles (internal/volattr: the webhook applies the same rules). CreateVolume
 // validates them and returns them as the volume context, so a static PV
 // and an inline volume carry the same information as a provisioned one. Only reader access modes are accepted.
 //

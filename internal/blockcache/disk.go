@@ -23,6 +23,7 @@ import (
 //	lock                     flock: one process per cache dir
 //	objects/ab/<id>.data     sparse file, the object's size; present blocks at their offsets
 //	objects/ab/<id>.idx      header line, then 16-byte records (index, length, crc32c)
+//	packs/<n>.pack           objects smaller than half a block, packed (disk_pack.go)
 //
 // A record is appended after its block's bytes were written; a tombstone
 // record (length 0xffffffff) marks an evicted block. A crash can leave a
@@ -54,10 +55,20 @@ type diskObject struct {
 	pins    int                     // readers, writers and passthrough opens; pinned objects are not evicted
 	nblocks int64
 	openEl  *list.Element // in diskTier.open while its files are open (disk_files.go)
+	// seg is the pack segment of a packed object (disk_pack.go), whose
+	// bytes are at base in it (data is the segment's file) after a record
+	// header of hdrLen bytes; nil for an object with files of its own.
+	seg    *segment
+	base   int64
+	hdrLen int64
 }
 
-// closeFiles closes o's open files and returns how many it closed.
+// closeFiles closes o's open files and returns how many it closed (a
+// packed object's segment stays open: it is the tier's).
 func (o *diskObject) closeFiles() int {
+	if o.seg != nil {
+		return 0
+	}
 	n := 0
 	for _, f := range []*os.File{o.data, o.idx, o.direct} {
 		if f != nil {
@@ -95,6 +106,7 @@ type diskTier struct {
 	open    *list.List // objects whose files are open, front = most recently used
 	fds     int        // descriptors of the objects in open
 	maxFDs  int
+	packs   packs
 }
 
 func openDiskTier(dir string, limit, blockSize int64) (*diskTier, error) {
@@ -114,7 +126,8 @@ func openDiskTier(dir string, limit, blockSize int64) (*diskTier, error) {
 		return nil, fmt.Errorf("cache dir %s is in use by another process: %w", dir, err)
 	}
 	d := &diskTier{dir: dir, limit: limit, blockSize: blockSize, lockFile: lf,
-		objects: map[string]*diskObject{}, lru: list.New(), open: list.New(), maxFDs: maxOpenDescriptors()}
+		objects: map[string]*diskObject{}, lru: list.New(), open: list.New(), maxFDs: maxOpenDescriptors(),
+		packs: packs{dir: filepath.Join(dir, "packs"), segSize: segmentSize(limit), segs: map[int]*segment{}}}
 	if err := d.load(); err != nil {
 		d.close()
 		return nil, err
@@ -136,6 +149,9 @@ func (d *diskTier) load() error {
 		return err
 	}
 	clean := d.readCleanRecord()
+	if err := d.loadPacks(); err != nil {
+		return err
+	}
 	for _, p := range idxFiles {
 		id := strings.TrimSuffix(filepath.Base(p), ".idx")
 		if err := d.loadObject(id, d.unchangedSinceCleanStop(id, clean)); err != nil {
@@ -310,7 +326,9 @@ func (d *diskTier) write(b BlockRef, data []byte, crc uint32, direct bool) error
 	id := b.Object.id()
 	d.mu.Lock()
 	o := d.objects[id]
-	if o != nil && o.blocks[b.Index] != nil {
+	// A packed object whose record was deleted while it was pinned is
+	// gone once unpinned; its block is not written again until then.
+	if o != nil && (o.blocks[b.Index] != nil || o.seg != nil) {
 		d.mu.Unlock()
 		return nil
 	}
@@ -318,9 +336,15 @@ func (d *diskTier) write(b BlockRef, data []byte, crc uint32, direct bool) error
 		d.mu.Unlock()
 		return nil
 	}
+	var hdr []byte // a packed object's record header
 	if o == nil {
 		var err error
-		if o, err = d.openObjectFiles(b.Object, id, false, nil); err != nil {
+		if d.packable(b.Object) {
+			o, hdr, err = d.packLocked(b.Object, id, len(data))
+		} else {
+			o, err = d.openObjectFiles(b.Object, id, false, nil)
+		}
+		if err != nil {
 			d.mu.Unlock()
 			return err
 		}
@@ -330,24 +354,28 @@ func (d *diskTier) write(b BlockRef, data []byte, crc uint32, direct bool) error
 		d.mu.Unlock()
 		return err
 	}
-	idx, err := d.indexLocked(o)
-	if err != nil {
-		o.pins--
-		d.maybeCloseLocked(o)
-		d.mu.Unlock()
-		return err
+	var idx *os.File
+	var err error
+	if o.seg == nil {
+		if idx, err = d.indexLocked(o); err != nil {
+			o.pins--
+			d.maybeCloseLocked(o)
+			d.mu.Unlock()
+			return err
+		}
 	}
 	blk := &diskBlock{obj: o, index: b.Index, length: uint32(len(data)), crc: crc, pending: true}
 	o.blocks[b.Index] = d.lru.PushFront(blk)
 	d.used += int64(len(data))
 	var df *os.File
-	if direct {
+	if direct && o.seg == nil {
 		df = d.directLocked(o)
 	}
 	d.mu.Unlock()
 
-	err = writeBlockData(o.data, df, data, b.Offset())
-	if err == nil {
+	if o.seg != nil {
+		err = writePacked(o, hdr, data, crc)
+	} else if err = writeBlockData(o.data, df, data, b.Offset()); err == nil {
 		_, err = idx.Write(record(b.Index, blk.length, blk.crc))
 	}
 	d.mu.Lock()
@@ -384,6 +412,11 @@ func (d *diskTier) removeBlockLocked(el *list.Element) {
 	d.lru.Remove(el)
 	delete(o.blocks, blk.index)
 	d.used -= int64(blk.length)
+	if o.seg != nil {
+		d.unpackLocked(o, int64(blk.length))
+		d.maybeCloseLocked(o)
+		return
+	}
 	off := blk.index * d.blockSize
 	if err := d.openLocked(o); err != nil {
 		klog.V(2).InfoS("Opening a disk cache object to evict a block failed", "object", o.ref.Path, "err", err)
@@ -409,6 +442,9 @@ func (d *diskTier) maybeCloseLocked(o *diskObject) {
 		return
 	}
 	delete(d.objects, o.id)
+	if o.seg != nil {
+		return
+	}
 	d.closeLocked(o)
 	os.Remove(d.objectPath(o.id, ".idx"))
 	os.Remove(d.objectPath(o.id, ".data"))
@@ -420,7 +456,8 @@ func (d *diskTier) maybeCloseLocked(o *diskObject) {
 func (d *diskTier) openComplete(ref ObjectRef) (f *os.File, release func(), ok bool) {
 	d.mu.Lock()
 	o := d.objects[ref.id()]
-	if o == nil || int64(len(o.blocks)) != o.nblocks {
+	if o == nil || o.seg != nil || int64(len(o.blocks)) != o.nblocks {
+		// A packed object has no file of its own to pass through.
 		d.mu.Unlock()
 		return nil, nil, false
 	}
@@ -477,6 +514,10 @@ func (d *diskTier) close() {
 	for _, o := range d.objects {
 		o.closeFiles()
 	}
+	for _, seg := range d.packs.segs {
+		seg.f.Close()
+	}
+	d.packs.segs, d.packs.cur = map[int]*segment{}, nil
 	d.fds = 0
 	d.objects = map[string]*diskObject{}
 	d.lru.Init()

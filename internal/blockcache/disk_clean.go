@@ -77,7 +77,10 @@ func (d *diskTier) writeCleanRecord() {
 		return
 	}
 	stamps := map[string]fileStamp{}
-	for id := range d.objects {
+	for id, o := range d.objects {
+		if o.seg != nil {
+			continue // packed: verified on first read
+		}
 		if s, ok := stamp(d.objectPath(id, ".data")); ok {
 			stamps[id] = s
 		}

@@ -25,7 +25,7 @@ func TestDiskTierBoundsOpenFiles(t *testing.T) {
 		return len(e)
 	}
 	before := fds()
-	data := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 1000+i) }
+	data := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 40000+i) } // over half a block: not packed
 	ref := func(i int) BlockRef {
 		o := ObjectRef{Source: "test://", Path: fmt.Sprintf("f%03d", i), Version: "v", Size: int64(len(data(i)))}
 		return BlockRef{Object: o, Index: 0, BlockSize: 64 << 10}

@@ -42,7 +42,7 @@ func (d *diskTier) read(b BlockRef, p []byte, inOff int64, get func(int) *buffer
 	}
 	defer d.unpin(o)
 	if blk.isVerified(d) {
-		if _, err := o.data.ReadAt(p, b.Offset()+inOff); err != nil {
+		if _, err := o.data.ReadAt(p, o.base+b.Offset()+inOff); err != nil {
 			return diskRead{}, err
 		}
 		return diskRead{hit: true, crc: blk.crc}, nil
@@ -54,7 +54,7 @@ func (d *diskTier) read(b BlockRef, p []byte, inOff int64, get func(int) *buffer
 		buf = get(int(blk.length))
 		data = buf.data
 	}
-	if _, err := o.data.ReadAt(data, b.Offset()); err != nil && !errors.Is(err, io.EOF) {
+	if _, err := o.data.ReadAt(data, o.base+b.Offset()); err != nil && !errors.Is(err, io.EOF) {
 		buf.releaseIfAny()
 		return diskRead{}, err
 	}
@@ -99,8 +99,10 @@ func (d *diskTier) readWhole(b BlockRef, buf []byte) (diskRead, error) {
 		}
 	}
 	var direct *os.File
-	if share, _ := PageCached(o.data, b.Offset(), int64(len(buf))); blk != nil && share < 1 {
-		direct = d.directLocked(o)
+	if blk != nil && o.seg == nil {
+		if share, _ := PageCached(o.data, b.Offset(), int64(len(buf))); share < 1 {
+			direct = d.directLocked(o)
+		}
 	}
 	verified := blk != nil && blk.verified
 	d.mu.Unlock()
@@ -108,7 +110,7 @@ func (d *diskTier) readWhole(b BlockRef, buf []byte) (diskRead, error) {
 		return diskRead{}, nil
 	}
 	defer d.unpin(o)
-	if err := readBlockData(o.data, direct, buf, b.Offset()); err != nil {
+	if err := readBlockData(o.data, direct, buf, o.base+b.Offset()); err != nil {
 		return diskRead{}, err
 	}
 	if !verified {
