@@ -106,8 +106,8 @@ type fileNode struct {
 	fsys  *FS
 	path  string
 	entry source.Entry
-	// served counts the bytes this process answered for the node itself
-	// (direct I/O), for Open's choice of passthrough.
+	// served counts the bytes this process answered for the node itself,
+	// for Open's choice of passthrough, direct I/O or the page cache.
 	served atomic.Int64
 	// shared answers reads that come without a handle (Options.NoOpen).
 	shared atomic.Pointer[handle]
