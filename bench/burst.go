@@ -121,10 +121,13 @@ type BurstResult struct {
 	MakespanSec       float64 `json:"makespanSeconds"`
 	IdealSec          float64 `json:"datasetOverBandwidthSeconds"`
 	MakespanOverIdeal float64 `json:"makespanOverIdeal"`
-	TTFBp50Ms         float64 `json:"ttfbP50Ms"`
-	TTFBp99Ms         float64 `json:"ttfbP99Ms"`
-	AggregateMBps     float64 `json:"aggregateMBps"`
-	Verified          bool    `json:"verified"`
+	// OriginIdle is the share of the origin's active window in which it
+	// sent under a tenth of its bandwidth (burst_idle.go).
+	OriginIdle    float64 `json:"originIdleFraction"`
+	TTFBp50Ms     float64 `json:"ttfbP50Ms"`
+	TTFBp99Ms     float64 `json:"ttfbP99Ms"`
+	AggregateMBps float64 `json:"aggregateMBps"`
+	Verified      bool    `json:"verified"`
 	// ClientPeakRSS and ClientCPUSec: the largest peak RSS of one mounted
 	// client, and one client's mean CPU-seconds (user+sys).
 	ClientPeakRSS int64   `json:"clientPeakRSSBytes,omitempty"`
@@ -247,6 +250,7 @@ func (o *BurstOptions) setup(ctx context.Context, out io.Writer) (*burstEnv, fun
 // run measures one mode with n clients.
 func (e *burstEnv) run(ctx context.Context, mode string, n int) (BurstResult, error) {
 	before := e.proxy.BodyBytes()
+	meter := startIdleMeter(e.proxy.BodyBytes)
 	var ttfb []time.Duration
 	var makespan time.Duration
 	var err error
@@ -263,6 +267,7 @@ func (e *burstEnv) run(ctx context.Context, mode string, n int) (BurstResult, er
 	case ModeCopy:
 		ttfb, makespan, err = e.runCopied(ctx, n)
 	}
+	idle := meter.fraction(e.o.bandwidth)
 	if err != nil {
 		return BurstResult{}, err
 	}
@@ -270,7 +275,7 @@ func (e *burstEnv) run(ctx context.Context, mode string, n int) (BurstResult, er
 	ideal := float64(e.dataset) / float64(e.o.bandwidth)
 	r := BurstResult{Mode: mode, Clients: n, DatasetBytes: e.dataset, OriginBytes: origin,
 		OriginRatio: float64(origin) / float64(e.dataset), MakespanSec: makespan.Seconds(), IdealSec: ideal,
-		MakespanOverIdeal: makespan.Seconds() / ideal, Verified: true,
+		MakespanOverIdeal: makespan.Seconds() / ideal, OriginIdle: idle, Verified: true,
 		AggregateMBps: float64(e.dataset) * float64(n) / makespan.Seconds() / 1e6}
 	r.TTFBp50Ms, r.TTFBp99Ms = percentile(ttfb, 0.50), percentile(ttfb, 0.99)
 	if mode == ModeRclone || mode == ModeSluice {

@@ -13,7 +13,7 @@ func burstTable(results []BurstResult, o *BurstOptions) *Table {
 		Title: fmt.Sprintf("Burst: %d clients read %d × %s at once through a %s origin (%d cache workers)",
 			o.Clients[0], o.Files, formatSize(o.fileSize), mbps(o.bandwidth), o.Workers),
 		Columns: []Column{{Name: "mode"}, {Name: "N", Right: true}, {Name: "origin bytes / dataset", Right: true},
-			{Name: "makespan", Right: true}, {Name: "makespan / (dataset / bw)", Right: true},
+			{Name: "makespan", Right: true}, {Name: "makespan / (dataset / bw)", Right: true}, {Name: "origin idle", Right: true},
 			{Name: "TTFB p50", Right: true}, {Name: "TTFB p99", Right: true}, {Name: "aggregate", Right: true},
 			{Name: "client peak RSS", Right: true}, {Name: "client CPU-s", Right: true}, {Name: "verified"}},
 	}
@@ -23,13 +23,14 @@ func burstTable(results []BurstResult, o *BurstOptions) *Table {
 	}
 	for _, r := range results {
 		t.Rows = append(t.Rows, []string{r.Mode, fmt.Sprint(r.Clients), fmt.Sprintf("%.2f", r.OriginRatio),
-			fmt.Sprintf("%.1f s", r.MakespanSec), fmt.Sprintf("%.2f", r.MakespanOverIdeal),
+			fmt.Sprintf("%.1f s", r.MakespanSec), fmt.Sprintf("%.2f", r.MakespanOverIdeal), fmt.Sprintf("%.0f %%", 100*r.OriginIdle),
 			fmt.Sprintf("%.0f ms", r.TTFBp50Ms), fmt.Sprintf("%.0f ms", r.TTFBp99Ms),
 			formatMBps(r.AggregateMBps) + " MB/s", clientRSS(r), clientCPU(r), fmt.Sprint(r.Verified)})
 	}
 	t.Notes = []string{
 		"origin bytes / dataset: how many times the origin served the dataset (1.00 = once).",
 		"makespan / (dataset / bw): burst time over the time to read the dataset once at the origin's bandwidth.",
+		"origin idle: the share of 100 ms ticks, from the origin's first byte to its last, in which it sent under a tenth of its bandwidth.",
 		"client peak RSS / CPU-s: the largest resident set of one mounted client (getrusage) and one client's mean user+sys CPU.",
 	}
 	return t
