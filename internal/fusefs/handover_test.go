@@ -347,31 +347,12 @@ func mustWriteFile(t *testing.T, path string, data []byte) {
 	}
 }
 
-// openBacking is the backing id the serving process recorded in its open
-// log for an open file at path (0: cached mode).
 // waitLogReleased waits until the open log of a serving process has no
 // file of path open (see waitReleased).
 func waitLogReleased(t *testing.T, logPath, path string) {
 	t.Helper()
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		raw, err := os.ReadFile(logPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l := &openLog{live: map[uint64]openRecord{}}
-		for _, line := range strings.Split(string(raw), "\n") {
-			l.apply(line)
-		}
-		open := 0
-		for _, r := range l.live {
-			if r.node == st.Sys().(*syscall.Stat_t).Ino {
-				open++
-			}
-		}
+		open := len(loggedOpens(t, logPath, path))
 		if open == 0 {
 			return
 		}
@@ -381,7 +362,19 @@ func waitLogReleased(t *testing.T, logPath, path string) {
 	}
 }
 
+// openBacking is the backing id the serving process recorded in its open
+// log for an open file at path (0: cached mode).
 func openBacking(t *testing.T, logPath, path string) int32 {
+	t.Helper()
+	var backing int32
+	for _, r := range loggedOpens(t, logPath, path) {
+		backing = max(backing, r.backing)
+	}
+	return backing
+}
+
+// loggedOpens are the open log's live records of the file at path.
+func loggedOpens(t *testing.T, logPath, path string) []openRecord {
 	t.Helper()
 	st, err := os.Stat(path)
 	if err != nil {
@@ -395,11 +388,11 @@ func openBacking(t *testing.T, logPath, path string) int32 {
 	for _, line := range strings.Split(string(raw), "\n") {
 		l.apply(line)
 	}
-	var backing int32
+	var out []openRecord
 	for _, r := range l.live {
 		if r.node == st.Sys().(*syscall.Stat_t).Ino {
-			backing = max(backing, r.backing)
+			out = append(out, r)
 		}
 	}
-	return backing
+	return out
 }
