@@ -198,25 +198,33 @@ func (d *diskTier) loadPacks() error {
 }
 
 // scanSegment loads seg's live records, stopping at the first header that
-// does not check (a torn tail).
+// does not check (a torn tail). A header is read with one pread (a second
+// only for one over scanRead bytes).
 func (d *diskTier) scanSegment(seg *segment) {
 	fi, err := seg.f.Stat()
 	if err != nil {
 		return
 	}
 	size := fi.Size()
-	fixed := make([]byte, packHeaderLen)
+	buf := make([]byte, scanRead)
 	for off := int64(0); off+packHeaderLen <= size; {
-		if _, err := seg.f.ReadAt(fixed, off); err != nil || string(fixed[:4]) != packMagic {
+		h := buf[:min(int64(len(buf)), size-off)]
+		if _, err := seg.f.ReadAt(h, off); err != nil || string(h[:4]) != packMagic {
 			return
 		}
-		hdrLen := int64(binary.LittleEndian.Uint32(fixed[8:]))
-		dataLen := int64(binary.LittleEndian.Uint32(fixed[12:]))
+		hdrLen := int64(binary.LittleEndian.Uint32(h[8:]))
+		dataLen := int64(binary.LittleEndian.Uint32(h[12:]))
 		if hdrLen < packHeaderLen || hdrLen > 1<<20 || off+hdrLen+dataLen > size {
 			return
 		}
-		h := make([]byte, hdrLen)
-		if _, err := seg.f.ReadAt(h, off); err != nil || headerCRC(h) != binary.LittleEndian.Uint32(h[20:]) {
+		if hdrLen > int64(len(h)) {
+			h = make([]byte, hdrLen)
+			if _, err := seg.f.ReadAt(h, off); err != nil {
+				return
+			}
+		}
+		h = h[:hdrLen]
+		if headerCRC(h) != binary.LittleEndian.Uint32(h[20:]) {
 			return
 		}
 		if h[4]&packDeleted == 0 {
@@ -225,6 +233,10 @@ func (d *diskTier) scanSegment(seg *segment) {
 		off += hdrLen + dataLen
 	}
 }
+
+// scanRead is what scanSegment reads of a record at once: its header's
+// fixed part and a path's worth of metadata.
+const scanRead = 1024
 
 // loadPacked loads one live record whose bytes are at base.
 func (d *diskTier) loadPacked(seg *segment, h []byte, base, dataLen int64) {
