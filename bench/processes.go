@@ -309,6 +309,27 @@ func (c *child) cpuSeconds() float64 {
 	}
 }
 
+// settle waits, up to limit, until a running child has stopped working
+// on what came before: its CPU time grows by less than a clock tick over a
+// quarter second. A warm pass then measures the warm path, not the tail
+// of the cold one (disk-tier writes, prefetches) sharing the cores.
+func (c *child) settle(ctx context.Context, limit time.Duration) {
+	end := time.Now().Add(limit)
+	last, err := c.cpuNow()
+	for err == nil && time.Now().Before(end) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+		var now float64
+		if now, err = c.cpuNow(); err == nil && now-last < 0.01 {
+			return
+		}
+		last = now
+	}
+}
+
 // versionOf runs bin with args and returns the first line of its output,
 // followed by the main module and version recorded in the binary when it
 // was built by go install (which is how the Makefile installs its tools).
