@@ -27,7 +27,6 @@ type dirNode struct {
 
 var (
 	_ = (fs.NodeLookuper)((*dirNode)(nil))
-	_ = (fs.NodeReaddirer)((*dirNode)(nil))
 	_ = (fs.NodeGetattrer)((*dirNode)(nil))
 	_ = (fs.NodeLookupNoder)((*dirNode)(nil))
 )
@@ -77,22 +76,6 @@ func (d *dirNode) LookupNode(ctx context.Context, id uint64, out *fuse.EntryOut)
 		return nil, syscall.ESTALE
 	}
 	return n, 0
-}
-
-func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	entries, err := d.fsys.ns.List(ctx, d.path)
-	if err != nil {
-		return nil, errno(err)
-	}
-	out := make([]fuse.DirEntry, 0, len(entries))
-	for _, e := range entries {
-		de := fuse.DirEntry{Name: e.Name, Mode: syscall.S_IFREG, Ino: ino(path.Join(d.path, e.Name), e.Version)}
-		if e.IsDir {
-			de.Mode, de.Ino = syscall.S_IFDIR, ino(path.Join(d.path, e.Name), "")
-		}
-		out = append(out, de)
-	}
-	return fs.NewListDirStream(out), 0
 }
 
 func (d *dirNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {

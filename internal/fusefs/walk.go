@@ -79,8 +79,8 @@ func (w *dirWalks) opened(dir string, i int, warm bool) (from, to int, ok bool) 
 func (fsys *FS) prefetchNext(ctx context.Context, p string, warm bool) {
 	dir, name := path.Split(p)
 	dir = path.Clean("/" + dir)[1:]
-	entries, err := fsys.ns.List(ctx, dir) // cached: the lookup just listed it
-	if err != nil {
+	entries, ok := fsys.ns.Listed(dir) // not while a large directory is still being listed
+	if !ok {
 		return
 	}
 	i := sort.Search(len(entries), func(i int) bool { return entries[i].Name >= name })
@@ -107,8 +107,8 @@ func (fsys *FS) prefetchNext(ctx context.Context, p string, warm bool) {
 func (fsys *FS) nextFile(ctx context.Context, p string) (blockcache.ObjectRef, bool) {
 	dir, name := path.Split(p)
 	dir = path.Clean("/" + dir)[1:]
-	entries, err := fsys.ns.List(ctx, dir)
-	if err != nil {
+	entries, ok := fsys.ns.Listed(dir)
+	if !ok {
 		return blockcache.ObjectRef{}, false
 	}
 	i := sort.Search(len(entries), func(i int) bool { return entries[i].Name > name })

@@ -114,7 +114,8 @@ func IsPermanent(err error) bool {
 			return true
 		}
 	}
-	return false
+	var consumer *errPage
+	return errors.As(err, &consumer)
 }
 
 // WithRetry returns s with every method retried under p. Permanent errors
@@ -149,6 +150,16 @@ func (r *retrySource) List(ctx context.Context, dir string) ([]Entry, error) {
 		return err
 	})
 	return out, err
+}
+
+var _ Pager = (*retrySource)(nil)
+
+// ListPages retries a listing that failed from its start: its pages come
+// again, as Pager allows.
+func (r *retrySource) ListPages(ctx context.Context, dir string, page func([]Entry) error) error {
+	return r.do(ctx, "list", dir, fixed(r.p.List), func(ctx context.Context) error {
+		return ListPages(ctx, r.s, dir, page)
+	})
 }
 
 func (r *retrySource) Stat(ctx context.Context, path string) (Entry, error) {

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -178,74 +177,6 @@ func (s *s3Source) dirPrefix(dir string) string {
 		return s.prefix
 	}
 	return s.prefix + dir + "/"
-}
-
-func (s *s3Source) List(ctx context.Context, dir string) ([]Entry, error) {
-	if err := checkPath(dir); err != nil {
-		return nil, err
-	}
-	pfx := s.dirPrefix(dir)
-	noOwner := false
-	var (
-		out          []Entry
-		sawMarker    bool
-		index        = map[string]int{} // name → position in out
-		skipped      int
-		firstSkipped string
-	)
-	for obj := range s.client.ListObjectsIter(ctx, s.bucket, minio.ListObjectsOptions{
-		Prefix:     pfx,
-		MaxKeys:    s.maxKeys,
-		FetchOwner: &noOwner,
-	}) {
-		if obj.Err != nil {
-			return nil, s.wrap("list", pfx, obj.Err)
-		}
-		name := strings.TrimPrefix(obj.Key, pfx)
-		if name == "" {
-			sawMarker = true // the directory marker object "dir/"
-			continue
-		}
-		e := Entry{Name: name}
-		if strings.HasSuffix(name, "/") { // a common prefix
-			e = Entry{Name: strings.TrimSuffix(name, "/"), IsDir: true}
-		} else {
-			e.Size = obj.Size
-			e.ModTime = obj.LastModified
-			e.Version = objectVersion(obj.ETag, obj.LastModified, obj.Size)
-		}
-		if !ValidName(e.Name) {
-			if skipped++; skipped == 1 {
-				firstSkipped = obj.Key
-			}
-			continue
-		}
-		if i, dup := index[e.Name]; dup {
-			// Key "x" and keys below "x/" both exist. Stat returns the
-			// object, so the listing does too.
-			klog.V(2).InfoS("S3 name is both an object and a prefix; showing the object",
-				"source", s.id, "name", e.Name, "dir", dir)
-			if !e.IsDir {
-				out[i] = e
-			}
-			continue
-		}
-		index[e.Name] = len(out)
-		out = append(out, e)
-	}
-	if skipped > 0 {
-		klog.InfoS("Skipped S3 keys whose names cannot be file names (empty or dot elements, NUL, longer than 255 bytes)",
-			"source", s.id, "dir", dir, "skipped", skipped, "first", fmt.Sprintf("%q", firstSkipped))
-	}
-	// ListObjectsIter ends silently when ctx is cancelled.
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("s3 list s3://%s/%s: %w", s.bucket, pfx, err)
-	}
-	if len(out) == 0 && dir != "" && !sawMarker {
-		return nil, fmt.Errorf("s3 list s3://%s/%s: no such directory: %w", s.bucket, pfx, ErrNotFound)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
 }
 
 func (s *s3Source) Stat(ctx context.Context, p string) (Entry, error) {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -97,6 +99,22 @@ func TestS3Conformance(t *testing.T) {
 		if len(got) != manyFiles+1 || got[0].Name != "f0000" || got[manyFiles-1].Name != fmt.Sprintf("f%04d", manyFiles-1) ||
 			got[manyFiles].Name != "sub" || !got[manyFiles].IsDir {
 			t.Fatalf("List(many) with 100-key pages: %d entries %v", len(got), names(got))
+		}
+		var pages [][]Entry
+		if err := small.ListPages(testCtx(t), "many", func(p []Entry) error { pages = append(pages, p); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		var joined []Entry
+		for _, p := range pages {
+			if len(p) > 100 {
+				t.Fatalf("a page of %d entries with 100-key pages", len(p))
+			}
+			joined = append(joined, p...)
+		}
+		sort.Slice(joined, func(i, j int) bool { return joined[i].Name < joined[j].Name })
+		if len(pages) < manyFiles/100 || !reflect.DeepEqual(joined, got) {
+			t.Fatalf("ListPages(many): %d pages of %d entries in all; want at least %d pages holding List's %d entries",
+				len(pages), len(joined), manyFiles/100, len(got))
 		}
 	})
 }
