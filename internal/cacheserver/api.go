@@ -11,6 +11,8 @@
 //	/v1/datasets/{dataset}/stat?path=P            JSON source.Entry
 //	/v1/datasets/{dataset}/read?path=P&version=V&off=O&len=N
 //	    N bytes; headers Content-Length and X-Sluice-Crc32c (hex CRC-32C)
+//	/v1/datasets/{dataset}/batch?path=P1&version=V1&len=N1&path=P2&...
+//	    the first N bytes of each of up to 64 objects, framed (batch.go)
 //	/healthz, /readyz                             no token
 //
 // While a data request is being worked on, the worker sends an interim

@@ -28,6 +28,7 @@ type Source struct {
 	pool     *Pool
 	id       string
 	Fallback source.Source
+	batches  batcher
 }
 
 var _ source.Source = (*Source)(nil)
@@ -43,7 +44,9 @@ func WorkersID(dataset string) string { return "workers://" + dataset }
 // with origin mode. fallback (nil: none) is the origin, read when no worker
 // can answer; it keeps its own retry policy (source.WithRetry).
 func NewSource(pool *Pool, id string, fallback source.Source) *Source {
-	return &Source{pool: pool, id: id, Fallback: fallback}
+	s := &Source{pool: pool, id: id, Fallback: fallback}
+	s.batches.s = s
+	return s
 }
 
 // ID implements source.Source.
@@ -211,6 +214,11 @@ var _ source.ChecksumReader = (*Source)(nil)
 // origin fallback answered).
 func (s *Source) ReadAtChecksum(ctx context.Context, p, version string, buf []byte, off int64) (uint32, error) {
 	key := p + "\x00" + version + "\x00" + strconv.FormatInt(off, 10)
+	if off == 0 && len(buf) <= MaxBatchObject && source.IsReadahead(ctx) {
+		if crc, ok := s.batches.batched(ctx, key, p, version, buf); ok {
+			return crc, nil
+		}
+	}
 	var crc uint32
 	err := s.do(ctx, "read", key, func(ctx context.Context, ws []*worker) (int, error) {
 		used, c, err := s.readHedged(ctx, ws, p, version, buf, off)

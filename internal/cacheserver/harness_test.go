@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,6 +68,46 @@ type testWorker struct {
 	http  *http.Server
 	api   *Server
 	cache *blockcache.Cache
+	ops   opCounter
+}
+
+// opCounter counts a worker's data requests by operation (the last path
+// element) and answers 404 to the operations in refuse, as a worker of a
+// version without them would.
+type opCounter struct {
+	mu     sync.Mutex
+	counts map[string]int
+	refuse map[string]bool
+}
+
+func (c *opCounter) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		op := path.Base(r.URL.Path)
+		c.mu.Lock()
+		if c.counts == nil {
+			c.counts = map[string]int{}
+		}
+		c.counts[op]++
+		refused := c.refuse[op]
+		c.mu.Unlock()
+		if refused {
+			http.Error(w, "unknown operation", http.StatusNotFound)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (c *opCounter) count(op string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counts[op]
+}
+
+func (c *opCounter) setRefused(op string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.refuse = map[string]bool{op: true}
 }
 
 func startWorker(t *testing.T, src source.Source) *testWorker {
@@ -89,7 +131,8 @@ func startWorkerTLS(t *testing.T, src source.Source, tc *tls.Config) *testWorker
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := &http.Server{Handler: api.Handler()}
+	w := &testWorker{api: api, cache: cache}
+	hs := &http.Server{Handler: w.ops.wrap(api.Handler())}
 	hs.Protocols = new(http.Protocols)
 	hs.Protocols.SetHTTP1(true)
 	scheme := "https://"
@@ -100,7 +143,7 @@ func startWorkerTLS(t *testing.T, src source.Source, tc *tls.Config) *testWorker
 		ln = tls.NewListener(ln, tc)
 	}
 	go hs.Serve(ln)
-	w := &testWorker{url: scheme + ln.Addr().String(), http: hs, api: api, cache: cache}
+	w.url, w.http = scheme+ln.Addr().String(), hs
 	t.Cleanup(func() { hs.Close(); cache.Close() })
 	return w
 }

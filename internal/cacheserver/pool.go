@@ -89,6 +89,8 @@ type worker struct {
 	// lastSign is the UnixNano of the last sign of life on any of this
 	// process's requests to the worker (see watchdog).
 	lastSign atomic.Int64
+	// noBatch: the worker refused a batch read (batch_client.go).
+	noBatch atomic.Bool
 	// Guarded by Pool.mu.
 	down      bool
 	retryAt   time.Time // next probe (or, without a prober, next use)

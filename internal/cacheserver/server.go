@@ -145,6 +145,8 @@ func (s *Server) data(w http.ResponseWriter, r *http.Request) {
 		work = func(ctx context.Context) (func(http.ResponseWriter), error) { return s.stat(ctx, p) }
 	case "read":
 		work = func(ctx context.Context) (func(http.ResponseWriter), error) { return s.read(ctx, r, p) }
+	case "batch":
+		work = func(ctx context.Context) (func(http.ResponseWriter), error) { return s.batch(ctx, r) }
 	default:
 		http.Error(w, fmt.Sprintf("unknown operation %q", op), http.StatusNotFound)
 		return
