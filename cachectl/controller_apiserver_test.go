@@ -207,6 +207,10 @@ func TestControllerOnAPIServer(t *testing.T) {
 		testScaleFromZero(ctx, t, srv, cl, hb)
 	})
 
+	t.Run("admitted pods scale the workers before they heartbeat", func(t *testing.T) {
+		testScaleAhead(ctx, t, srv, cl, hb)
+	})
+
 	t.Run("deleting the Dataset removes what it owns", func(t *testing.T) {
 		if err := cl.Delete(ctx, ds, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
 			t.Fatal(err)

@@ -72,6 +72,10 @@ func (r *DatasetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Wake != nil {
 		b = b.WatchesRawSource(source.Channel(r.Wake, &handler.EnqueueRequestForObject{}))
 	}
+	b, err := r.watchIncoming(mgr, b)
+	if err != nil {
+		return err
+	}
 	return b.Complete(r)
 }
 
@@ -138,10 +142,11 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	pods := r.workerPods(ctx, ds, current)
 	ws, served := r.workerStats(ctx, ds, sts, pods)
-	desired, demand, clients, err := r.desired(ctx, ds, current, served)
+	d, err := r.desired(ctx, ds, current, served)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	desired, demand, clients := d.workers, d.demand, d.clients
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, sts, func() error {
 		workerStatefulSet(ds, r.Template, desired, sts)
 		return controllerutil.SetControllerReference(ds, sts, r.Client.Scheme())
@@ -150,9 +155,9 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	if current >= 0 && current != desired {
 		r.Recorder.Eventf(ds, sts, corev1.EventTypeNormal, "Scaled", "Scale",
-			"cache workers %d → %d (clients read %d B/s, %d pods)", current, desired, int64(demand), clients)
+			"cache workers %d → %d (clients read %d B/s, %d pods; %d pods coming)", current, desired, int64(demand), clients, d.incoming)
 		klog.InfoS("Scaled cache workers", "dataset", klog.KObj(ds), "from", current, "to", desired,
-			"bytesPerSecond", int64(demand), "clients", clients)
+			"bytesPerSecond", int64(demand), "clients", clients, "coming", d.incoming)
 	}
 	if err := r.updateStatus(ctx, ds, observed{sts: sts, pods: pods, stats: ws, desired: desired, demand: demand,
 		clients: clients}); err != nil {
@@ -171,7 +176,7 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 // desired decides the worker count. Builtin: the scaler on the clients'
 // throughput, written to spec.replicas so /scale shows it. External:
 // whatever spec.replicas says (an HPA or KEDA sets it).
-func (r *DatasetReconciler) desired(ctx context.Context, ds *v1alpha1.Dataset, current int32, served float64) (int32, float64, int, error) {
+func (r *DatasetReconciler) desired(ctx context.Context, ds *v1alpha1.Dataset, current int32, served float64) (decision, error) {
 	cfg := Scaling(ds)
 	demand, clients := r.Demand.Of(ds.Namespace+"/"+ds.Name, r.now())
 	// Clients that do not heartbeat (CSI node mounts) show in what the
@@ -179,9 +184,9 @@ func (r *DatasetReconciler) desired(ctx context.Context, ds *v1alpha1.Dataset, c
 	demand = max(demand, served)
 	if ds.Spec.Cache.Scaler == v1alpha1.ScalerExternal {
 		if ds.Spec.Replicas != nil {
-			return *ds.Spec.Replicas, demand, clients, nil
+			return decision{*ds.Spec.Replicas, demand, clients, 0}, nil
 		}
-		return cfg.MinWorkers, demand, clients, nil
+		return decision{cfg.MinWorkers, demand, clients, 0}, nil
 	}
 	if current < 0 { // first reconcile: no StatefulSet yet
 		current = cfg.MinWorkers
@@ -189,15 +194,34 @@ func (r *DatasetReconciler) desired(ctx context.Context, ds *v1alpha1.Dataset, c
 			current = *ds.Spec.Replicas
 		}
 	}
-	want := r.scaler(client.ObjectKeyFromObject(ds)).Desired(cfg, r.now(), current, demand, clients)
+	incoming, err := r.incoming(ctx, ds.Namespace+"/"+ds.Name)
+	if err != nil {
+		return decision{}, err
+	}
+	sc := r.scaler(client.ObjectKeyFromObject(ds))
+	sc.observe(r.now(), demand, clients)
+	ahead := float64(incoming) * sc.perClient(cfg)
+	want := sc.Desired(cfg, r.now(), current, demand+ahead, clients+incoming)
+	if incoming > 0 {
+		klog.V(2).InfoS("Clients coming", "dataset", klog.KObj(ds), "pods", incoming, "bytesPerSecondAhead", int64(ahead),
+			"workers", want)
+	}
 	if ds.Spec.Replicas == nil || *ds.Spec.Replicas != want {
 		patch := client.MergeFrom(ds.DeepCopy())
 		ds.Spec.Replicas = ptr.To(want)
 		if err := r.Client.Patch(ctx, ds, patch); err != nil {
-			return 0, 0, 0, fmt.Errorf("setting spec.replicas: %w", err)
+			return decision{}, fmt.Errorf("setting spec.replicas: %w", err)
 		}
 	}
-	return want, demand, clients, nil
+	return decision{want, demand, clients, incoming}, nil
+}
+
+// decision is a worker count and what it was decided on.
+type decision struct {
+	workers  int32
+	demand   float64 // bytes/s the clients read
+	clients  int     // pods that report
+	incoming int     // pods coming (incoming.go)
 }
 
 // ensureIdentity gives namespace ns the workers' service account and lets

@@ -33,14 +33,26 @@ func (d *Demand) Record(podUID string, datasets []string, bytesPerSec float64, n
 	d.pods[podUID] = report{datasets: append([]string(nil), datasets...), rate: max(bytesPerSec, 0), at: now}
 }
 
+// Heard reports whether pod podUID has reported within Window.
+func (d *Demand) Heard(podUID string, now time.Time) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r, ok := d.pods[podUID]
+	return ok && now.Sub(r.at) <= d.window()
+}
+
+func (d *Demand) window() time.Duration {
+	if d.Window <= 0 {
+		return 30 * time.Second
+	}
+	return d.Window
+}
+
 // Of returns the aggregate throughput of dataset ("namespace/name") and the
 // number of pods reading it. A pod reading several datasets counts its rate
 // against each (it cannot say which one served the bytes).
 func (d *Demand) Of(dataset string, now time.Time) (bytesPerSec float64, pods int) {
-	window := d.Window
-	if window <= 0 {
-		window = 30 * time.Second
-	}
+	window := d.window()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for uid, r := range d.pods {

@@ -29,6 +29,34 @@ type ScalerConfig struct {
 type Scaler struct {
 	// neededSince is the last time demand justified the current count.
 	neededSince time.Time
+	// clientRate is the highest throughput per client seen within
+	// clientRateMemory (at clientRateAt), for clients that are coming.
+	clientRate   float64
+	clientRateAt time.Time
+}
+
+// clientRateMemory is how long a per-client throughput stands for the
+// Dataset's clients when none higher is seen.
+const clientRateMemory = time.Hour
+
+// observe notes the throughput per client of demand over clients.
+func (s *Scaler) observe(now time.Time, demand float64, clients int) {
+	if clients <= 0 || demand <= 0 {
+		return
+	}
+	if r := demand / float64(clients); r >= s.clientRate || now.Sub(s.clientRateAt) > clientRateMemory {
+		s.clientRate, s.clientRateAt = r, now
+	}
+}
+
+// perClient is the throughput a coming client is counted at: what the
+// Dataset's clients read per client lately, else a defaultClientsPerWorker
+// share of a worker.
+func (s *Scaler) perClient(cfg ScalerConfig) float64 {
+	if s.clientRate > 0 {
+		return s.clientRate
+	}
+	return cfg.TargetPerWorker / defaultClientsPerWorker
 }
 
 // Desired returns the worker count for demand (bytes/s from clients pods)

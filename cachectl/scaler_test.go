@@ -71,3 +71,39 @@ func TestServedRate(t *testing.T) {
 		})
 	}
 }
+
+// TestPerClientRate: a coming client counts at the highest throughput per
+// client seen within clientRateMemory, and at a quarter of a worker before
+// any was seen.
+func TestPerClientRate(t *testing.T) {
+	const mb = 1e6
+	cfg := ScalerConfig{TargetPerWorker: 100 * mb}
+	type seen struct {
+		at      time.Duration
+		demand  float64
+		clients int
+	}
+	tests := []struct {
+		name string
+		seen []seen
+		want float64
+	}{
+		{"unmeasured", nil, 25 * mb},
+		{"idle clients say nothing", []seen{{0, 0, 8}}, 25 * mb},
+		{"the mean of the clients", []seen{{0, 400 * mb, 8}}, 50 * mb},
+		{"the highest stands", []seen{{0, 400 * mb, 8}, {time.Minute, 80 * mb, 8}}, 50 * mb},
+		{"an hour later a lower one replaces it", []seen{{0, 400 * mb, 8}, {61 * time.Minute, 80 * mb, 8}}, 10 * mb},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var s Scaler
+			t0 := time.Unix(1000, 0)
+			for _, o := range tc.seen {
+				s.observe(t0.Add(o.at), o.demand, o.clients)
+			}
+			if got := s.perClient(cfg); got != tc.want {
+				t.Fatalf("perClient = %.0f, want %.0f", got, tc.want)
+			}
+		})
+	}
+}

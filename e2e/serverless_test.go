@@ -292,8 +292,8 @@ func (e *env) workerOriginBytes(t *testing.T, ns, dataset string) (float64, int)
 // Path (5): a burst of 16 Job pods, each converted by the webhook, reads
 // one 96 MiB file of a Dataset through its cache workers. The origin is
 // read about once (the workers' origin bytes over the file size), the
-// controller scales the workers up on the sidecars' heartbeats during the
-// burst and back down after it.
+// controller scales the workers up when the pods are admitted (scale-ahead)
+// and on the sidecars' heartbeats, and back down after the burst.
 func TestBurstReadsOriginOnce(t *testing.T) {
 	e, ns := shared, "e2e-burst"
 	e.namespace(t, ns)
@@ -306,25 +306,38 @@ func TestBurstReadsOriginOnce(t *testing.T) {
 		TargetThroughputPerWorker: ptr.To(resource.MustParse("8Mi")), ScaleDownDelay: &metav1.Duration{Duration: 15 * time.Second}})
 	const n = 16
 	job := burstJob("burst", "shard", "shard.bin", data, n)
-	// Watch the workers' StatefulSet while the burst runs.
+	// Watch the workers' StatefulSet while the burst runs: its peak, when
+	// it was first asked for, and when that many workers were Ready.
 	ctx, stop := context.WithCancel(context.Background())
-	peak := make(chan int32, 1)
+	type watched struct {
+		peak            int32
+		peakAt, readyAt time.Duration
+	}
+	peak := make(chan watched, 1)
+	start := time.Now()
 	go func() {
-		var p int32
-		defer func() { peak <- p }()
+		var w watched
+		defer func() { peak <- w }()
 		for ctx.Err() == nil {
 			if s, err := e.cs.AppsV1().StatefulSets(ns).Get(ctx, cachectl.WorkersName("shard"), metav1.GetOptions{}); err == nil {
-				p = max(p, *s.Spec.Replicas)
+				if *s.Spec.Replicas > w.peak {
+					w.peak, w.peakAt, w.readyAt = *s.Spec.Replicas, time.Since(start), 0
+				}
+				if w.readyAt == 0 && s.Status.ReadyReplicas >= w.peak {
+					w.readyAt = time.Since(start)
+				}
 			}
-			time.Sleep(500 * time.Millisecond)
+			time.Sleep(250 * time.Millisecond)
 		}
 	}()
-	start := time.Now()
 	e.runJob(t, ns, job, n, 8*time.Minute)
 	took := time.Since(start)
 	origin, workers := e.workerOriginBytes(t, ns, "shard")
 	stop()
-	p := <-peak
+	w := <-peak
+	p := w.peak
+	t.Logf("workers: %d asked for %s after the Job was created, all %d Ready after %s", p, w.peakAt.Round(time.Millisecond), p,
+		w.readyAt.Round(time.Millisecond))
 	ratio := origin / float64(len(data))
 	t.Logf("%d pods verified %d MiB each in %s; the origin served %.2f× the file (%d workers' sluice_origin_bytes_total); workers peaked at %d",
 		n, len(data)>>20, took.Round(time.Millisecond), ratio, workers, p)
@@ -391,9 +404,9 @@ func TestDevicePluginOnKubelet(t *testing.T) {
 }
 
 // A Dataset scaled to zero (minWorkers 0) has no workers until a client
-// asks: the converted pod's sidecar heartbeats before it mounts, the
-// controller starts a worker, and the mount waits for it instead of
-// failing.
+// comes: the controller starts a worker when the converted pod is admitted
+// (or at its sidecar's first heartbeat, which comes before it mounts), and
+// the mount waits for it instead of failing.
 func TestScaleFromZero(t *testing.T) {
 	e, ns := shared, "e2e-zero"
 	e.namespace(t, ns)
@@ -405,7 +418,7 @@ func TestScaleFromZero(t *testing.T) {
 	pod.Labels = map[string]string{contract.InjectLabel: "true"}
 	pod.Spec.NodeSelector = map[string]string{"sluice.dev/e2e": "true"}
 	d := e.runToCompletion(t, ns, pod, 3*time.Minute)
-	t.Logf("a pod of a Dataset with 0 workers verified every file in %s (its heartbeat started the first worker)", d.Round(time.Millisecond))
+	t.Logf("a pod of a Dataset with 0 workers verified every file in %s (its admission started the first worker)", d.Round(time.Millisecond))
 }
 
 // A dataset volume on a node with the CSI driver: the node plugin reads

@@ -112,7 +112,7 @@ func (d *Defaulter) convertCopy(pod *corev1.Pod, vols []sluiceVolume) error {
 	}
 	pod.Spec.InitContainers = append(copiers, pod.Spec.InitContainers...)
 	setReadOnly(pod, names)
-	markConverted(pod, contract.ModeCopy)
+	markConverted(pod, contract.ModeCopy, vols)
 	return nil
 }
 

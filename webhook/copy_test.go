@@ -116,6 +116,7 @@ func checkCopied(t *testing.T, orig, got *corev1.Pod) {
 	if got.Annotations[contract.InjectedAnnotation] != contract.ModeCopy || got.Labels[contract.InjectedLabel] != contract.ModeCopy {
 		t.Errorf("not marked %s=%s", contract.InjectedAnnotation, contract.ModeCopy)
 	}
+	checkDatasetsAnnotation(t, got)
 	var copied []string
 	for i, v := range orig.Spec.Volumes {
 		if maybeSluice(v) {

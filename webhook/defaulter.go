@@ -153,19 +153,29 @@ func (d *Defaulter) Default(ctx context.Context, pod *corev1.Pod) error {
 	if native {
 		mode = modeNative
 	}
-	markConverted(pod, mode)
+	markConverted(pod, mode, vols)
 	klog.V(2).InfoS("Pod converted", "namespace", ns, "pod", podName(pod), "trigger", trig, "mode", mode,
 		"volumes", names, "profile", d.Config.Profile)
 	return nil
 }
 
 // markConverted records how the pod was converted, as an annotation and
-// as a label (so the controller's reaper can watch just the converted pods).
-func markConverted(pod *corev1.Pod, mode string) {
+// as a label (so the controller's reaper can watch just the converted
+// pods), and which Datasets it reads (for the controller's scaler).
+func markConverted(pod *corev1.Pod, mode string, vols []sluiceVolume) {
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
 	}
 	pod.Annotations[contract.InjectedAnnotation] = mode
+	var datasets []string
+	for _, v := range vols {
+		if v.spec.Dataset != "" && !slices.Contains(datasets, v.spec.Dataset) {
+			datasets = append(datasets, v.spec.Dataset)
+		}
+	}
+	if len(datasets) > 0 {
+		pod.Annotations[contract.DatasetsAnnotation] = strings.Join(datasets, ",")
+	}
 	if pod.Labels == nil {
 		pod.Labels = map[string]string{}
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -282,6 +283,7 @@ func newTestDefaulter(t testing.TB, mod func(*Config)) *Defaulter {
 func checkConverted(t *testing.T, d *Defaulter, orig, got *corev1.Pod) {
 	t.Helper()
 	mode := got.Annotations[contract.InjectedAnnotation]
+	checkDatasetsAnnotation(t, got)
 	var sidecar corev1.Container
 	switch mode {
 	case modeNative:
@@ -341,6 +343,30 @@ func checkConverted(t *testing.T, d *Defaulter, orig, got *corev1.Pod) {
 	}
 	if !equality.Semantic.DeepEqual(again, got) {
 		t.Errorf("a second Default changed the pod")
+	}
+}
+
+// checkDatasetsAnnotation asserts that a converted pod names exactly the
+// Datasets its sluice volumes read through cache workers.
+func checkDatasetsAnnotation(t *testing.T, got *corev1.Pod) {
+	t.Helper()
+	var want []string
+	for _, c := range append(append([]corev1.Container(nil), got.Spec.InitContainers...), got.Spec.Containers...) {
+		if c.Name != contract.SidecarName && !strings.HasPrefix(c.Name, contract.CopierPrefix) {
+			continue
+		}
+		vols, err := sidecarVolumes(&c)
+		if err != nil {
+			t.Fatalf("container %s: %v", c.Name, err)
+		}
+		for _, v := range vols {
+			if v.Dataset != "" && !slices.Contains(want, v.Dataset) {
+				want = append(want, v.Dataset)
+			}
+		}
+	}
+	if a := got.Annotations[contract.DatasetsAnnotation]; a != strings.Join(want, ",") {
+		t.Errorf("annotation %s = %q, want %q", contract.DatasetsAnnotation, a, strings.Join(want, ","))
 	}
 }
 

@@ -34,6 +34,11 @@ const (
 	// InjectedLabel carries the same mark as a label (the controller
 	// watches only pods that have it).
 	InjectedLabel = "sluice.dev/injected"
+	// DatasetsAnnotation on a converted pod lists the Datasets it reads
+	// through their cache workers ("namespace/name", comma-separated), so
+	// the controller can scale the workers for pods that are coming before
+	// they heartbeat.
+	DatasetsAnnotation = "sluice.dev/datasets"
 	// ModeAnnotation on a pod (or ModeLabel on its namespace) chooses how
 	// its sluice volumes are served: ModeFUSE (the FUSE sidecar) or
 	// ModeCopy (an init container copies the data into an emptyDir; no
