@@ -116,8 +116,15 @@ func TestControllerOnAPIServer(t *testing.T) {
 			}
 		}
 		env := sts.Spec.Template.Spec.Containers[0].Env
-		if len(env) != 2 || env[0].ValueFrom.SecretKeyRef.Name != "origin" {
-			t.Errorf("worker env %+v: want the two keys of Secret origin", env)
+		if len(env) != 3 || env[0].ValueFrom.FieldRef == nil || env[0].ValueFrom.FieldRef.FieldPath != "status.podIP" ||
+			env[1].ValueFrom.SecretKeyRef.Name != "origin" || env[2].ValueFrom.SecretKeyRef.Name != "origin" {
+			t.Errorf("worker env %+v: want POD_IP and the two keys of Secret origin", env)
+		}
+		for _, want := range []string{"--peers-dns=imagenet-sluice-workers.ml.svc.cluster.local:8080", "--peer-ip=$(POD_IP)",
+			"--peer-token-file=" + contract.TokenDir + "/" + contract.TokenFile, "--peers-ca=" + contract.WorkersTLSDir + "/" + contract.CABundleKey} {
+			if !slices.Contains(args, want) {
+				t.Errorf("worker args %q lack %q", args, want)
+			}
 		}
 		if *sts.Spec.Replicas != 1 {
 			t.Errorf("replicas %d, want minWorkers 1", *sts.Spec.Replicas)

@@ -1,6 +1,7 @@
 package cachectl
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -161,8 +162,9 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 			args = append(args, "--s3-path-style")
 		}
 	}
+	args, mounts, tlsVolumes = peerArgs(ds, t, args, mounts, tlsVolumes)
 	args = append(args, ds.Spec.Source)
-	var env []corev1.EnvVar
+	env := []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}}
 	if ds.Spec.SecretRef != nil {
 		for _, k := range []string{contract.EnvAccessKeyID, contract.EnvSecretAccessKey} {
 			env = append(env, corev1.EnvVar{Name: k, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
@@ -209,6 +211,30 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 				EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: ptr.To(disk)}}}}, tlsVolumes...),
 		},
 	}
+}
+
+// peerArgs lets each worker read the blocks it does not hold from its
+// peers before the origin (cacheserver.PeerGetter): the workers' own
+// Service, the pod's IP to leave out, and a token of the pod (audience
+// contract.TokenAudience) that the peers admit like a client's.
+func peerArgs(ds *v1alpha1.Dataset, t WorkerTemplate, args []string, mounts []corev1.VolumeMount,
+	vols []corev1.Volume) ([]string, []corev1.VolumeMount, []corev1.Volume) {
+	host := WorkersName(ds.Name) + "." + ds.Namespace + ".svc"
+	if t.ClusterDomain != "" {
+		host += "." + t.ClusterDomain
+	}
+	args = append(args, fmt.Sprintf("--peers-dns=%s:%d", host, contract.WorkersPort),
+		"--peer-ip=$(POD_IP)", "--peer-token-file="+contract.TokenDir+"/"+contract.TokenFile)
+	if t.TLS {
+		args = append(args, "--peers-ca="+contract.WorkersTLSDir+"/"+contract.CABundleKey)
+	} else {
+		args = append(args, "--insecure-peers")
+	}
+	mounts = append(mounts, corev1.VolumeMount{Name: contract.TokenVolumeName, MountPath: contract.TokenDir, ReadOnly: true})
+	vols = append(vols, corev1.Volume{Name: contract.TokenVolumeName, VolumeSource: corev1.VolumeSource{
+		Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+			Audience: contract.TokenAudience, ExpirationSeconds: ptr.To[int64](3600), Path: contract.TokenFile}}}}}})
+	return args, mounts, vols
 }
 
 // workerRoleBinding lets the workers' service account of namespace ns

@@ -56,8 +56,8 @@ func TestWorkerPod(t *testing.T) {
 				t.Errorf("worker container security context %+v: want no privilege escalation, all capabilities dropped", c.SecurityContext)
 			}
 			if !slices.Contains(c.Args, "--cache-disk=2Gi") || !slices.Contains(c.Args, "--cache-memory=512Mi") ||
-				c.Args[len(c.Args)-1] != "file:///data" || len(c.Env) != 0 {
-				t.Errorf("args %q env %v: want the sizes, the source last, no credentials without secretRef", c.Args, c.Env)
+				c.Args[len(c.Args)-1] != "file:///data" || len(c.Env) != 1 || c.Env[0].ValueFrom.SecretKeyRef != nil {
+				t.Errorf("args %q env %v: want the sizes, the source last, no credentials without secretRef (POD_IP only)", c.Args, c.Env)
 			}
 			if p.Spec.Volumes[0].EmptyDir.SizeLimit.String() != "2Gi" {
 				t.Errorf("cache emptyDir limit %v, want 2Gi", p.Spec.Volumes[0].EmptyDir.SizeLimit)

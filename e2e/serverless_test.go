@@ -255,7 +255,7 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// workerOriginBytes sums sluice_origin_bytes_total over the Dataset's
+// workerOriginBytes sums sluice_origin_bytes_total less sluice_peer_bytes_total over the Dataset's
 // worker pods (their metrics port; pod IPs are reachable from the node).
 func (e *env) workerOriginBytes(t *testing.T, ns, dataset string) (float64, int) {
 	t.Helper()
@@ -283,6 +283,12 @@ func (e *env) workerOriginBytes(t *testing.T, ns, dataset string) (float64, int)
 				fmt.Sscan(v, &f)
 				total += f
 				n++
+			}
+			// What a worker got from a peer did not come from the origin.
+			if v, ok := strings.CutPrefix(line, "sluice_peer_bytes_total "); ok {
+				var f float64
+				fmt.Sscan(v, &f)
+				total -= f
 			}
 		}
 	}

@@ -79,3 +79,30 @@ func TestWorkerFlagsValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestPeerFlagsValidate(t *testing.T) {
+	ok := PeerFlags{DNS: "w.ns.svc:8080", Self: "10.0.0.7", TokenFile: "/t", CAFile: "/ca"}
+	with := func(f func(*PeerFlags)) PeerFlags { p := ok; f(&p); return p }
+	tests := []struct {
+		name    string
+		p       PeerFlags
+		wantErr string // "" for none
+	}{
+		{"no peers: nothing to check", PeerFlags{}, ""},
+		{"peers over TLS", ok, ""},
+		{"peers over plain http on a trusted network", with(func(p *PeerFlags) { p.CAFile, p.Insecure = "", true }), ""},
+		{"not host:port", with(func(p *PeerFlags) { p.DNS = "w.ns.svc" }), "--peers-dns"},
+		{"no pod IP", with(func(p *PeerFlags) { p.Self = "" }), "--peer-ip"},
+		{"a name, not an IP", with(func(p *PeerFlags) { p.Self = "worker-0" }), "--peer-ip"},
+		{"no token", with(func(p *PeerFlags) { p.TokenFile = "" }), "--peer-token-file"},
+		{"a token in the clear", with(func(p *PeerFlags) { p.CAFile = "" }), "--peers-ca"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.p.Validate()
+			if (tc.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("Validate() = %v, want an error naming %q", err, tc.wantErr)
+			}
+		})
+	}
+}

@@ -39,6 +39,7 @@ type WorkerOptions struct {
 	TLSKeyFile   string
 	SourceFlags  SourceFlags
 	CacheFlags   CacheFlags
+	Peers        PeerFlags
 }
 
 // AddFlags registers the worker flags.
@@ -61,6 +62,7 @@ func (o *WorkerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ProbeTime, "probe-timeout", 20*time.Second, "how long to try reaching the origin at start")
 	fs.StringVar(&o.TLSCertFile, "tls-cert-file", "", "serve the worker API over TLS with this PEM certificate (re-read when it changes)")
 	fs.StringVar(&o.TLSKeyFile, "tls-key-file", "", "the PEM key of --tls-cert-file")
+	o.Peers.AddFlags(fs)
 }
 
 // Validate checks the options without touching the origin.
@@ -85,6 +87,9 @@ func (o *WorkerOptions) Validate() error {
 	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
 	}
+	if err := o.Peers.Validate(); err != nil {
+		return err
+	}
 	_, err := o.CacheFlags.Config()
 	return err
 }
@@ -102,6 +107,9 @@ func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
 	defer stop()
 	cfg, err := Config(o.Source, &o.SourceFlags, &o.CacheFlags, m, o.ProbeTime)
 	if err != nil {
+		return err
+	}
+	if cfg.Below, err = o.Peers.below(ctx, o.Dataset, m); err != nil {
 		return err
 	}
 	rt, err := datapath.Open(ctx, cfg)

@@ -318,26 +318,8 @@ func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead boo
 // fly is one flight's work: the block from memory, the write-behind queue,
 // the disk or the tier below, with one reference for the flight.
 func (c *Cache) fly(b BlockRef, key string, readahead bool, f *flight) (*buffer, uint32, error) {
-	if buf, crc, ok := c.mem.get(key); ok {
+	if buf, crc, ok := c.local(b, key); ok {
 		return buf, crc, nil
-	}
-	if c.behind != nil {
-		if buf, crc, ok := c.behind.lookup(key); ok {
-			c.putMemory(key, buf, crc)
-			return buf, crc, nil
-		}
-	}
-	if c.wholeFromDisk(b, int(b.Len())) {
-		if buf, crc := c.readDiskWhole(b, key); buf != nil {
-			return buf, crc, nil
-		}
-	} else if c.disk != nil && c.disk.has(b) { // a small block: a heap buffer of its size
-		buf := c.pool.get(int(b.Len()))
-		if hit, crc := c.readDisk(b, key, buf.data, 0); hit {
-			c.putMemory(key, buf, crc)
-			return buf, crc, nil
-		}
-		buf.release()
 	}
 	// The wait for a slot and the transfer each get the whole budget:
 	// a transfer cut short because its slot came late would leave
@@ -371,6 +353,56 @@ func (c *Cache) fly(b BlockRef, key string, readahead bool, f *flight) (*buffer,
 	}
 	c.publishSizes()
 	return buf, crc, nil
+}
+
+// local returns block b from memory, the write-behind queue or the disk,
+// with a reference for the caller; ok is false when this cache has it in
+// none of them.
+func (c *Cache) local(b BlockRef, key string) (*buffer, uint32, bool) {
+	if buf, crc, ok := c.mem.get(key); ok {
+		return buf, crc, true
+	}
+	if c.behind != nil {
+		if buf, crc, ok := c.behind.lookup(key); ok {
+			c.putMemory(key, buf, crc)
+			return buf, crc, true
+		}
+	}
+	if c.wholeFromDisk(b, int(b.Len())) {
+		if buf, crc := c.readDiskWhole(b, key); buf != nil {
+			return buf, crc, true
+		}
+	} else if c.disk != nil && c.disk.has(b) { // a small block: a heap buffer of its size
+		buf := c.pool.get(int(b.Len()))
+		if hit, crc := c.readDisk(b, key, buf.data, 0); hit {
+			c.putMemory(key, buf, crc)
+			return buf, crc, true
+		}
+		buf.release()
+	}
+	return nil, 0, false
+}
+
+// Held is Block for a block this cache holds (in memory, queued for the
+// disk or on it) or is fetching (the caller waits for that fetch); it never
+// asks the tier below. ok is false when the cache has no such block. A
+// cache worker answers its peers with it (cacheserver.PeerHeader).
+func (c *Cache) Held(ctx context.Context, b BlockRef) (data []byte, crc uint32, release func(), ok bool, err error) {
+	key := b.Key()
+	if f := c.flights.joinExisting(key, source.IsReadahead(ctx)); f != nil {
+		buf, crc, err := c.flights.wait(ctx, f)
+		if err != nil {
+			return nil, 0, nil, false, err
+		}
+		c.cfg.Metrics.Served(len(buf.data))
+		return buf.data, crc, buf.release, true, nil
+	}
+	buf, crc, ok := c.local(b, key)
+	if !ok {
+		return nil, 0, nil, false, nil
+	}
+	c.cfg.Metrics.Served(len(buf.data))
+	return buf.data, crc, buf.release, true, nil
 }
 
 // get fetches b into buf from the tier below, with the block's checksum

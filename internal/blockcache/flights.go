@@ -57,6 +57,22 @@ func (fs *flights) join(key string, readahead bool, run func(*flight)) *flight {
 	return f
 }
 
+// joinExisting is join without starting a flight: nil when key has none.
+func (fs *flights) joinExisting(key string, readahead bool) *flight {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	f := fs.m[key]
+	if f == nil {
+		return nil
+	}
+	f.waiters++
+	if !readahead && !f.promoted {
+		f.promoted = true
+		close(f.promote)
+	}
+	return f
+}
+
 // isPromoted reports whether a reader waits for f.
 func (fs *flights) isPromoted(f *flight) bool {
 	fs.mu.Lock()

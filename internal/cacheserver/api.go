@@ -18,7 +18,8 @@
 // While a data request is being worked on, the worker sends an interim
 // "102 Processing" response after 20 ms and then every 500 ms. Errors are
 // plain-text reasons with 400 (bad request), 401 (token), 403 (permission),
-// 404 (unknown dataset or path), 412 (object version changed), 416
+// 404 (unknown dataset or path), 409 (a peer's read of a block the worker
+// does not hold), 412 (object version changed), 416
 // (range), 429 (busy), 502 (origin failed), 503 (draining) and 504 (the origin
 // did not answer within the client's deadline).
 //
@@ -83,6 +84,10 @@ const (
 	// milliseconds; the worker answers (504 if its origin is slower)
 	// before it, so a slow origin shows as an answer, not as a dead worker.
 	TimeoutHeader = "X-Sluice-Timeout-Ms"
+	// PeerHeader ("1") marks a read one worker sends another: it is
+	// answered from what the worker holds or is fetching, else 409, never
+	// from the origin.
+	PeerHeader = "X-Sluice-Peer"
 	// MaxReadLen bounds one read request.
 	MaxReadLen = 64 << 20
 	// DefaultDataset is the dataset name of a worker started without one.
@@ -98,9 +103,14 @@ type entryJSON struct {
 	Version string `json:"version,omitempty"`
 }
 
+// errNotHeld answers a peer's read of a block the worker does not hold.
+var errNotHeld = errors.New("not held by this worker")
+
 // statusError maps a data-path error to an HTTP status.
 func statusError(err error) int {
 	switch {
+	case errors.Is(err, errNotHeld):
+		return http.StatusConflict
 	case errors.Is(err, source.ErrInvalid):
 		return http.StatusBadRequest
 	case errors.Is(err, source.ErrNotFound):

@@ -163,6 +163,9 @@ func (p *Pool) get(ctx context.Context, w *worker, op string, q url.Values, time
 	if source.IsReadahead(ctx) {
 		req.Header.Set(ReadaheadHeader, "1")
 	}
+	if isPeer(ctx) {
+		req.Header.Set(PeerHeader, "1")
+	}
 	req.Header.Set(TimeoutHeader, strconv.FormatInt(timeout.Milliseconds(), 10))
 	resp, err := p.client.Do(req)
 	if err != nil {

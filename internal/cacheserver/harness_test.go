@@ -118,8 +118,14 @@ func startWorker(t *testing.T, src source.Source) *testWorker {
 // startWorkerTLS starts a worker serving TLS with tc (nil: plain HTTP).
 func startWorkerTLS(t *testing.T, src source.Source, tc *tls.Config) *testWorker {
 	t.Helper()
+	return startWorkerWith(t, src, tc, blockcache.OriginGetter{Source: src})
+}
+
+// startWorkerWith starts a worker whose cache reads from getter.
+func startWorkerWith(t *testing.T, src source.Source, tc *tls.Config, getter blockcache.Getter) *testWorker {
+	t.Helper()
 	cache, err := blockcache.New(blockcache.Config{BlockSize: testBlock, MemoryBytes: 64 << 20,
-		DiskDir: t.TempDir(), Getter: blockcache.OriginGetter{Source: src}})
+		DiskDir: t.TempDir(), Getter: getter})
 	if err != nil {
 		t.Fatal(err)
 	}

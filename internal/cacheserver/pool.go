@@ -61,6 +61,9 @@ type PoolConfig struct {
 	// through DNS are then reached at https://, each verified against the
 	// DNS name (a headless Service's host, or an SRV record's target).
 	TLS *tls.Config
+	// Exclude is a host (a worker's own pod IP) left out of the set: a
+	// worker's pool of its peers.
+	Exclude string
 	// Insecure lets the token go to workers over plain http://; without
 	// it, a pool with a token refuses any worker that is not https://.
 	Insecure bool
@@ -251,6 +254,15 @@ func (p *Pool) resolve(ctx context.Context) error {
 	return nil
 }
 
+// excluded reports whether worker URL u is PoolConfig.Exclude.
+func (p *Pool) excluded(u string) bool {
+	if p.cfg.Exclude == "" {
+		return false
+	}
+	pu, err := url.Parse(u)
+	return err == nil && pu.Hostname() == p.cfg.Exclude
+}
+
 // scheme is how workers found through DNS are reached.
 func (p *Pool) scheme() string {
 	if p.cfg.TLS != nil {
@@ -271,7 +283,7 @@ func (p *Pool) setWorkers(urls []string) {
 	seen := map[string]bool{}
 	for _, u := range urls {
 		u = strings.TrimSuffix(u, "/")
-		if seen[u] {
+		if seen[u] || p.excluded(u) {
 			continue
 		}
 		seen[u] = true

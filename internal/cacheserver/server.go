@@ -278,7 +278,11 @@ func (s *Server) read(ctx context.Context, r *http.Request, p string) (func(http
 	if r.Header.Get(ReadaheadHeader) == "1" {
 		ctx = source.WithReadahead(ctx)
 	}
-	body, crc, release, err := s.body(ctx, obj, off, n)
+	answer := s.body
+	if r.Header.Get(PeerHeader) == "1" {
+		answer = s.held
+	}
+	body, crc, release, err := answer(ctx, obj, off, n)
 	if err != nil {
 		return nil, err
 	}
@@ -307,6 +311,25 @@ func (s *Server) body(ctx context.Context, obj blockcache.ObjectRef, off, n int6
 		return nil, 0, nil, err
 	}
 	return buf, blockcache.Checksum(buf), func() {}, nil
+}
+
+// held is body for a peer (PeerHeader): one whole block, answered only
+// when this worker holds it or is fetching it (errNotHeld otherwise), so
+// a worker that joins the set never makes this one read the origin.
+func (s *Server) held(ctx context.Context, obj blockcache.ObjectRef, off, n int64) ([]byte, uint32, func(), error) {
+	bs := s.cfg.Cache.BlockSize()
+	b := blockcache.BlockRef{Object: obj, Index: off / bs, BlockSize: bs}
+	if off%bs != 0 || n != b.Len() {
+		return nil, 0, nil, fmt.Errorf("%w: a peer asks for whole blocks of %d bytes", source.ErrInvalid, bs)
+	}
+	data, crc, release, ok, err := s.cfg.Cache.Held(ctx, b)
+	switch {
+	case err != nil:
+		return nil, 0, nil, err
+	case !ok:
+		return nil, 0, nil, errNotHeld
+	}
+	return data, crc, release, nil
 }
 
 // entry returns the file entry at p with the requested version, looking

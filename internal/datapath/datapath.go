@@ -42,6 +42,9 @@ type Config struct {
 	Probe time.Duration
 	// Metrics receives the data path's counters (nil: none).
 	Metrics *metrics.Cache
+	// Below, when set, wraps the Getter of the tier below the cache (a
+	// cache worker's peers: cacheserver.PeerGetter).
+	Below func(blockcache.Getter) blockcache.Getter
 }
 
 // DefaultProbe is Config.Probe's default.
@@ -117,6 +120,9 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	cc := cfg.Cache
 	cc.Getter = blockcache.OriginGetter{Source: src}
+	if cfg.Below != nil {
+		cc.Getter = cfg.Below(cc.Getter)
+	}
 	cc.Metrics = cfg.Metrics
 	cache, err := blockcache.New(cc)
 	if err != nil {

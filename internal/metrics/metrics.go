@@ -41,6 +41,9 @@ type Cache struct {
 	// answered first.
 	Hedges    prometheus.Counter
 	HedgeWins prometheus.Counter
+	// PeerBytes counts the bytes of OriginBytes a cache worker got from
+	// a peer worker rather than the origin.
+	PeerBytes prometheus.Counter
 	// WorkerFailures counts cache workers marked failed, by reason
 	// (silent, slow, error).
 	WorkerFailures *prometheus.CounterVec
@@ -52,7 +55,7 @@ func NewCache(reg prometheus.Registerer) *Cache {
 		BytesServed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_bytes_served_total", Help: "Bytes returned to readers."}),
 		OriginBytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sluice_origin_bytes_total", Help: "Bytes fetched from the tier below the local cache (origin or cache workers)."}),
+			Name: "sluice_origin_bytes_total", Help: "Bytes fetched from the tier below the local cache (origin or cache workers; for a cache worker, peers included: sluice_peer_bytes_total)."}),
 		Hits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_cache_hits_total", Help: "Block lookups answered by a cache tier."}, []string{"tier"}),
 		Misses: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -76,6 +79,8 @@ func NewCache(reg prometheus.Registerer) *Cache {
 			Name: "sluice_worker_hedges_total", Help: "Block requests also sent to the next cache worker because the first showed no sign of life in time."}),
 		HedgeWins: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_worker_hedge_wins_total", Help: "Hedged block requests that the second cache worker answered first."}),
+		PeerBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_peer_bytes_total", Help: "Bytes a cache worker fetched from a peer worker instead of the origin."}),
 		WorkerFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_worker_failures_total", Help: "Cache workers marked failed, by reason (silent, slow, error)."}, []string{"reason"}),
 	}
@@ -91,7 +96,7 @@ func NewCache(reg prometheus.Registerer) *Cache {
 	}
 	if reg != nil {
 		reg.MustRegister(m.BytesServed, m.OriginBytes, m.Hits, m.Misses, m.FetchLatency, m.FetchErrors,
-			m.MemoryBytes, m.DiskBytes, m.Evictions, m.CorruptBlocks, m.DiskDrops, m.Hedges, m.HedgeWins, m.WorkerFailures)
+			m.MemoryBytes, m.DiskBytes, m.Evictions, m.CorruptBlocks, m.DiskDrops, m.Hedges, m.HedgeWins, m.PeerBytes, m.WorkerFailures)
 	}
 	return m
 }
@@ -160,6 +165,14 @@ func (m *Cache) Hedged(won bool) {
 	if won {
 		m.HedgeWins.Inc()
 	}
+}
+
+// PeerFetched counts n bytes a worker got from a peer.
+func (m *Cache) PeerFetched(n int) {
+	if m == nil {
+		return
+	}
+	m.PeerBytes.Add(float64(n))
 }
 
 // WorkerFailed counts a cache worker marked failed for reason.

@@ -1,0 +1,81 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/cacheserver"
+	"github.com/sluice-dev/sluice/internal/metrics"
+	"github.com/sluice-dev/sluice/internal/pki"
+)
+
+// PeerFlags let a cache worker read a block it does not hold from the
+// worker that held it before this one joined the set, before the origin
+// (cacheserver.PeerGetter).
+type PeerFlags struct {
+	DNS       string
+	Self      string
+	TokenFile string
+	CAFile    string
+	Insecure  bool
+}
+
+// AddFlags registers the peer flags.
+func (p *PeerFlags) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&p.DNS, "peers-dns", "", "the workers' own headless Service (host:port): a block this worker does not hold is asked of the peer that held it before the origin")
+	fs.StringVar(&p.Self, "peer-ip", "", "with --peers-dns: this worker's pod IP, left out of its peers")
+	fs.StringVar(&p.TokenFile, "peer-token-file", "", "with --peers-dns: the token presented to the peers (a projected service-account token)")
+	fs.StringVar(&p.CAFile, "peers-ca", "", "with --peers-dns: the CA bundle the peers' certificates chain to (they are then reached over TLS)")
+	fs.BoolVar(&p.Insecure, "insecure-peers", false, "with --peers-dns: send the token to the peers over plain http:// (a trusted network only)")
+}
+
+// Validate checks the peer flags.
+func (p *PeerFlags) Validate() error {
+	if p.DNS == "" {
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(p.DNS); err != nil {
+		return fmt.Errorf("--peers-dns %q: want host:port: %w", p.DNS, err)
+	}
+	switch {
+	case net.ParseIP(p.Self) == nil:
+		return fmt.Errorf("--peer-ip %q: want this worker's pod IP (it is left out of the peers)", p.Self)
+	case p.TokenFile == "":
+		return errors.New("--peers-dns needs --peer-token-file: the peers admit workers by their token")
+	case p.CAFile == "" && !p.Insecure:
+		return errors.New("--peers-dns: the token is sent only over TLS: give --peers-ca, or --insecure-peers on a trusted network")
+	}
+	return nil
+}
+
+// below returns the wrapper of the worker's Getter that asks the peers
+// first (nil without --peers-dns), and keeps the peer set current until
+// ctx ends.
+func (p *PeerFlags) below(ctx context.Context, dataset string, m *metrics.Cache) (func(blockcache.Getter) blockcache.Getter, error) {
+	if p.DNS == "" {
+		return nil, nil
+	}
+	pc := cacheserver.PoolConfig{DNS: p.DNS, Dataset: dataset, TokenFile: p.TokenFile, Exclude: p.Self,
+		Insecure: p.Insecure, Metrics: m, Timeout: 10 * time.Second}
+	if p.CAFile != "" {
+		tc, err := pki.ClientConfigFile(p.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--peers-ca: %w", err)
+		}
+		pc.TLS = tc
+	}
+	pool, err := cacheserver.NewPool(ctx, pc)
+	if err != nil {
+		return nil, err
+	}
+	go pool.Run(ctx)
+	return func(origin blockcache.Getter) blockcache.Getter {
+		return &cacheserver.PeerGetter{Peers: pool, Origin: origin}
+	}, nil
+}

@@ -1,0 +1,74 @@
+package cacheserver
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
+)
+
+// PeerGetter is a cache worker's tier below its cache when it has peers:
+// a block the worker does not hold is asked first of the worker that is
+// next for it in HRW order — the one that owned it before this worker
+// joined the set — from that worker's cache or fetch in flight only
+// (PeerHeader), then of the origin. So a worker that joins in the middle
+// of a burst takes over its share of the blocks without the origin
+// sending them again.
+type PeerGetter struct {
+	// Peers are the other workers of the Dataset (PoolConfig.Exclude
+	// leaves this one out).
+	Peers *Pool
+	// Origin is the Getter of the origin.
+	Origin blockcache.Getter
+}
+
+type peerKey struct{}
+
+func withPeer(ctx context.Context) context.Context { return context.WithValue(ctx, peerKey{}, true) }
+
+func isPeer(ctx context.Context) bool {
+	v, _ := ctx.Value(peerKey{}).(bool)
+	return v
+}
+
+// notHeld reports whether err is a peer's answer that it does not hold
+// the block (409).
+func notHeld(err error) bool {
+	var we *workerError
+	return errors.As(err, &we) && we.code == http.StatusConflict
+}
+
+// GetBlock implements blockcache.Getter.
+func (g *PeerGetter) GetBlock(ctx context.Context, b blockcache.BlockRef, p []byte) error {
+	_, _, err := g.GetBlockChecksum(ctx, b, p)
+	return err
+}
+
+// GetBlockChecksum implements the block cache's checksum getter: the CRC
+// is the peer's, checked, or the origin's when it sends one.
+func (g *PeerGetter) GetBlockChecksum(ctx context.Context, b blockcache.BlockRef, p []byte) (uint32, bool, error) {
+	key := b.Object.Path + "\x00" + b.Object.Version + "\x00" + strconv.FormatInt(b.Offset(), 10)
+	if ws := g.Peers.order(key); len(ws) > 0 {
+		s := &Source{pool: g.Peers}
+		crc, err := s.read(withPeer(ctx), ws[0], b.Object.Path, b.Object.Version, p, b.Offset(), nil)
+		if !notHeld(err) {
+			s.judge(ctx, ws[0], err) // a peer that is down is left out until it is back
+		}
+		if err == nil {
+			g.Peers.cfg.Metrics.PeerFetched(len(p))
+			return crc, true, nil
+		}
+		klog.V(4).InfoS("Peer does not hold the block; reading the origin", "peer", ws[0].url, "path", b.Object.Path,
+			"block", b.Index, "err", err)
+	}
+	if cg, ok := g.Origin.(interface {
+		GetBlockChecksum(context.Context, blockcache.BlockRef, []byte) (uint32, bool, error)
+	}); ok {
+		return cg.GetBlockChecksum(ctx, b, p)
+	}
+	return 0, false, g.Origin.GetBlock(ctx, b, p)
+}

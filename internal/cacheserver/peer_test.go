@@ -1,0 +1,77 @@
+package cacheserver
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/metrics"
+)
+
+// TestJoiningWorkerFetchesFromItsPeer: a worker that joins a set whose
+// other worker already read a file gets the file's blocks from that
+// worker, and the origin sends it once; a block no peer holds comes from
+// the origin; a peer that is down costs a read nothing but the attempt.
+func TestJoiningWorkerFetchesFromItsPeer(t *testing.T) {
+	const size = 8*testBlock + 1234
+	o := startOrigin(t, 2, size)
+	osrc := o.source(t)
+	a := startWorker(t, osrc)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	read := func(cache *blockcache.Cache, name string) {
+		t.Helper()
+		e, err := osrc.Stat(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, e.Size)
+		obj := blockcache.ObjectRef{Source: "test", Path: name, Version: e.Version, Size: e.Size}
+		if n, err := cache.ReadAt(ctx, obj, buf, 0); err != nil || !bytes.Equal(buf[:n], o.files[name]) {
+			t.Fatalf("%s: %d bytes, %v; equal %v", name, n, err, bytes.Equal(buf[:n], o.files[name]))
+		}
+	}
+	ca, _, _ := newClient(t, []string{a.url}, nil)
+	read(ca, "shard-00.bin")
+	sent := o.proxy.BodyBytes()
+	if sent < int64(len(o.files["shard-00.bin"])) {
+		t.Fatalf("the origin sent %d bytes for a file of %d", sent, len(o.files["shard-00.bin"]))
+	}
+
+	peers, err := NewPool(ctx, PoolConfig{URLs: []string{a.url}, TokenFile: tokenFile(t, testToken), Insecure: true,
+		Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.NewCache(nil)
+	peers.cfg.Metrics = m
+	b := startWorkerWith(t, osrc, nil, &PeerGetter{Peers: peers, Origin: blockcache.OriginGetter{Source: osrc}})
+	cb, _, _ := newClient(t, []string{b.url}, nil)
+	read(cb, "shard-00.bin")
+	// The joining worker lists the dataset (a few hundred bytes); no block
+	// of the file may come from the origin again.
+	if got := o.proxy.BodyBytes() - sent; got >= testBlock/16 {
+		t.Errorf("the origin sent %d more bytes when a joining worker read the file its peer holds, want only its listing", got)
+	}
+	if got := promtest.ToFloat64(m.PeerBytes); got != float64(len(o.files["shard-00.bin"])) {
+		t.Errorf("peer bytes %.0f, want the file's %d", got, len(o.files["shard-00.bin"]))
+	}
+
+	// A file no worker read yet: the peer says it does not hold it, and
+	// the joining worker reads the origin.
+	sent = o.proxy.BodyBytes()
+	read(cb, "shard-01.bin")
+	if got := o.proxy.BodyBytes() - sent; got < int64(len(o.files["shard-01.bin"])) {
+		t.Errorf("the origin sent %d bytes for a file no peer holds, want its %d", got, len(o.files["shard-01.bin"]))
+	}
+	if a.ops.count("read") == 0 {
+		t.Error("the peer was never asked")
+	}
+	if peers.order("x")[0].down {
+		t.Error("a peer that answered 'not held' was marked down")
+	}
+}
