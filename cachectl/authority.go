@@ -224,6 +224,15 @@ func WorkerHosts(ds *v1alpha1.Dataset, clusterDomain string) []string {
 // WorkersTLSSecret names the Secret of a Dataset's workers' certificate.
 func WorkersTLSSecret(ds string) string { return WorkersName(ds) + contract.WorkersTLSSuffix }
 
+// Forget drops what the Authority knows of Dataset ds's workers' Secret,
+// once the Dataset is gone: a Dataset of the same name created again (in a
+// namespace created again) gets its Secret issued anew.
+func (a *Authority) Forget(ds types.NamespacedName) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.issued, types.NamespacedName{Namespace: ds.Namespace, Name: WorkersTLSSecret(ds.Name)})
+}
+
 func (a *Authority) workerSecret(ctx context.Context, ds *v1alpha1.Dataset, ca *pki.CA, bundle []byte) error {
 	key := types.NamespacedName{Namespace: ds.Namespace, Name: WorkersTLSSecret(ds.Name)}
 	now := a.now()

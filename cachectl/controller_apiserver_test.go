@@ -233,6 +233,24 @@ func TestControllerOnAPIServer(t *testing.T) {
 		})
 	})
 
+	t.Run("a Dataset created again gets its workers' certificate again", func(t *testing.T) {
+		tlsKey := client.ObjectKey{Namespace: "ml", Name: WorkersTLSSecret("imagenet")}
+		eventually(t, 30*time.Second, "garbage collection of the workers' TLS Secret", func() bool {
+			return apierrors.IsNotFound(cl.Get(ctx, tlsKey, &corev1.Secret{}))
+		})
+		again := &v1alpha1.Dataset{ObjectMeta: metav1.ObjectMeta{Name: "imagenet", Namespace: "ml"},
+			Spec: v1alpha1.DatasetSpec{Source: "s3://datasets/imagenet"}}
+		if err := cl.Create(ctx, again); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 20*time.Second, "the workers' TLS Secret issued again", func() bool {
+			return cl.Get(ctx, tlsKey, &corev1.Secret{}) == nil
+		})
+		if err := cl.Delete(ctx, again); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("removing the installation removes the CA and its bundles", func(t *testing.T) {
 		cancel()
 		<-done

@@ -106,6 +106,9 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if err := r.Client.Get(ctx, req.NamespacedName, ds); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.cancelPreload(req.NamespacedName)
+			if r.Authority != nil {
+				r.Authority.Forget(req.NamespacedName)
+			}
 			r.mu.Lock()
 			delete(r.scalers, req.NamespacedName)
 			delete(r.served, req.NamespacedName)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -51,9 +52,16 @@ func TestNoTokenOrDataInTheClear(t *testing.T) {
 	}
 	t.Cleanup(stop)
 	listening := make(chan struct{})
+	var said []string // tcpdump's stderr: its summary counts dropped packets
+	var saidMu sync.Mutex
+	stderrDone := make(chan struct{})
 	go func() {
+		defer close(stderrDone)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			saidMu.Lock()
+			said = append(said, sc.Text())
+			saidMu.Unlock()
 			if strings.Contains(sc.Text(), "listening on") {
 				close(listening)
 			}
@@ -78,8 +86,13 @@ func TestNoTokenOrDataInTheClear(t *testing.T) {
 	weights := e.files["models/weights.bin"]
 	// The pod read every file through the workers: at least that much
 	// crossed the pod network (encrypted), or the capture missed it.
+	<-stderrDone
+	saidMu.Lock()
+	summary := strings.Join(said, "; ")
+	saidMu.Unlock()
 	if len(captured) < len(weights) {
-		t.Fatalf("captured %d bytes, fewer than the %d the pod read: the capture missed the pod network", len(captured), len(weights))
+		t.Fatalf("captured %d bytes, fewer than the %d the pod read: the capture missed the pod network (tcpdump: %s)",
+			len(captured), len(weights), summary)
 	}
 	for _, clear := range []string{"Authorization: Bearer", "authorization: bearer", "eyJhbGciOi"} {
 		if i := bytes.Index(captured, []byte(clear)); i >= 0 {
@@ -95,7 +108,8 @@ func TestNoTokenOrDataInTheClear(t *testing.T) {
 	if found > 0 {
 		t.Errorf("%d of 256 samples of the dataset's bytes appear in the clear in the capture", found)
 	}
-	t.Logf("captured %d bytes of pod traffic while the pod read %d bytes: no token and no dataset sample in the clear", len(captured), len(weights))
+	t.Logf("captured %d bytes of pod traffic while the pod read %d bytes: no token and no dataset sample in the clear (tcpdump: %s)",
+		len(captured), len(weights), summary)
 
 	// Nor in any log of the pods that took part (the workers, the reader's
 	// sidecar, the controller, the webhook, the CSI driver), any event or
