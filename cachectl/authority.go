@@ -68,13 +68,22 @@ type Authority struct {
 	ca        *pki.CA
 	bundle    []byte
 	loadedAt  time.Time
-	published map[string][]byte                 // namespace → bundle written there
+	published map[string]publication            // namespace → what was written there
 	issued    map[types.NamespacedName]issuedAt // worker Secrets known good
 	allNS     []string
+	allUIDs   map[string]types.UID // of allNS
 	allNSAt   time.Time
 	hb        *tls.Certificate
 	hbCA      *x509.Certificate
 	hbDue     time.Time
+}
+
+// publication is the bundle written to a namespace, and the namespace's
+// UID when known: a namespace deleted and created again has another, and
+// gets the bundle again.
+type publication struct {
+	bundle []byte
+	uid    types.UID
 }
 
 type issuedAt struct {
@@ -206,7 +215,7 @@ func (a *Authority) ForDataset(ctx context.Context, ds *v1alpha1.Dataset) error 
 		}
 		// A failure here must not hold the workers back: the periodic
 		// publication tries again.
-		if err := a.publish(ctx, ns, bundle); err != nil {
+		if err := a.publish(ctx, ns, "", bundle); err != nil {
 			klog.ErrorS(err, "Publishing the CA bundle failed; will retry", "dataset", klog.KObj(ds))
 		}
 	}
@@ -305,10 +314,11 @@ func (a *Authority) issueWorkers(ctx context.Context, ds *v1alpha1.Dataset, sec 
 }
 
 // publish writes the bundle to the ConfigMap of namespace ns, unless it
-// was written there already.
-func (a *Authority) publish(ctx context.Context, ns string, bundle []byte) error {
+// was written there already (to the namespace of UID uid, when known).
+func (a *Authority) publish(ctx context.Context, ns string, uid types.UID, bundle []byte) error {
 	a.mu.Lock()
-	done := bytes.Equal(a.published[ns], bundle)
+	p, ok := a.published[ns]
+	done := ok && bytes.Equal(p.bundle, bundle) && (uid == "" || p.uid == uid)
 	a.mu.Unlock()
 	if done {
 		return nil
@@ -338,9 +348,9 @@ func (a *Authority) publish(ctx context.Context, ns string, bundle []byte) error
 	}
 	a.mu.Lock()
 	if a.published == nil {
-		a.published = map[string][]byte{}
+		a.published = map[string]publication{}
 	}
-	a.published[ns] = bundle
+	a.published[ns] = publication{bundle: bundle, uid: uid}
 	a.mu.Unlock()
 	return nil
 }
@@ -391,8 +401,11 @@ func (a *Authority) publishAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.mu.Lock()
+	uids := a.allUIDs
+	a.mu.Unlock()
 	for _, ns := range append([]string{a.Namespace}, all...) {
-		if err := a.publish(ctx, ns, bundle); err != nil {
+		if err := a.publish(ctx, ns, uids[ns], bundle); err != nil {
 			return err
 		}
 	}
@@ -412,13 +425,15 @@ func (a *Authority) namespaces(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("listing namespaces (a Dataset is open to \"*\"): %w", err)
 	}
 	names := make([]string, 0, len(list.Items))
+	uids := make(map[string]types.UID, len(list.Items))
 	for _, n := range list.Items {
 		if n.DeletionTimestamp.IsZero() {
 			names = append(names, n.Name)
+			uids[n.Name] = n.UID
 		}
 	}
 	a.mu.Lock()
-	a.allNS, a.allNSAt = names, a.now()
+	a.allNS, a.allUIDs, a.allNSAt = names, uids, a.now()
 	a.mu.Unlock()
 	return names, nil
 }

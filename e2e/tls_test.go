@@ -37,7 +37,7 @@ func TestNoTokenOrDataInTheClear(t *testing.T) {
 		t.Fatalf("origin endpoint %q: %v", e.origin.endpoint, err)
 	}
 	pcap := filepath.Join(t.TempDir(), "pod-network.pcap")
-	cmd := exec.Command(tcpdump, "-i", "any", "-s", "0", "-U", "-w", pcap, "net", "10.244.0.0/24", "and", "not", "port", originPort)
+	cmd := exec.Command(tcpdump, "-i", "any", "-s", "0", "-B", "65536", "-U", "-w", pcap, "net", "10.244.0.0/24", "and", "not", "port", originPort)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
