@@ -61,8 +61,10 @@ func (p *PeerFlags) below(ctx context.Context, dataset string, m *metrics.Cache)
 	if p.DNS == "" {
 		return nil, nil
 	}
-	pc := cacheserver.PoolConfig{DNS: p.DNS, Dataset: dataset, TokenFile: p.TokenFile, Exclude: p.Self,
-		Insecure: p.Insecure, Metrics: m, Timeout: 10 * time.Second}
+	// The set is resolved every 2 s: a worker that has just joined must
+	// see the others that joined with it to ask the right one.
+	pc := cacheserver.PoolConfig{DNS: p.DNS, Refresh: 2 * time.Second, Dataset: dataset, TokenFile: p.TokenFile,
+		Exclude: p.Self, Insecure: p.Insecure, Metrics: m, Timeout: 10 * time.Second}
 	if p.CAFile != "" {
 		tc, err := pki.ClientConfigFile(p.CAFile)
 		if err != nil {

@@ -12,10 +12,10 @@ import (
 )
 
 // PeerGetter is a cache worker's tier below its cache when it has peers:
-// a block the worker does not hold is asked first of the worker that is
-// next for it in HRW order — the one that owned it before this worker
-// joined the set — from that worker's cache or fetch in flight only
-// (PeerHeader), then of the origin. So a worker that joins in the middle
+// a block the worker does not hold is asked first of the workers that are
+// next for it in HRW order (peersAsked of them) — the one that owned it
+// before this worker joined the set, then the one before — from their
+// cache or fetch in flight only (PeerHeader), then of the origin. So a worker that joins in the middle
 // of a burst takes over its share of the blocks without the origin
 // sending them again.
 type PeerGetter struct {
@@ -25,6 +25,12 @@ type PeerGetter struct {
 	// Origin is the Getter of the origin.
 	Origin blockcache.Getter
 }
+
+// peersAsked is how many peers, in HRW order, are asked for a block
+// before the origin: the previous owner, and the one before it when
+// workers joined one after the other (or a peer's view of the set was a
+// DNS refresh behind).
+const peersAsked = 2
 
 type peerKey struct{}
 
@@ -52,18 +58,18 @@ func (g *PeerGetter) GetBlock(ctx context.Context, b blockcache.BlockRef, p []by
 // is the peer's, checked, or the origin's when it sends one.
 func (g *PeerGetter) GetBlockChecksum(ctx context.Context, b blockcache.BlockRef, p []byte) (uint32, bool, error) {
 	key := b.Object.Path + "\x00" + b.Object.Version + "\x00" + strconv.FormatInt(b.Offset(), 10)
-	if ws := g.Peers.order(key); len(ws) > 0 {
+	ws := g.Peers.order(key)
+	for _, w := range ws[:min(len(ws), peersAsked)] {
 		s := &Source{pool: g.Peers}
-		crc, err := s.read(withPeer(ctx), ws[0], b.Object.Path, b.Object.Version, p, b.Offset(), nil)
+		crc, err := s.read(withPeer(ctx), w, b.Object.Path, b.Object.Version, p, b.Offset(), nil)
 		if !notHeld(err) {
-			s.judge(ctx, ws[0], err) // a peer that is down is left out until it is back
+			s.judge(ctx, w, err) // a peer that is down is left out until it is back
 		}
 		if err == nil {
 			g.Peers.cfg.Metrics.PeerFetched(len(p))
 			return crc, true, nil
 		}
-		klog.V(4).InfoS("Peer does not hold the block; reading the origin", "peer", ws[0].url, "path", b.Object.Path,
-			"block", b.Index, "err", err)
+		klog.V(4).InfoS("Peer does not hold the block", "peer", w.url, "path", b.Object.Path, "block", b.Index, "err", err)
 	}
 	if cg, ok := g.Origin.(interface {
 		GetBlockChecksum(context.Context, blockcache.BlockRef, []byte) (uint32, bool, error)

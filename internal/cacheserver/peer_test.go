@@ -61,6 +61,22 @@ func TestJoiningWorkerFetchesFromItsPeer(t *testing.T) {
 		t.Errorf("peer bytes %.0f, want the file's %d", got, len(o.files["shard-00.bin"]))
 	}
 
+	// A worker whose peers are one that holds nothing and the holder, in
+	// either HRW order: it asks both before the origin.
+	empty := startWorker(t, osrc)
+	two, err := NewPool(ctx, PoolConfig{URLs: []string{empty.url, a.url}, TokenFile: tokenFile(t, testToken), Insecure: true,
+		Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startWorkerWith(t, osrc, nil, &PeerGetter{Peers: two, Origin: blockcache.OriginGetter{Source: osrc}})
+	cc, _, _ := newClient(t, []string{c.url}, nil)
+	sent = o.proxy.BodyBytes()
+	read(cc, "shard-00.bin")
+	if got := o.proxy.BodyBytes() - sent; got >= testBlock/16 {
+		t.Errorf("the origin sent %d bytes to a worker with two peers, one of which holds the file; want only its listing", got)
+	}
+
 	// A file no worker read yet: the peer says it does not hold it, and
 	// the joining worker reads the origin.
 	sent = o.proxy.BodyBytes()
