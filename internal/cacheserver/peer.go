@@ -11,13 +11,13 @@ import (
 	"github.com/sluice-dev/sluice/internal/blockcache"
 )
 
-// PeerGetter is a cache worker's tier below its cache when it has peers:
-// a block the worker does not hold is asked first of the workers that are
-// next for it in HRW order (peersAsked of them) — the one that owned it
-// before this worker joined the set, then the one before — from their
-// cache or fetch in flight only (PeerHeader), then of the origin. So a worker that joins in the middle
-// of a burst takes over its share of the blocks without the origin
-// sending them again.
+// PeerGetter is a cache worker's tier below its cache when it has peers.
+// A block the worker does not hold is asked first of the workers next for
+// it in HRW order (peersAsked of them: the one that owned it before this
+// worker joined the set, then the one before), from their cache or fetch
+// in flight only (PeerHeader), and then of the origin. So a worker that
+// joins in the middle of a burst takes over its share of the blocks
+// without the origin sending them again.
 type PeerGetter struct {
 	// Peers are the other workers of the Dataset (PoolConfig.Exclude
 	// leaves this one out).
