@@ -330,6 +330,52 @@ func (c *child) settle(ctx context.Context, limit time.Duration) {
 	}
 }
 
+// settleMachine waits, up to limit, until this machine's CPUs are idle:
+// less than a tenth of them busy over a quarter second (/proc/stat). The
+// kernel's writeback and other processes' tails of a cold pass would
+// otherwise share the cores with a warm pass.
+func settleMachine(ctx context.Context, limit time.Duration) {
+	end := time.Now().Add(limit)
+	busy0, total0, err := cpuTicks()
+	for err == nil && time.Now().Before(end) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+		var busy, total uint64
+		if busy, total, err = cpuTicks(); err == nil && total > total0 && float64(busy-busy0) < 0.1*float64(total-total0) {
+			return
+		}
+		busy0, total0 = busy, total
+	}
+}
+
+// cpuTicks is the machine's busy and total CPU time from /proc/stat, in
+// clock ticks (iowait counts as idle).
+func cpuTicks() (busy, total uint64, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	for i, v := range f[1:] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %q: %w", v, err)
+		}
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total, nil
+}
+
 // versionOf runs bin with args and returns the first line of its output,
 // followed by the main module and version recorded in the binary when it
 // was built by go install (which is how the Makefile installs its tools).

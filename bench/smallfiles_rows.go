@@ -51,6 +51,7 @@ func (r *smallRunner) measure(ctx context.Context) []*SmallFilesRow {
 			return r.pass(ctx, root, row, false)
 		})
 	}
+	settleMachine(ctx, settleLimit)
 	add("direct, warm", func(row *SmallFilesRow) error { return r.pass(ctx, root, row, true) })
 
 	mounted := func(kind string, start func(mnt, cache string) (*child, error)) {
@@ -67,6 +68,7 @@ func (r *smallRunner) measure(ctx context.Context) []*SmallFilesRow {
 			return
 		}
 		c.settle(ctx, settleLimit)
+		settleMachine(ctx, settleLimit)
 		warm := add(kind+" warm (same mount)", func(row *SmallFilesRow) error { return r.pass(ctx, mnt, row, true) })
 		if err := c.stop(); err != nil && warm.Error == "" {
 			warm.Error = err.Error()
@@ -284,7 +286,7 @@ func smallTable(rep *SmallFilesReport) *Table {
 	t.Notes = append(t.Notes, fmt.Sprintf("sluice rows mount with %s; rclone rows with %s", strings.Join(rep.SluiceArgs, " "), strings.Join(rcloneFlags, " ")),
 		fmt.Sprintf("minio-go lists the large directory's prefix in %.2f s", rep.MinioListSec),
 		"mount CPU-s: the mount process's user+sys CPU over its cold and warm passes (on the warm row)",
-		fmt.Sprintf("warm rows: stat/s is the median of %d stat passes; a mount's warm pass starts when its CPU time has stopped growing (at most %s after the cold pass)", warmStatPasses, settleLimit))
+		fmt.Sprintf("warm rows: stat/s is the median of %d stat passes; a warm pass starts when the mount's CPU time has stopped growing and the machine's CPUs are idle (at most %s each)", warmStatPasses, settleLimit))
 	t.Notes = append(t.Notes, rep.Targets...)
 	t.Notes = append(t.Notes, fmt.Sprintf("run took %.0fs; kernel %s, %s, %d CPUs", rep.Seconds, rep.Env.Kernel, rep.Env.Go, rep.Env.CPUs))
 	return t
