@@ -11,8 +11,8 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/blockcache"
 	"github.com/sluice-dev/sluice/internal/cacheserver"
+	"github.com/sluice-dev/sluice/internal/datapath"
 	"github.com/sluice-dev/sluice/internal/metrics"
-	"github.com/sluice-dev/sluice/internal/pki"
 )
 
 // PeerFlags let a cache worker read a block it does not hold from the
@@ -65,18 +65,10 @@ func (p *PeerFlags) below(ctx context.Context, dataset string, m *metrics.Cache)
 	// see the others that joined with it to ask the right one.
 	pc := cacheserver.PoolConfig{DNS: p.DNS, Refresh: 2 * time.Second, Dataset: dataset, TokenFile: p.TokenFile,
 		Exclude: p.Self, Insecure: p.Insecure, Metrics: m, Timeout: 10 * time.Second}
-	if p.CAFile != "" {
-		tc, err := pki.ClientConfigFile(p.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("--peers-ca: %w", err)
-		}
-		pc.TLS = tc
-	}
-	pool, err := cacheserver.NewPool(ctx, pc)
+	pool, err := datapath.StartPool(ctx, pc, p.CAFile, "--peers-ca")
 	if err != nil {
 		return nil, err
 	}
-	go pool.Run(ctx)
 	return func(origin blockcache.Getter) blockcache.Getter {
 		return &cacheserver.PeerGetter{Peers: pool, Origin: origin}
 	}, nil

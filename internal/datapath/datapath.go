@@ -151,18 +151,14 @@ func waitAnswer(ctx context.Context, src source.Source, probe time.Duration) err
 	}
 }
 
-// openWorkers builds the workers' source. The origin becomes the fallback
-// when OriginFallback is set and the origin answers with this process's
-// credentials; without credentials the stack reads the workers alone.
-func openWorkers(ctx context.Context, cfg Config) (source.Source, error) {
-	w := cfg.Workers
-	pc := cacheserver.PoolConfig{URLs: w.URLs, DNS: w.DNS, Refresh: w.Refresh,
-		Dataset: w.Dataset, TokenFile: w.TokenFile, Timeout: w.Timeout, Budget: cfg.Cache.FetchTimeout,
-		Metrics: cfg.Metrics, Insecure: w.Insecure}
-	if w.CAFile != "" {
-		tc, err := pki.ClientConfigFile(w.CAFile)
+// StartPool builds a pool of cache workers, reached over TLS with the CA
+// bundle caFile when it is set (flag names it in errors), and keeps the
+// set current until ctx ends.
+func StartPool(ctx context.Context, pc cacheserver.PoolConfig, caFile, flag string) (*cacheserver.Pool, error) {
+	if caFile != "" {
+		tc, err := pki.ClientConfigFile(caFile)
 		if err != nil {
-			return nil, fmt.Errorf("--workers-ca: %w", err)
+			return nil, fmt.Errorf("%s: %w", flag, err)
 		}
 		pc.TLS = tc
 	}
@@ -171,6 +167,21 @@ func openWorkers(ctx context.Context, cfg Config) (source.Source, error) {
 		return nil, err
 	}
 	go pool.Run(ctx)
+	return pool, nil
+}
+
+// openWorkers builds the workers' source. The origin becomes the fallback
+// when OriginFallback is set and the origin answers with this process's
+// credentials; without credentials the stack reads the workers alone.
+func openWorkers(ctx context.Context, cfg Config) (source.Source, error) {
+	w := cfg.Workers
+	pc := cacheserver.PoolConfig{URLs: w.URLs, DNS: w.DNS, Refresh: w.Refresh,
+		Dataset: w.Dataset, TokenFile: w.TokenFile, Timeout: w.Timeout, Budget: cfg.Cache.FetchTimeout,
+		Metrics: cfg.Metrics, Insecure: w.Insecure}
+	pool, err := StartPool(ctx, pc, w.CAFile, "--workers-ca")
+	if err != nil {
+		return nil, err
+	}
 	id := cacheserver.WorkersID(w.Dataset)
 	var fallback source.Source
 	if cfg.Source != "" {
