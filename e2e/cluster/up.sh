@@ -159,6 +159,13 @@ authorization: {mode: Webhook}
 tlsCertFile: $PKI/node.crt
 tlsPrivateKeyFile: $PKI/node.key
 featureGates: {CSIVolumeHealth: true}
+# The node's disk is shared with whatever else runs on the machine, so its
+# fullness says nothing about this cluster: no image garbage collection (it
+# would delete the locally imported pause and sluice images, which no registry
+# can give back) and no disk-pressure eviction short of a nearly full disk.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 100Mi, nodefs.available: 1Gi, imagefs.available: 1Gi, nodefs.inodesFree: 1%}
 volumeStatsAggPeriod: 10s
 KCFG
 start kubelet "$K8S_BIN/kubelet" --config="$OUT/kubelet/config.yaml" --kubeconfig="$OUT/kubelet.kubeconfig" \
