@@ -84,6 +84,7 @@ type Cache struct {
 	flights  *flights
 	prefetch chan struct{}
 	fetches  *source.Slots
+	ranges   BlockRangeReader // nil: the tier below answers whole blocks only
 	bg       context.Context
 	stop     context.CancelFunc
 }
@@ -118,7 +119,7 @@ func New(cfg Config) (*Cache, error) {
 		cfg.FetchTimeout = DefaultFetchTimeout
 	}
 	c := &Cache{cfg: cfg, mem: newMemoryTier(cfg.MemoryBytes), prefetch: make(chan struct{}, cfg.MaxPrefetch),
-		fetches: source.NewSlots(cfg.MaxFetches), flights: newFlights()}
+		fetches: source.NewSlots(cfg.MaxFetches), flights: newFlights(), ranges: rangeReaderOf(cfg.Getter)}
 	c.pool = newBufferPool(int(cfg.BlockSize), int(cfg.MemoryBytes/cfg.BlockSize), c.reclaim)
 	if cfg.DiskDir != "" {
 		d, err := openDiskTier(cfg.DiskDir, cfg.DiskBytes, cfg.BlockSize)
@@ -216,12 +217,7 @@ func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int
 			return nil
 		}
 	}
-	buf, _, err := c.fetch(ctx, b, key, false)
-	if err != nil {
-		return err
-	}
-	l.add(buf, buf.data[inOff:inOff+int64(len(dst))])
-	return nil
+	return c.fetchPart(ctx, b, key, dst, inOff, l)
 }
 
 // Block returns the whole block b and its CRC-32C, for servers that send
@@ -305,14 +301,19 @@ func (c *Cache) readDiskWhole(b BlockRef, key string) (*buffer, uint32) {
 // tier below it is readahead (source.WithReadahead) — unless a reader
 // joins it first, which makes it a demand fetch.
 func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead bool) (*buffer, uint32, error) {
-	f := c.flights.join(key, readahead, func(f *flight) {
+	f, _ := c.flights.join(key, readahead, c.run(b, key, readahead))
+	return c.flights.wait(ctx, f)
+}
+
+// run is the work of block b's flight.
+func (c *Cache) run(b BlockRef, key string, readahead bool) func(*flight) {
+	return func(f *flight) {
 		buf, crc, err := c.fly(b, key, readahead, f)
 		c.flights.finish(key, f, buf, crc, err)
 		if buf != nil {
 			buf.release()
 		}
-	})
-	return c.flights.wait(ctx, f)
+	}
 }
 
 // fly is one flight's work: the block from memory, the write-behind queue,
@@ -337,10 +338,15 @@ func (c *Cache) fly(b BlockRef, key string, readahead bool, f *flight) (*buffer,
 		fctx = source.WithReadahead(fctx)
 	}
 	buf := c.pool.get(int(b.Len()))
+	c.flights.setBuf(f, buf)
+	if c.ranges == nil { // the tier below streams: readers of part of the block need not wait for all
+		fctx = source.WithProgress(fctx, func(n int) { c.flights.progressed(f, n) })
+	}
 	start := time.Now()
 	crc, known, err := c.get(fctx, b, buf.data)
 	c.cfg.Metrics.Fetched(len(buf.data), time.Since(start), err)
 	if err != nil {
+		c.flights.dropBuf(f)
 		buf.release()
 		return nil, 0, fmt.Errorf("fetching block %d of %s: %w", b.Index, b.Object.Path, err)
 	}
@@ -434,50 +440,6 @@ func (c *Cache) publishSizes() {
 	if c.cfg.Metrics != nil {
 		m, d := c.Stats()
 		c.cfg.Metrics.SetSizes(m, d)
-	}
-}
-
-// present reports whether readahead has nothing to do for a block: it is
-// in memory or queued for the disk, or on the disk and read from there in
-// place (blocks loaded whole from the disk are read ahead into memory).
-func (c *Cache) present(b BlockRef, id string) bool {
-	key := blockKey(id, b.Index)
-	if c.mem.contains(key) {
-		return true
-	}
-	if c.disk == nil {
-		return false
-	}
-	if c.behind.has(key) {
-		return true
-	}
-	return !c.wholeFromDisk(b, int(b.Len())) && c.disk.holds(id, b.Index)
-}
-
-// Prefetch fetches blocks [from, to] of obj in the background, at most
-// MaxPrefetch at a time across the cache. Blocks already present are skipped.
-func (c *Cache) Prefetch(obj ObjectRef, from, to int64) {
-	last := nblocks(obj.Size, c.cfg.BlockSize) - 1
-	id := obj.id()
-	for i := max(from, 0); i <= min(to, last); i++ {
-		b := c.block(obj, i)
-		if c.present(b, id) {
-			continue
-		}
-		go func() {
-			select {
-			case c.prefetch <- struct{}{}:
-			case <-c.bg.Done():
-				return
-			}
-			defer func() { <-c.prefetch }()
-			buf, _, err := c.fetch(c.bg, b, b.Key(), true)
-			if err != nil {
-				klog.V(4).InfoS("Readahead failed", "path", b.Object.Path, "block", b.Index, "err", err)
-				return
-			}
-			buf.release()
-		}()
 	}
 }
 

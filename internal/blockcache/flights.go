@@ -16,6 +16,13 @@ import (
 // then waits for its slot as demand (ahead of every other readahead) and
 // tells the tier below it is no readahead.
 //
+// A tier below that streams (source.WithProgress) reports how many leading
+// bytes of the flight's buffer have arrived; a reader that needs only some
+// of the block (waitFor) takes its own reference as soon as its bytes are
+// there and leaves the count of waiters. The buffer is the flight's from
+// setBuf until dropBuf or finish, and its reference keeps it alive
+// meanwhile.
+//
 // Lock order: flights.mu is a leaf.
 type flights struct {
 	mu sync.Mutex
@@ -31,18 +38,22 @@ type flight struct {
 	buf      *buffer
 	crc      uint32
 	err      error
+	filled   int           // leading bytes of buf that arrived
+	partial  int           // waiters waiting for part of the block
+	progress chan struct{} // closed when filled grows and partial > 0
 }
 
 func newFlights() *flights { return &flights{m: map[string]*flight{}} }
 
 // join counts the caller as a waiter of key's flight, starting it with run
-// in a goroutine when none is in flight. The caller must call wait.
-func (fs *flights) join(key string, readahead bool, run func(*flight)) *flight {
+// in a goroutine when none is in flight (start). The caller must call wait
+// or waitFor.
+func (fs *flights) join(key string, readahead bool, run func(*flight)) (f *flight, start bool) {
 	fs.mu.Lock()
-	f := fs.m[key]
-	start := f == nil
+	f = fs.m[key]
+	start = f == nil
 	if start {
-		f = &flight{done: make(chan struct{}), promote: make(chan struct{})}
+		f = &flight{done: make(chan struct{}), promote: make(chan struct{}), progress: make(chan struct{})}
 		fs.m[key] = f
 	}
 	f.waiters++
@@ -54,7 +65,7 @@ func (fs *flights) join(key string, readahead bool, run func(*flight)) *flight {
 	if start {
 		go run(f)
 	}
-	return f
+	return f, start
 }
 
 // joinExisting is join without starting a flight: nil when key has none.
@@ -112,4 +123,85 @@ func (fs *flights) wait(ctx context.Context, f *flight) (*buffer, uint32, error)
 	}
 	fs.mu.Unlock()
 	return f.buf, f.crc, f.err // it finished meanwhile: the result is ours
+}
+
+// setBuf makes buf, which the flight's goroutine holds a reference to and
+// fills from the tier below, the flight's buffer before it finishes.
+func (fs *flights) setBuf(f *flight, buf *buffer) {
+	fs.mu.Lock()
+	f.buf, f.filled = buf, 0
+	fs.mu.Unlock()
+}
+
+// dropBuf takes the buffer back before its reference is released (the
+// fetch failed): no waiter can take a reference to it after this.
+func (fs *flights) dropBuf(f *flight) {
+	fs.mu.Lock()
+	f.buf, f.filled = nil, 0
+	fs.mu.Unlock()
+}
+
+// progressed records that the first n bytes of f's buffer arrived, waking
+// the waiters for part of the block.
+func (fs *flights) progressed(f *flight, n int) {
+	fs.mu.Lock()
+	if f.buf != nil && n > f.filled {
+		f.filled = n
+		if f.partial > 0 {
+			close(f.progress)
+			f.progress = make(chan struct{})
+		}
+	}
+	fs.mu.Unlock()
+}
+
+// waitFor is wait for a caller that needs only the first end bytes of the
+// block: it returns, with a reference the caller releases, as soon as they
+// have arrived, or the flight's result.
+func (fs *flights) waitFor(ctx context.Context, f *flight, end int) (*buffer, uint32, error) {
+	fs.mu.Lock()
+	f.partial++
+	for {
+		if f.finished {
+			f.partial--
+			fs.mu.Unlock()
+			return f.buf, f.crc, f.err // finish counted this waiter
+		}
+		if f.buf != nil && f.filled >= end {
+			f.partial--
+			f.waiters--
+			f.buf.refs.Add(1)
+			buf := f.buf
+			fs.mu.Unlock()
+			return buf, 0, nil
+		}
+		progress := f.progress
+		fs.mu.Unlock()
+		select {
+		case <-progress:
+		case <-f.done:
+		case <-ctx.Done():
+		}
+		fs.mu.Lock()
+		if ctx.Err() != nil && !f.finished {
+			f.partial--
+			f.waiters--
+			fs.mu.Unlock()
+			return nil, 0, ctx.Err()
+		}
+	}
+}
+
+// leave takes a waiter off f, which it no longer waits for: off the count
+// while f is in flight, else by releasing the reference finish gave it.
+func (fs *flights) leave(f *flight) {
+	fs.mu.Lock()
+	finished := f.finished
+	if !finished {
+		f.waiters--
+	}
+	fs.mu.Unlock()
+	if finished && f.err == nil {
+		f.buf.release()
+	}
 }

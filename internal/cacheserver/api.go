@@ -10,7 +10,9 @@
 //	/v1/datasets/{dataset}/list?path=DIR          JSON []source.Entry
 //	/v1/datasets/{dataset}/stat?path=P            JSON source.Entry
 //	/v1/datasets/{dataset}/read?path=P&version=V&off=O&len=N
-//	    N bytes; headers Content-Length and X-Sluice-Crc32c (hex CRC-32C)
+//	    N bytes; headers Content-Length and X-Sluice-Crc32c (hex CRC-32C).
+//	    A range within one block is answered as soon as its bytes have
+//	    arrived from the origin, before the rest of the block.
 //	/v1/datasets/{dataset}/batch?path=P1&version=V1&len=N1&path=P2&...
 //	    the first N bytes of each of up to 64 objects, framed (batch.go)
 //	/healthz, /readyz                             no token

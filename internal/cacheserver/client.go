@@ -219,6 +219,23 @@ func (s *Source) ReadAtChecksum(ctx context.Context, p, version string, buf []by
 			return crc, nil
 		}
 	}
+	return s.readKeyed(ctx, key, p, version, buf, off)
+}
+
+var _ blockcache.BlockRangeReader = (*Source)(nil)
+
+// ReadBlockRange implements blockcache.BlockRangeReader: the len(buf)
+// bytes at inOff of the block at blockOff, asked of the block's worker
+// (the HRW key is the block's), which answers them from its cache or from
+// its fetch of the block as soon as they have arrived.
+func (s *Source) ReadBlockRange(ctx context.Context, p, version string, buf []byte, blockOff, inOff int64) error {
+	key := p + "\x00" + version + "\x00" + strconv.FormatInt(blockOff, 10)
+	_, err := s.readKeyed(ctx, key, p, version, buf, blockOff+inOff)
+	return err
+}
+
+// readKeyed reads buf at off of the worker that HRW orders first for key.
+func (s *Source) readKeyed(ctx context.Context, key, p, version string, buf []byte, off int64) (uint32, error) {
 	var crc uint32
 	err := s.do(ctx, "read", key, func(ctx context.Context, ws []*worker) (int, error) {
 		used, c, err := s.readHedged(ctx, ws, p, version, buf, off)

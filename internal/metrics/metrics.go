@@ -44,6 +44,10 @@ type Cache struct {
 	// PeerBytes counts the bytes of OriginBytes a cache worker got from
 	// a peer worker rather than the origin.
 	PeerBytes prometheus.Counter
+	// RangeReads counts reads that started a block's fetch and were
+	// answered by the cache workers' range read before the whole block
+	// arrived.
+	RangeReads prometheus.Counter
 	// WorkerFailures counts cache workers marked failed, by reason
 	// (silent, slow, error).
 	WorkerFailures *prometheus.CounterVec
@@ -81,6 +85,8 @@ func NewCache(reg prometheus.Registerer) *Cache {
 			Name: "sluice_worker_hedge_wins_total", Help: "Hedged block requests that the second cache worker answered first."}),
 		PeerBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_peer_bytes_total", Help: "Bytes a cache worker fetched from a peer worker instead of the origin."}),
+		RangeReads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_range_reads_total", Help: "Reads answered by a cache worker's range read before the whole block arrived."}),
 		WorkerFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_worker_failures_total", Help: "Cache workers marked failed, by reason (silent, slow, error)."}, []string{"reason"}),
 	}
@@ -96,9 +102,17 @@ func NewCache(reg prometheus.Registerer) *Cache {
 	}
 	if reg != nil {
 		reg.MustRegister(m.BytesServed, m.OriginBytes, m.Hits, m.Misses, m.FetchLatency, m.FetchErrors,
-			m.MemoryBytes, m.DiskBytes, m.Evictions, m.CorruptBlocks, m.DiskDrops, m.Hedges, m.HedgeWins, m.PeerBytes, m.WorkerFailures)
+			m.MemoryBytes, m.DiskBytes, m.Evictions, m.CorruptBlocks, m.DiskDrops, m.Hedges, m.HedgeWins, m.PeerBytes, m.RangeReads,
+			m.WorkerFailures)
 	}
 	return m
+}
+
+// RangeServed counts a read answered by a worker's range read.
+func (m *Cache) RangeServed() {
+	if m != nil {
+		m.RangeReads.Inc()
+	}
 }
 
 // Served counts bytes returned to a reader.

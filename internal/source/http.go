@@ -251,7 +251,7 @@ func (s *httpSource) ReadAt(ctx context.Context, p, version string, buf []byte, 
 	default:
 		return s.statusErr("read", resp)
 	}
-	if n, err := io.ReadFull(resp.Body, buf); err != nil {
+	if n, err := ReadFull(ctx, resp.Body, buf); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			err = io.ErrUnexpectedEOF
 		}

@@ -179,7 +179,7 @@ func (r *retrySource) ReadAt(ctx context.Context, path, version string, p []byte
 	done := 0
 	return r.do(ctx, "read", path, func() time.Duration { return r.p.AttemptTimeout(int64(len(p) - done)) },
 		func(ctx context.Context) error {
-			err := r.s.ReadAt(ctx, path, version, p[done:], off+int64(done))
+			err := r.s.ReadAt(shiftProgress(ctx, done), path, version, p[done:], off+int64(done))
 			done += min(received(err), len(p)-done)
 			return err
 		})

@@ -278,7 +278,7 @@ func (s *s3Source) ReadAt(ctx context.Context, p, version string, buf []byte, of
 	case version != "" && !byMtime && info.ETag != "" && info.ETag != version:
 		return fmt.Errorf("%s: ETag is now %q, was %q: %w", where, info.ETag, version, ErrVersionChanged)
 	}
-	if n, err := io.ReadFull(body, buf); err != nil {
+	if n, err := ReadFull(ctx, body, buf); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			err = io.ErrUnexpectedEOF
 		}
