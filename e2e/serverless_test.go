@@ -336,7 +336,7 @@ func TestBurstReadsOriginOnce(t *testing.T) {
 			time.Sleep(250 * time.Millisecond)
 		}
 	}()
-	e.runJob(t, ns, job, n, 8*time.Minute)
+	pods := e.runJob(t, ns, job, n, 8*time.Minute)
 	took := time.Since(start)
 	origin, workers := e.workerOriginBytes(t, ns, "shard")
 	stop()
@@ -344,6 +344,13 @@ func TestBurstReadsOriginOnce(t *testing.T) {
 	p := w.peak
 	t.Logf("workers: %d asked for %s after the Job was created, all %d Ready after %s", p, w.peakAt.Round(time.Millisecond), p,
 		w.readyAt.Round(time.Millisecond))
+	if first, ok := firstStarted(pods, "app"); ok {
+		// An app container starts once its sidecar's mount is ready
+		// (the sidecar's startup probe). The kubelet's times are in
+		// whole seconds, truncated.
+		t.Logf("the first app started (its sidecar's mount ready) at %s after the Job was created (whole seconds); the workers were all Ready at %s",
+			first.Sub(start.Truncate(time.Second)).Round(time.Second), w.readyAt.Round(time.Millisecond))
+	}
 	ratio := origin / float64(len(data))
 	t.Logf("%d pods verified %d MiB each in %s; the origin served %.2f× the file (%d workers' sluice_origin_bytes_total); workers peaked at %d",
 		n, len(data)>>20, took.Round(time.Millisecond), ratio, workers, p)
@@ -476,4 +483,27 @@ func TestCSIDatasetVolume(t *testing.T) {
 		t.Errorf("the refused pod is %s, want Pending", p.Status.Phase)
 	}
 	e.cs.CoreV1().Pods(other).Delete(ctx, bad.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+}
+
+// firstStarted is the earliest start time of the container named name
+// among pods.
+func firstStarted(pods []corev1.Pod, name string) (time.Time, bool) {
+	var first time.Time
+	for _, pod := range pods {
+		for _, cs := range pod.Status.ContainerStatuses {
+			var at time.Time
+			switch {
+			case cs.Name != name:
+				continue
+			case cs.State.Terminated != nil:
+				at = cs.State.Terminated.StartedAt.Time
+			case cs.State.Running != nil:
+				at = cs.State.Running.StartedAt.Time
+			}
+			if !at.IsZero() && (first.IsZero() || at.Before(first)) {
+				first = at
+			}
+		}
+	}
+	return first, !first.IsZero()
 }
