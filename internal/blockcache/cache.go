@@ -179,6 +179,12 @@ func (c *Cache) ReadAt(ctx context.Context, obj ObjectRef, p []byte, off int64) 
 // from the disk tier goes into p. The lease holds fewer bytes only at the
 // end of the object or with an error; the caller releases it.
 func (c *Cache) Read(ctx context.Context, obj ObjectRef, p []byte, off int64) (*Lease, error) {
+	return c.read(ctx, obj, p, off, true)
+}
+
+// read is Read; ranged lets a read that starts a block's fetch ask the
+// tier below for its own range too (fetchPart).
+func (c *Cache) read(ctx context.Context, obj ObjectRef, p []byte, off int64, ranged bool) (*Lease, error) {
 	if off < 0 {
 		return nil, fmt.Errorf("negative offset %d", off)
 	}
@@ -191,7 +197,7 @@ func (c *Cache) Read(ctx context.Context, obj ObjectRef, p []byte, off int64) (*
 		b := c.block(obj, pos/c.cfg.BlockSize)
 		inOff := pos - b.Offset()
 		n := min(end-pos, b.Len()-inOff)
-		if err := c.readBlock(ctx, b, p[pos-off:pos-off+n], inOff, l); err != nil {
+		if err := c.readBlock(ctx, b, p[pos-off:pos-off+n], inOff, l, ranged); err != nil {
 			return l, err
 		}
 		pos += n
@@ -200,7 +206,7 @@ func (c *Cache) Read(ctx context.Context, obj ObjectRef, p []byte, off int64) (*
 	return l, nil
 }
 
-func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int64, l *Lease) error {
+func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int64, l *Lease, ranged bool) error {
 	key := b.Key()
 	if buf, _, ok := c.mem.get(key); ok {
 		c.cfg.Metrics.Hit(metrics.TierMemory)
@@ -217,7 +223,7 @@ func (c *Cache) readBlock(ctx context.Context, b BlockRef, dst []byte, inOff int
 			return nil
 		}
 	}
-	return c.fetchPart(ctx, b, key, dst, inOff, l)
+	return c.fetchPart(ctx, b, key, dst, inOff, l, ranged)
 }
 
 // Block returns the whole block b and its CRC-32C, for servers that send

@@ -27,13 +27,14 @@ func rangeReaderOf(g Getter) BlockRangeReader {
 // fetchPart reads dst, the bytes at inOff of block b, which no tier of
 // this cache holds, through the block's flight: as soon as those bytes
 // have arrived when the tier below streams (flights.waitFor), else once
-// the block has. When this read starts the flight and the tier below
-// answers ranges, the range is asked for at once as well; the first answer
-// serves the reader, and the flight goes on for the cache.
-func (c *Cache) fetchPart(ctx context.Context, b BlockRef, key string, dst []byte, inOff int64, l *Lease) error {
+// the block has. When this read starts the flight, the tier below
+// answers ranges and ranged is set, the range is asked for at once as
+// well; the first answer serves the reader, and the flight goes on for the
+// cache.
+func (c *Cache) fetchPart(ctx context.Context, b BlockRef, key string, dst []byte, inOff int64, l *Lease, ranged bool) error {
 	end := inOff + int64(len(dst))
 	f, start := c.flights.join(key, false, c.run(b, key, false))
-	if !start || c.ranges == nil || int64(len(dst)) >= b.Len() {
+	if !start || !ranged || c.ranges == nil || int64(len(dst)) >= b.Len() {
 		buf, _, err := c.flights.waitFor(ctx, f, int(end))
 		if err != nil {
 			return err
@@ -47,22 +48,22 @@ func (c *Cache) fetchPart(ctx context.Context, b BlockRef, key string, dst []byt
 	defer stopWait()
 	rctx, stopRange := context.WithCancel(ctx)
 	defer stopRange()
-	ranged := make(chan error, 1)
+	answer := make(chan error, 1)
 	go func() {
 		err := c.ranges.ReadBlockRange(rctx, b.Object.Path, b.Object.Version, dst, b.Offset(), inOff)
 		if err == nil {
 			stopWait()
 		}
-		ranged <- err
+		answer <- err
 	}()
 	buf, _, err := c.flights.waitFor(wctx, f, int(end))
 	if err == nil {
 		stopRange()
-		<-ranged
+		<-answer
 		l.add(buf, buf.data[inOff:end])
 		return nil
 	}
-	if rerr := <-ranged; rerr == nil {
+	if rerr := <-answer; rerr == nil {
 		c.cfg.Metrics.RangeServed()
 		l.add(nil, dst)
 		return nil

@@ -108,3 +108,81 @@ func TestReadersOfPartOfABlockGetItAsItArrives(t *testing.T) {
 		})
 	}
 }
+
+// rangeGetter is a tier below that answers ranges (like the cache
+// workers): whole blocks wait for gate, ranges are answered at once and
+// counted.
+type rangeGetter struct {
+	*memGetter
+	gate   chan struct{}
+	ranges atomic.Int32
+}
+
+func (g *rangeGetter) GetBlock(ctx context.Context, b BlockRef, p []byte) error {
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return g.memGetter.GetBlock(ctx, b, p)
+}
+
+func (g *rangeGetter) ReadBlockRange(ctx context.Context, path, version string, p []byte, blockOff, inOff int64) error {
+	g.ranges.Add(1)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	copy(p, g.objects[path][blockOff+inOff:])
+	return nil
+}
+
+// TestRangeReadsOnlyWhereNoOneAskedForTheBlock: over a tier below that
+// answers ranges, a read that starts a block's fetch gets its range at
+// once (while whole blocks are held back); a sequential reader asks for no
+// range for blocks its readahead asked for, and a random read or a read
+// outside a Reader does.
+func TestRangeReadsOnlyWhereNoOneAskedForTheBlock(t *testing.T) {
+	const bs = 64 << 10
+	mg := newMemGetter()
+	want := testutil.RandBytes(16*bs, 9)
+	obj := mg.add("f", want)
+	g := &rangeGetter{memGetter: mg, gate: make(chan struct{})}
+	c := newTestCache(t, g, func(c *Config) { c.DiskDir = ""; c.Readahead = 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r := c.NewReader(obj)
+	check := func(what string, p []byte, off int64, ranges int32) {
+		t.Helper()
+		if _, err := r.ReadAt(ctx, p, off); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if !bytes.Equal(p, want[off:off+int64(len(p))]) {
+			t.Fatalf("%s: bytes differ from the source", what)
+		}
+		if got := g.ranges.Load(); got != ranges {
+			t.Fatalf("%s: %d range reads in all, want %d", what, got, ranges)
+		}
+	}
+	check("first read, whole blocks held back", make([]byte, 4096), 0, 1)
+	close(g.gate)
+	for off := int64(4096); off < 6*bs; off += 16 << 10 {
+		check("sequential read", make([]byte, 16<<10), off, 1)
+	}
+	check("random read", make([]byte, 4096), 12*bs+100, 2)
+	if _, err := c.ReadAt(ctx, obj, make([]byte, 4096), 14*bs); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.ranges.Load(); got != 3 {
+		t.Fatalf("a cold read outside a Reader: %d range reads in all, want 3", got)
+	}
+	// The Reader's own account, read by read: its first read and a random
+	// read start a run, a read within the run is of a scheduled block.
+	fresh := c.NewReader(obj)
+	for _, step := range []struct {
+		off       int64
+		scheduled bool
+	}{{0, false}, {bs - 100, true}, {2*bs + 5, true}, {12 * bs, false}, {13 * bs, false}, {13*bs + 4096, true}} {
+		if got := fresh.ahead(4096, step.off); got != step.scheduled {
+			t.Errorf("read at %d: scheduled for readahead %v, want %v", step.off, got, step.scheduled)
+		}
+	}
+}

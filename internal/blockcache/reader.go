@@ -45,19 +45,29 @@ func (r *Reader) Object() ObjectRef { return r.obj }
 
 // ReadAt reads like Cache.ReadAt and schedules readahead for sequential runs.
 func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	r.ahead(len(p), off)
-	return r.c.ReadAt(ctx, r.obj, p, off)
+	l, err := r.Read(ctx, p, off)
+	if l == nil {
+		return 0, err
+	}
+	n := l.CopyTo(p)
+	l.Release()
+	return n, err
 }
 
 // Read reads like Cache.Read and schedules readahead for sequential runs.
+// A read whose block was handed to readahead before does not ask the tier
+// below for its range on its own (fetchPart): the reader keeps up with
+// the readahead's whole blocks, and only the first read of a run waits on
+// a block no one has asked for yet.
 func (r *Reader) Read(ctx context.Context, p []byte, off int64) (*Lease, error) {
-	r.ahead(len(p), off)
-	return r.c.Read(ctx, r.obj, p, off)
+	scheduled := r.ahead(len(p), off)
+	return r.c.read(ctx, r.obj, p, off, !scheduled)
 }
 
 // ahead schedules readahead when a read of n bytes at off continues a
-// sequential run.
-func (r *Reader) ahead(n int, off int64) {
+// sequential run, and reports whether the read's first block had been
+// handed to readahead already.
+func (r *Reader) ahead(n int, off int64) (scheduled bool) {
 	if ra := int64(r.c.cfg.Readahead); ra > 0 && n > 0 && off < r.obj.Size {
 		bs := r.c.cfg.BlockSize
 		first := off / bs
@@ -71,6 +81,7 @@ func (r *Reader) ahead(n int, off int64) {
 		// Kernel readahead may deliver a request slightly out of order:
 		// tolerate one block backwards.
 		if first >= r.lastBlock-1 && first <= r.lastBlock+1 {
+			scheduled = first <= r.aheadTo
 			if want := last + ra; want > r.aheadTo {
 				from, to = max(r.aheadTo+1, last+1), want
 				r.aheadTo = want
@@ -99,6 +110,7 @@ func (r *Reader) ahead(n int, off int64) {
 			go r.crossInto(lookup)
 		}
 	}
+	return scheduled
 }
 
 // crossInto looks up the next object and fetches ahead the blocks of it
