@@ -90,8 +90,13 @@ type SmallFilesRow struct {
 	ReadPerSec float64 `json:"readFilesPerSecond"`
 	ListSec    float64 `json:"bigDirListSeconds,omitempty"` // ls -l of the large directory
 	CPUSec     float64 `json:"mountCPUSeconds,omitempty"`   // of the mount process, cold and warm passes together
-	Skipped    string  `json:"skipped,omitempty"`
-	Error      string  `json:"error,omitempty"`
+	// DirectStatPerSec and StatVsDirect: a warm mount row's stat passes
+	// each paired with a pass over the gateway's own files (the median
+	// direct stat/s, and the median of the pairs' ratios).
+	DirectStatPerSec float64 `json:"directStatPerSecond,omitempty"`
+	StatVsDirect     float64 `json:"statVsDirect,omitempty"`
+	Skipped          string  `json:"skipped,omitempty"`
+	Error            string  `json:"error,omitempty"`
 }
 
 // SmallFilesReport is what the JSON file holds.

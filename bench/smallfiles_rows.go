@@ -48,11 +48,11 @@ func (r *smallRunner) measure(ctx context.Context) []*SmallFilesRow {
 			if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
 				return fmt.Errorf("dropping the page cache: %w", err)
 			}
-			return r.pass(ctx, root, row, false)
+			return r.pass(ctx, root, row, false, "")
 		})
 	}
 	settleMachine(ctx, settleLimit)
-	add("direct, warm", func(row *SmallFilesRow) error { return r.pass(ctx, root, row, true) })
+	add("direct, warm", func(row *SmallFilesRow) error { return r.pass(ctx, root, row, true, "") })
 
 	mounted := func(kind string, start func(mnt, cache string) (*child, error)) {
 		var c *child
@@ -62,14 +62,14 @@ func (r *smallRunner) measure(ctx context.Context) []*SmallFilesRow {
 			if c, err = start(mnt, filepath.Join(r.work, "cache-"+kind)); err != nil {
 				return err
 			}
-			return r.pass(ctx, mnt, row, false)
+			return r.pass(ctx, mnt, row, false, "")
 		})
 		if c == nil {
 			return
 		}
 		c.settle(ctx, settleLimit)
 		settleMachine(ctx, settleLimit)
-		warm := add(kind+" warm (same mount)", func(row *SmallFilesRow) error { return r.pass(ctx, mnt, row, true) })
+		warm := add(kind+" warm (same mount)", func(row *SmallFilesRow) error { return r.pass(ctx, mnt, row, true, root) })
 		if err := c.stop(); err != nil && warm.Error == "" {
 			warm.Error = err.Error()
 		}
@@ -123,13 +123,18 @@ const (
 	// warmStatPasses is the number of stat passes of a warm row, whose
 	// median is its stat/s: one pass of 50,000 cached stats takes under
 	// a tenth of a second, too short to stand out of this machine's noise.
-	warmStatPasses = 3
+	warmStatPasses = 5
 )
 
 // pass stats every small file (warm: warmStatPasses times, the median
 // counting), reads every one (checking its hash), and lists the large
 // directory with a stat of each entry (ls -l), in that order, under dir.
-func (r *smallRunner) pass(ctx context.Context, dir string, row *SmallFilesRow, warm bool) error {
+//
+// A pass with pairWith set alternates each stat pass with one over the
+// same files under pairWith (the gateway's own directory), so that the
+// row's stat/s can be compared with the direct one measured beside it
+// rather than minutes earlier.
+func (r *smallRunner) pass(ctx context.Context, dir string, row *SmallFilesRow, warm bool, pairWith string) error {
 	paths := make([]string, len(r.set.keys))
 	for i, k := range r.set.keys {
 		paths[i] = filepath.Join(dir, k)
@@ -138,16 +143,9 @@ func (r *smallRunner) pass(ctx context.Context, dir string, row *SmallFilesRow, 
 	if warm {
 		passes = warmStatPasses
 	}
-	var rates []float64
-	for range passes {
-		d, err := r.parallel(ctx, paths, func(p string, _ []byte) error { _, err := os.Lstat(p); return err })
-		if err != nil {
-			return fmt.Errorf("stat: %w", err)
-		}
-		rates = append(rates, float64(len(paths))/d.Seconds())
+	if err := r.statPasses(ctx, dir, pairWith, passes, row); err != nil {
+		return err
 	}
-	slices.Sort(rates)
-	row.StatPerSec = rates[len(rates)/2]
 	d, err := r.parallel(ctx, paths, func(p string, buf []byte) error {
 		f, err := os.Open(p)
 		if err != nil {
@@ -186,7 +184,60 @@ func (r *smallRunner) pass(ctx context.Context, dir string, row *SmallFilesRow, 
 		row.ListSec = time.Since(t0).Seconds()
 	}
 	fmt.Fprintf(r.out, "  %.0f stat/s, %.0f files/s, ls -l %.2fs\n", row.StatPerSec, row.ReadPerSec, row.ListSec)
+	if row.StatVsDirect > 0 {
+		fmt.Fprintf(r.out, "  paired direct passes: %.0f stat/s; median ratio %.2f\n", row.DirectStatPerSec, row.StatVsDirect)
+	}
 	return nil
+}
+
+// statPasses stats every small file under dir passes times and sets the
+// row's stat/s to the median; with pairWith set, each pass is paired with
+// one under pairWith (in alternating order) and the row also gets the
+// median direct stat/s and the median of the pairs' ratios.
+func (r *smallRunner) statPasses(ctx context.Context, dir, pairWith string, passes int, row *SmallFilesRow) error {
+	statAll := func(under string) (float64, error) {
+		paths := make([]string, len(r.set.keys))
+		for i, k := range r.set.keys {
+			paths[i] = filepath.Join(under, k)
+		}
+		d, err := r.parallel(ctx, paths, func(p string, _ []byte) error { _, err := os.Lstat(p); return err })
+		if err != nil {
+			return 0, fmt.Errorf("stat: %w", err)
+		}
+		return float64(len(paths)) / d.Seconds(), nil
+	}
+	var rates, direct, ratios []float64
+	for i := range passes {
+		var rate, drate float64
+		var err error
+		if pairWith != "" && i%2 == 1 {
+			if drate, err = statAll(pairWith); err != nil {
+				return err
+			}
+		}
+		if rate, err = statAll(dir); err != nil {
+			return err
+		}
+		if pairWith != "" && i%2 == 0 {
+			if drate, err = statAll(pairWith); err != nil {
+				return err
+			}
+		}
+		rates = append(rates, rate)
+		if pairWith != "" {
+			direct, ratios = append(direct, drate), append(ratios, rate/drate)
+		}
+	}
+	row.StatPerSec = median(rates)
+	if pairWith != "" {
+		row.DirectStatPerSec, row.StatVsDirect = median(direct), median(ratios)
+	}
+	return nil
+}
+
+func median(v []float64) float64 {
+	slices.Sort(v)
+	return v[len(v)/2]
 }
 
 // parallel runs fn on every path with o.Readers goroutines (each with its
@@ -237,7 +288,7 @@ func smallTargets(rep *SmallFilesReport) []string {
 	}
 	if sw != nil && dw != nil {
 		ts = append(ts, target{smallFilesKind + " warm read / direct warm read", ratio(sw.ReadPerSec, dw.ReadPerSec), 0.5, false},
-			target{smallFilesKind + " warm stat / direct warm stat", ratio(sw.StatPerSec, dw.StatPerSec), 0.8, false})
+			target{smallFilesKind + " warm stat / direct warm stat", warmStatRatio(sw, dw), 0.8, false})
 	}
 	if sw != nil && rw != nil {
 		ts = append(ts, target{smallFilesKind + " warm read / rclone warm read", ratio(sw.ReadPerSec, rw.ReadPerSec), 5, false})
@@ -264,6 +315,18 @@ func smallTargets(rep *SmallFilesReport) []string {
 	return out
 }
 
+// warmStatRatio is a warm mount row's stat/s over the direct one: the
+// median ratio of its passes paired with direct passes when it has them.
+func warmStatRatio(sw, dw *SmallFilesRow) float64 {
+	if sw.StatVsDirect > 0 {
+		return sw.StatVsDirect
+	}
+	if dw.StatPerSec == 0 {
+		return 0
+	}
+	return sw.StatPerSec / dw.StatPerSec
+}
+
 func smallTable(rep *SmallFilesReport) *Table {
 	t := &Table{
 		Title: fmt.Sprintf("sluice bench smallfiles — %d × %s files in %d directories, %d readers; ls -l of a directory of %d objects",
@@ -286,7 +349,8 @@ func smallTable(rep *SmallFilesReport) *Table {
 	t.Notes = append(t.Notes, fmt.Sprintf("sluice rows mount with %s; rclone rows with %s", strings.Join(rep.SluiceArgs, " "), strings.Join(rcloneFlags, " ")),
 		fmt.Sprintf("minio-go lists the large directory's prefix in %.2f s", rep.MinioListSec),
 		"mount CPU-s: the mount process's user+sys CPU over its cold and warm passes (on the warm row)",
-		fmt.Sprintf("warm rows: stat/s is the median of %d stat passes; a warm pass starts when the mount's CPU time has stopped growing and the machine's CPUs are idle (at most %s each)", warmStatPasses, settleLimit))
+		fmt.Sprintf("warm rows: stat/s is the median of %d stat passes; a warm pass starts when the mount's CPU time has stopped growing and the machine's CPUs are idle (at most %s each)", warmStatPasses, settleLimit),
+		"warm stat / direct warm stat: the median ratio of a warm mount row's stat passes each paired with a direct pass over the same files")
 	t.Notes = append(t.Notes, rep.Targets...)
 	t.Notes = append(t.Notes, fmt.Sprintf("run took %.0fs; kernel %s, %s, %d CPUs", rep.Seconds, rep.Env.Kernel, rep.Env.Go, rep.Env.CPUs))
 	return t
