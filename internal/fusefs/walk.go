@@ -5,8 +5,10 @@ import (
 	"path"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/sluice-dev/sluice/internal/blockcache"
+	"github.com/sluice-dev/sluice/internal/source"
 )
 
 // Directory walks: readers that open a directory's files in listing order
@@ -32,6 +34,9 @@ const (
 type dirWalks struct {
 	mu   sync.Mutex
 	dirs map[string]*dirWalk
+	// kept holds the opens of directories whose listing was in
+	// progress when they were opened (replayWhenListed).
+	kept map[string][]deferredOpen
 }
 
 type dirWalk struct {
@@ -79,10 +84,20 @@ func (w *dirWalks) opened(dir string, i int, warm bool) (from, to int, ok bool) 
 func (fsys *FS) prefetchNext(ctx context.Context, p string, warm bool) {
 	dir, name := path.Split(p)
 	dir = path.Clean("/" + dir)[1:]
-	entries, ok := fsys.ns.Listed(dir) // not while a large directory is still being listed
+	// An open while its directory is still being listed (a large one,
+	// in pages) is kept and gone through once the listing is at hand.
+	entries, ok := fsys.ns.Listed(dir)
 	if !ok {
+		if first := fsys.walks.keep(dir, name, warm); first {
+			go fsys.replayWhenListed(dir)
+		}
 		return
 	}
+	fsys.walkOpen(dir, name, warm, entries)
+}
+
+// walkOpen is prefetchNext with dir's listing at hand.
+func (fsys *FS) walkOpen(dir, name string, warm bool, entries []source.Entry) {
 	i := sort.Search(len(entries), func(i int) bool { return entries[i].Name >= name })
 	if i == len(entries) || entries[i].Name != name {
 		return
@@ -118,4 +133,59 @@ func (fsys *FS) nextFile(ctx context.Context, p string) (blockcache.ObjectRef, b
 		}
 	}
 	return blockcache.ObjectRef{}, false
+}
+
+// deferredOpen is an open noted while its directory was still being
+// listed.
+type deferredOpen struct {
+	name string
+	warm bool
+}
+
+const (
+	// maxDeferred bounds the opens kept per directory while it is
+	// listed; the walk needs only the last few.
+	maxDeferred = 64
+	// deferredListWait bounds the wait for a listing in progress.
+	deferredListWait = 30 * time.Second
+)
+
+// keep notes the open of name in dir, whose listing is in progress, for
+// the walk, and reports whether it is the first one kept for dir.
+func (w *dirWalks) keep(dir, name string, warm bool) (first bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.kept == nil {
+		w.kept = map[string][]deferredOpen{}
+	}
+	q, waiting := w.kept[dir]
+	if len(q) == maxDeferred {
+		q = q[1:]
+	}
+	w.kept[dir] = append(q, deferredOpen{name, warm})
+	return !waiting
+}
+
+// takeKept returns and forgets the opens kept for dir, in order.
+func (w *dirWalks) takeKept(dir string) []deferredOpen {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	q := w.kept[dir]
+	delete(w.kept, dir)
+	return q
+}
+
+// replayWhenListed waits (off the opens' path) for dir's listing in
+// progress and then goes through the opens kept meanwhile.
+func (fsys *FS) replayWhenListed(dir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), deferredListWait)
+	entries, err := fsys.ns.List(ctx, dir)
+	cancel()
+	q := fsys.walks.takeKept(dir)
+	if err != nil {
+		return
+	}
+	for _, o := range q {
+		fsys.walkOpen(dir, o.name, o.warm, entries)
+	}
 }

@@ -2,12 +2,14 @@ package fusefs
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/sluice-dev/sluice/internal/source"
 	"github.com/sluice-dev/sluice/internal/testutil"
 )
 
@@ -77,5 +79,59 @@ func TestWalkPrefetchesNextFiles(t *testing.T) {
 				t.Errorf("%d block fetches for 40 one-block files (max %d per block); want each once", got, m)
 			}
 		})
+	}
+}
+
+// heldListing is a source whose listing of "shards" sends all its entries
+// in one page and then does not end until release is closed: a large
+// directory still being listed.
+type heldListing struct {
+	source.Source
+	release chan struct{}
+}
+
+func (s *heldListing) List(ctx context.Context, dir string) ([]source.Entry, error) {
+	var out []source.Entry
+	err := s.ListPages(ctx, dir, func(p []source.Entry) error { out = append(out, p...); return nil })
+	return out, err
+}
+
+func (s *heldListing) ListPages(ctx context.Context, dir string, page func([]source.Entry) error) error {
+	entries, err := s.Source.List(ctx, dir)
+	if err != nil {
+		return err
+	}
+	if err := page(entries); err != nil || dir != "shards" {
+		return err
+	}
+	select {
+	case <-s.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestWalkWhileTheDirectoryIsListed: files opened in order while their
+// directory's listing is still in progress (each lookup answered from the
+// page that named it) start the walk once the listing is at hand.
+func TestWalkWhileTheDirectoryIsListed(t *testing.T) {
+	files := map[string][]byte{}
+	for i := 0; i < 40; i++ {
+		files[fmt.Sprintf("shards/s%03d", i)] = testutil.RandBytes(20000+i, uint64(i))
+	}
+	src := &heldListing{Source: fileBackend(t, files), release: make(chan struct{})}
+	tm := mountSource(t, src, mountConfig{blockSize: 64 << 10})
+	for i := 0; i < 3; i++ {
+		p := fmt.Sprintf("shards/s%03d", i)
+		if got, err := os.ReadFile(filepath.Join(tm.dir, p)); err != nil || !bytes.Equal(got, files[p]) {
+			t.Fatalf("%s while the listing is in progress: %v, equal %v", p, err, bytes.Equal(got, files[p]))
+		}
+	}
+	close(src.release)
+	for deadline := time.Now().Add(10 * time.Second); tm.getter.fetches.Load() < 19; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d blocks fetched after 3 files read in order during the listing; want the next 16 prefetched once it ended", tm.getter.fetches.Load())
+		}
 	}
 }
