@@ -10,7 +10,8 @@
 //	present-block index with CRC-32C per block) → Getter (origin or workers)
 //
 // Exactly one fetch per block is in flight per process (singleflight); other
-// readers of that block wait for it. A fetched block is served from memory
+// readers of that block wait for it, or only for their part of it when the
+// tier below streams (partial.go). A fetched block is served from memory
 // at once; its disk copy is written behind (writebehind.go), and dropped
 // when the queue is full rather than delaying a reader. Sequential readers (see Reader) trigger
 // parallel readahead of the next blocks; random readers do not.
