@@ -191,17 +191,3 @@ func (fs *flights) waitFor(ctx context.Context, f *flight, end int) (*buffer, ui
 		}
 	}
 }
-
-// leave takes a waiter off f, which it no longer waits for: off the count
-// while f is in flight, else by releasing the reference finish gave it.
-func (fs *flights) leave(f *flight) {
-	fs.mu.Lock()
-	finished := f.finished
-	if !finished {
-		f.waiters--
-	}
-	fs.mu.Unlock()
-	if finished && f.err == nil {
-		f.buf.release()
-	}
-}

@@ -213,7 +213,7 @@ var _ source.ChecksumReader = (*Source)(nil)
 // CRC-32C the worker sent and this process checked (computed here when the
 // origin fallback answered).
 func (s *Source) ReadAtChecksum(ctx context.Context, p, version string, buf []byte, off int64) (uint32, error) {
-	key := p + "\x00" + version + "\x00" + strconv.FormatInt(off, 10)
+	key := readKey(p, version, off)
 	if off == 0 && len(buf) <= MaxBatchObject && source.IsReadahead(ctx) {
 		if crc, ok := s.batches.batched(ctx, key, p, version, buf); ok {
 			return crc, nil
@@ -229,9 +229,14 @@ var _ blockcache.BlockRangeReader = (*Source)(nil)
 // (the HRW key is the block's), which answers them from its cache or from
 // its fetch of the block as soon as they have arrived.
 func (s *Source) ReadBlockRange(ctx context.Context, p, version string, buf []byte, blockOff, inOff int64) error {
-	key := p + "\x00" + version + "\x00" + strconv.FormatInt(blockOff, 10)
-	_, err := s.readKeyed(ctx, key, p, version, buf, blockOff+inOff)
+	_, err := s.readKeyed(ctx, readKey(p, version, blockOff), p, version, buf, blockOff+inOff)
 	return err
+}
+
+// readKey is the HRW key of the block of object p, version, at off: every
+// client asks the same worker for it, and a worker its peers in that order.
+func readKey(p, version string, off int64) string {
+	return p + "\x00" + version + "\x00" + strconv.FormatInt(off, 10)
 }
 
 // readKeyed reads buf at off of the worker that HRW orders first for key.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strconv"
 
 	"k8s.io/klog/v2"
 
@@ -57,8 +56,7 @@ func (g *PeerGetter) GetBlock(ctx context.Context, b blockcache.BlockRef, p []by
 // GetBlockChecksum implements the block cache's checksum getter: the CRC
 // is the peer's, checked, or the origin's when it sends one.
 func (g *PeerGetter) GetBlockChecksum(ctx context.Context, b blockcache.BlockRef, p []byte) (uint32, bool, error) {
-	key := b.Object.Path + "\x00" + b.Object.Version + "\x00" + strconv.FormatInt(b.Offset(), 10)
-	ws := g.Peers.order(key)
+	ws := g.Peers.order(readKey(b.Object.Path, b.Object.Version, b.Offset()))
 	for _, w := range ws[:min(len(ws), peersAsked)] {
 		s := &Source{pool: g.Peers}
 		crc, err := s.read(withPeer(ctx), w, b.Object.Path, b.Object.Version, p, b.Offset(), nil)
