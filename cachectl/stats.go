@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -22,24 +23,42 @@ import (
 	"github.com/sluice-dev/sluice/cachectl/api/v1alpha1"
 )
 
-// ScrapeStats reads the cache statistics of the ready worker pods from
-// their metrics endpoints: bytes held (memory + disk tiers) and the hit
-// ratio, lookups answered from a tier against those fetched from the
-// origin.
+// ScrapeStats reads the cache statistics of the ready worker pods that
+// are not terminating from their metrics endpoints, all at once: bytes
+// held (memory + disk tiers) and the hit ratio, lookups answered from a
+// tier against those fetched from the origin. A reconcile waits for it,
+// so a worker that does not answer costs at most scrapeTimeout (a pod
+// being torn down can leave connects hanging).
 func ScrapeStats(hc *http.Client) func(ctx context.Context, pods []corev1.Pod) (WorkerStats, error) {
 	return func(ctx context.Context, pods []corev1.Pod) (WorkerStats, error) {
+		type result struct {
+			fams map[string]*dto.MetricFamily
+			err  error
+		}
+		results := make([]result, len(pods))
+		var wg sync.WaitGroup
+		for i, p := range pods {
+			if p.Status.PodIP == "" || !podReady(&p) || p.DeletionTimestamp != nil {
+				continue
+			}
+			wg.Go(func() {
+				fams, err := scrape(ctx, hc, "http://"+net.JoinHostPort(p.Status.PodIP, strconv.Itoa(metricsPort))+"/metrics")
+				if err != nil {
+					err = fmt.Errorf("pod %s: %w", p.Name, err)
+				}
+				results[i] = result{fams, err}
+			})
+		}
+		wg.Wait()
 		var ws WorkerStats
 		var hits, fetches float64
 		var errs []error
-		for _, p := range pods {
-			if p.Status.PodIP == "" || !podReady(&p) {
+		for _, r := range results {
+			if r.err != nil {
+				errs = append(errs, r.err)
 				continue
 			}
-			fams, err := scrape(ctx, hc, "http://"+net.JoinHostPort(p.Status.PodIP, strconv.Itoa(metricsPort))+"/metrics")
-			if err != nil {
-				errs = append(errs, fmt.Errorf("pod %s: %w", p.Name, err))
-				continue
-			}
+			fams := r.fams
 			ws.CachedBytes += int64(sum(fams["sluice_cache_memory_bytes"]) + sum(fams["sluice_cache_disk_bytes"]))
 			ws.ServedBytes += int64(sum(fams["sluice_bytes_served_total"]))
 			hits += sum(fams["sluice_cache_hits_total"])
@@ -52,8 +71,11 @@ func ScrapeStats(hc *http.Client) func(ctx context.Context, pods []corev1.Pod) (
 	}
 }
 
+// scrapeTimeout bounds one scrape of a worker's metrics.
+const scrapeTimeout = 2 * time.Second
+
 func scrape(ctx context.Context, hc *http.Client, url string) (map[string]*dto.MetricFamily, error) {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
