@@ -208,6 +208,10 @@ func TestControllerOnAPIServer(t *testing.T) {
 
 	t.Run("preload warms the workers, each block once", func(t *testing.T) { testPreload(ctx, t, cl, worker) })
 
+	t.Run("the next burst is warmed with what the last one read first", func(t *testing.T) {
+		testWarmNextBurst(ctx, t, srv, cl, hb, worker)
+	})
+
 	t.Run("an external scaler drives /scale", func(t *testing.T) { testExternalScale(ctx, t, srv, cl) })
 
 	t.Run("scale to zero, and a heartbeat wakes it", func(t *testing.T) {

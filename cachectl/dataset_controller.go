@@ -57,10 +57,10 @@ type DatasetReconciler struct {
 	// bundle (nil: workers serve plain HTTP).
 	Authority *Authority
 
-	mu       sync.Mutex
-	scalers  map[types.NamespacedName]*Scaler
-	preloads map[types.NamespacedName]context.CancelFunc // running
-	served   map[types.NamespacedName]servedSample
+	mu      sync.Mutex
+	scalers map[types.NamespacedName]*Scaler
+	loads   map[loadKey]context.CancelFunc // running preloads and warm-ups
+	served  map[types.NamespacedName]servedSample
 }
 
 // SetupWithManager registers the reconciler.
@@ -105,7 +105,7 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	ds := &v1alpha1.Dataset{}
 	if err := r.Client.Get(ctx, req.NamespacedName, ds); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.cancelPreload(req.NamespacedName)
+			r.cancelLoads(req.NamespacedName)
 			if r.Authority != nil {
 				r.Authority.Forget(req.NamespacedName)
 			}
@@ -163,11 +163,14 @@ func (r *DatasetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			"bytesPerSecond", int64(demand), "clients", clients, "coming", d.incoming)
 	}
 	if err := r.updateStatus(ctx, ds, observed{sts: sts, pods: pods, stats: ws, desired: desired, demand: demand,
-		clients: clients}); err != nil {
+		clients: clients, firstReads: r.Demand.FirstReadsOf(ds.Namespace+"/"+ds.Name, r.now())}); err != nil {
 		return ctrl.Result{}, err
 	}
-	if r.Preloader != nil && preloadDue(ds, desired, r.preloadRunning(req.NamespacedName), r.now()) {
+	if r.Preloader != nil && preloadDue(ds, desired, r.loadRunning(req.NamespacedName, preloadKind), r.now()) {
 		r.startPreload(ds, desired)
+	}
+	if r.Preloader != nil && warmDue(ds, d, r.loadRunning(req.NamespacedName, warmKind), r.now()) {
+		r.startWarm(ds, desired, d.incoming)
 	}
 	resync := r.Resync
 	if resync <= 0 {
@@ -272,6 +275,8 @@ type observed struct {
 	desired int32
 	demand  float64 // bytes/s the clients read
 	clients int
+	// firstReads are what the clients heard from read first (nil: none).
+	firstReads []string
 }
 
 func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Dataset, o observed) error {
@@ -316,7 +321,10 @@ func (r *DatasetReconciler) updateStatus(ctx context.Context, ds *v1alpha1.Datas
 	} else {
 		setCondition(st, v1alpha1.ConditionScaling, metav1.ConditionFalse, "Stable", fmt.Sprintf("%d workers", desired), gen)
 	}
-	preloadCondition(st, r.preloadRunning(client.ObjectKeyFromObject(ds)), gen)
+	preloadCondition(st, r.loadRunning(client.ObjectKeyFromObject(ds), preloadKind), gen)
+	if o.firstReads != nil {
+		st.FirstReads = o.firstReads
+	}
 	if equalStatus(before.Status, ds.Status) {
 		return nil
 	}

@@ -21,16 +21,20 @@ type report struct {
 	datasets []string
 	rate     float64
 	at       time.Time
+	// first are the first objects the pod read, per dataset.
+	first map[string][]string
 }
 
-// Record stores a pod's latest throughput over its datasets.
-func (d *Demand) Record(podUID string, datasets []string, bytesPerSec float64, now time.Time) {
+// Record stores a pod's latest throughput over its datasets and the first
+// objects it read of each (firstReads, by dataset; see FirstReadsOf).
+func (d *Demand) Record(podUID string, datasets []string, bytesPerSec float64, firstReads map[string][]string, now time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.pods == nil {
 		d.pods = map[string]report{}
 	}
-	d.pods[podUID] = report{datasets: append([]string(nil), datasets...), rate: max(bytesPerSec, 0), at: now}
+	d.pods[podUID] = report{datasets: append([]string(nil), datasets...), rate: max(bytesPerSec, 0), at: now,
+		first: firstReads}
 }
 
 // Heard reports whether pod podUID has reported within Window.

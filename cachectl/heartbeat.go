@@ -101,7 +101,7 @@ func (h *HeartbeatHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := h.now()
-	h.Demand.Record(hb.PodUID, hb.Datasets, hb.BytesPerSec, now)
+	h.Demand.Record(hb.PodUID, hb.Datasets, hb.BytesPerSec, validFirstReads(hb), now)
 	if h.Notify != nil && len(hb.Datasets) > 0 {
 		h.Notify(hb.Datasets)
 	}

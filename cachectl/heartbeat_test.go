@@ -117,7 +117,7 @@ func TestHeartbeatsFeedDemandAndOverdueExits(t *testing.T) {
 		Overdue: func(id Identity, _ time.Duration) { overdue = append(overdue, id) }}
 	for i, rate := range []float64{1e8, 3e8} {
 		uid := []string{"u1", "u2"}[i]
-		h.Demand.Record(uid, []string{"ml/imagenet"}, rate, now)
+		h.Demand.Record(uid, []string{"ml/imagenet"}, rate, nil, now)
 	}
 	if got, n := h.Demand.Of("ml/imagenet", now); got != 4e8 || n != 2 {
 		t.Fatalf("demand %v from %d pods, want 4e8 from 2", got, n)

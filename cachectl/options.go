@@ -84,7 +84,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.Trusted, "trusted-service-accounts", []string{"sluice-system/sluice-csi-node", "sluice-system/sluice-controller"},
 		"service accounts (namespace/name) the cache workers admit from any namespace: the CSI node plugin, which checks each pod's access itself, and the controller (preload)")
 	fs.StringVar(&o.TokenFile, "worker-token-file", "/var/run/secrets/sluice.dev/token", "the controller's projected token (audience sluice.dev), presented to the workers when preloading")
-	fs.BoolVar(&o.Preload, "preload", true, "warm the workers with each Dataset's spec.preload")
+	fs.BoolVar(&o.Preload, "preload", true, "warm the workers with each Dataset's spec.preload and, when the pods of a burst are admitted, with what the last burst read first (status.firstReads)")
 	fs.BoolVar(&o.WorkersTLS, "tls", true, "run a CA (the Secret "+contract.CASecret+" of --namespace): the workers and the heartbeat endpoint serve TLS, and the CA bundle is published as the ConfigMap "+contract.CABundleConfigMap+" wherever a Dataset's readers run")
 	fs.StringVar(&o.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the controller's namespace (its CA Secret; the CSI node plugin's copy of the bundle)")
 	fs.StringVar(&o.ServiceName, "service-name", "sluice-controller", "the controller's Service, named by the heartbeat endpoint's certificate")

@@ -18,7 +18,7 @@ import (
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
-// Preloader warms a Dataset's cache workers: it lists the preload paths
+// Preloader warms a Dataset's cache workers: it lists the paths of a Load
 // through the workers and reads every block of every file once, aligned
 // on the workers' block size, so each block goes to the worker that owns
 // it (HRW) and that worker fetches it from the origin once and keeps it.
@@ -58,11 +58,24 @@ type preloadFile struct {
 	e    source.Entry
 }
 
-// Run preloads ds.Spec.Preload.Paths, at most limit bytes (the workers'
-// disk capacity; 0: no limit), calling progress at most every second. It
-// returns the final progress; files beyond limit are left out and counted
-// in the error.
-func (p *Preloader) Run(ctx context.Context, ds *v1alpha1.Dataset, limit int64, progress func(v1alpha1.PreloadStatus)) (v1alpha1.PreloadStatus, error) {
+// Load is what one run of a Preloader reads.
+type Load struct {
+	// Paths are files or directories, relative to the source.
+	Paths []string
+	// Limit bounds the bytes read (0: no limit).
+	Limit int64
+	// Warm is a warm-up with what clients read first rather than a
+	// preload the user asked for: paths gone from the origin are skipped,
+	// the file that reaches Limit is read up to it (files after it are
+	// left out without an error), and its reads yield to the clients'
+	// (readahead priority).
+	Warm bool
+}
+
+// Run reads l's files through ds's workers, calling progress at most
+// every second, and returns the final progress. A preload's files beyond
+// the limit are left out and counted in the error.
+func (p *Preloader) Run(ctx context.Context, ds *v1alpha1.Dataset, l Load, progress func(v1alpha1.PreloadStatus)) (v1alpha1.PreloadStatus, error) {
 	bs, par, wait := p.BlockSize, p.Parallel, p.Wait
 	if bs <= 0 {
 		bs = 4 << 20
@@ -82,16 +95,22 @@ func (p *Preloader) Run(ctx context.Context, ds *v1alpha1.Dataset, limit int64, 
 	if err := waitForWorkers(ctx, src, wait); err != nil {
 		return st, err
 	}
-	files, err := walk(ctx, src, ds.Spec.Preload.Paths)
+	files, err := walk(ctx, src, l.Paths, l.Warm)
 	if err != nil {
 		return st, err
+	}
+	if l.Warm {
+		ctx = source.WithReadahead(ctx)
 	}
 	var skipped int
 	var kept []preloadFile
 	for _, f := range files {
-		if limit > 0 && st.TotalBytes+f.e.Size > limit {
-			skipped++
-			continue
+		if l.Limit > 0 && st.TotalBytes+f.e.Size > l.Limit {
+			if !l.Warm || st.TotalBytes >= l.Limit {
+				skipped++
+				continue
+			}
+			f.e.Size = l.Limit - st.TotalBytes // its beginning only
 		}
 		st.TotalBytes += f.e.Size
 		st.TotalFiles++
@@ -150,10 +169,11 @@ func (p *Preloader) Run(ctx context.Context, ds *v1alpha1.Dataset, limit int64, 
 		return st, err
 	}
 	st.ETASeconds = 0
-	if skipped > 0 {
-		return st, fmt.Errorf("%w: %d files left out: they exceed the workers' disk (%d bytes)", errTooBig, skipped, limit)
+	if skipped > 0 && !l.Warm {
+		return st, fmt.Errorf("%w: %d files left out: they exceed the workers' disk (%d bytes)", errTooBig, skipped, l.Limit)
 	}
-	klog.InfoS("Preloaded", "dataset", klog.KObj(ds), "files", st.Files, "bytes", st.Bytes, "took", time.Since(start).Round(time.Millisecond))
+	klog.InfoS("Loaded the workers", "dataset", klog.KObj(ds), "warm", l.Warm, "files", st.Files, "bytes", st.Bytes,
+		"leftOut", skipped, "took", time.Since(start).Round(time.Millisecond))
 	return st, nil
 }
 
@@ -181,8 +201,9 @@ func waitForWorkers(ctx context.Context, src source.Source, wait time.Duration) 
 }
 
 // walk expands paths (files or directories, relative to the source) into
-// files, depth first.
-func walk(ctx context.Context, src source.Source, paths []string) ([]preloadFile, error) {
+// files, depth first; with skipMissing a path that is not there is left
+// out rather than an error.
+func walk(ctx context.Context, src source.Source, paths []string, skipMissing bool) ([]preloadFile, error) {
 	var out []preloadFile
 	seen := map[string]bool{}
 	var visit func(p string, e source.Entry) error
@@ -209,6 +230,9 @@ func walk(ctx context.Context, src source.Source, paths []string) ([]preloadFile
 	for _, p := range paths {
 		p = path.Clean("/" + p)[1:]
 		e, err := src.Stat(ctx, p)
+		if skipMissing && errors.Is(err, source.ErrNotFound) {
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("preload path %q: %w", p, err)
 		}

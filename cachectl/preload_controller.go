@@ -53,31 +53,57 @@ func preloadCondition(st *v1alpha1.DatasetStatus, running bool, gen int64) {
 	}
 }
 
-// startPreload runs ds's preload in the background, reporting progress in
-// its status and as events; a Dataset's deletion cancels it.
+// loadKind is a preload or a warm-up: its events, and the status field
+// its progress goes to.
+type loadKind struct {
+	name                       string // for the running map and logs
+	started, done, failed, how string // event reasons; how is the action
+	field                      func(st *v1alpha1.DatasetStatus) **v1alpha1.PreloadStatus
+}
+
+var (
+	preloadKind = loadKind{name: "preload", started: "PreloadStarted", done: "Preloaded", failed: "PreloadFailed", how: "Preload",
+		field: func(st *v1alpha1.DatasetStatus) **v1alpha1.PreloadStatus { return &st.Preload }}
+	warmKind = loadKind{name: "warm", started: "WarmStarted", done: "Warmed", failed: "WarmFailed", how: "Warm",
+		field: func(st *v1alpha1.DatasetStatus) **v1alpha1.PreloadStatus { return &st.Warm }}
+)
+
+// loadKey names a running load.
+type loadKey struct {
+	types.NamespacedName
+	kind string
+}
+
+// startPreload runs ds's preload in the background, at most the workers'
+// disk capacity.
 func (r *DatasetReconciler) startPreload(ds *v1alpha1.Dataset, desired int32) {
-	key := client.ObjectKeyFromObject(ds)
-	ctx, cancel := context.WithCancel(context.Background())
-	r.mu.Lock()
-	if r.preloads == nil {
-		r.preloads = map[types.NamespacedName]context.CancelFunc{}
-	}
-	r.preloads[key] = cancel
-	r.mu.Unlock()
 	disk := resource.MustParse(defaultDisk)
 	if ds.Spec.Cache.Disk != nil {
 		disk = *ds.Spec.Cache.Disk
 	}
-	limit := disk.Value() * int64(desired)
+	r.startLoad(ds, preloadKind, Load{Paths: ds.Spec.Preload.Paths, Limit: disk.Value() * int64(desired)},
+		fmt.Sprintf("warming the cache workers with %d path(s)", len(ds.Spec.Preload.Paths)))
+}
+
+// startLoad runs load l of kind k in the background, reporting progress in
+// ds's status and as events; a Dataset's deletion cancels it.
+func (r *DatasetReconciler) startLoad(ds *v1alpha1.Dataset, k loadKind, l Load, why string) {
+	key := client.ObjectKeyFromObject(ds)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.mu.Lock()
+	if r.loads == nil {
+		r.loads = map[loadKey]context.CancelFunc{}
+	}
+	r.loads[loadKey{key, k.name}] = cancel
+	r.mu.Unlock()
 	start := metav1.Now()
-	r.patchPreload(ctx, key, v1alpha1.PreloadStatus{StartTime: &start})
-	r.Recorder.Eventf(ds, nil, corev1.EventTypeNormal, "PreloadStarted", "Preload",
-		"warming the cache workers with %d path(s)", len(ds.Spec.Preload.Paths))
+	r.patchLoad(ctx, key, k, v1alpha1.PreloadStatus{StartTime: &start})
+	r.Recorder.Eventf(ds, nil, corev1.EventTypeNormal, k.started, k.how, "%s", why)
 	ds = ds.DeepCopy()
 	go func() {
 		defer func() {
 			r.mu.Lock()
-			delete(r.preloads, key)
+			delete(r.loads, loadKey{key, k.name})
 			r.mu.Unlock()
 			cancel()
 			if r.Wake != nil { // refresh the Preloaded condition
@@ -87,49 +113,52 @@ func (r *DatasetReconciler) startPreload(ds *v1alpha1.Dataset, desired int32) {
 				}
 			}
 		}()
-		st, err := r.Preloader.Run(ctx, ds, limit, func(p v1alpha1.PreloadStatus) {
+		st, err := r.Preloader.Run(ctx, ds, l, func(p v1alpha1.PreloadStatus) {
 			p.StartTime = &start
-			r.patchPreload(ctx, key, p)
+			r.patchLoad(ctx, key, k, p)
 		})
 		st.StartTime = &start
 		if err != nil {
 			st.Error = err.Error()
-			klog.ErrorS(err, "Preload failed", "dataset", key)
-			r.Recorder.Eventf(ds, nil, corev1.EventTypeWarning, "PreloadFailed", "Preload", "%s", st.Error)
+			klog.ErrorS(err, "Loading the workers failed", "dataset", key, "kind", k.name)
+			r.Recorder.Eventf(ds, nil, corev1.EventTypeWarning, k.failed, k.how, "%s", st.Error)
 		} else {
 			now := metav1.Now()
 			st.CompletionTime = &now
-			r.Recorder.Eventf(ds, nil, corev1.EventTypeNormal, "Preloaded", "Preload",
+			r.Recorder.Eventf(ds, nil, corev1.EventTypeNormal, k.done, k.how,
 				"%d files, %d bytes in %s", st.Files, st.Bytes, now.Sub(start.Time).Round(time.Millisecond))
 		}
-		r.patchPreload(context.Background(), key, st)
+		r.patchLoad(context.Background(), key, k, st)
 	}()
 }
 
-func (r *DatasetReconciler) preloadRunning(key types.NamespacedName) bool {
+func (r *DatasetReconciler) loadRunning(key types.NamespacedName, k loadKind) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	_, ok := r.preloads[key]
+	_, ok := r.loads[loadKey{key, k.name}]
 	return ok
 }
 
-func (r *DatasetReconciler) cancelPreload(key types.NamespacedName) {
+// cancelLoads cancels the Dataset's running loads.
+func (r *DatasetReconciler) cancelLoads(key types.NamespacedName) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if cancel, ok := r.preloads[key]; ok {
-		cancel()
+	for lk, cancel := range r.loads {
+		if lk.NamespacedName == key {
+			cancel()
+		}
 	}
 }
 
-// patchPreload writes status.preload (only that field).
-func (r *DatasetReconciler) patchPreload(ctx context.Context, key types.NamespacedName, st v1alpha1.PreloadStatus) {
+// patchLoad writes the status field of kind k (only that field).
+func (r *DatasetReconciler) patchLoad(ctx context.Context, key types.NamespacedName, k loadKind, st v1alpha1.PreloadStatus) {
 	ds := &v1alpha1.Dataset{}
 	if err := r.Client.Get(ctx, key, ds); err != nil {
 		return
 	}
 	before := ds.DeepCopy()
-	ds.Status.Preload = &st
+	*k.field(&ds.Status) = &st
 	if err := r.Client.Status().Patch(ctx, ds, client.MergeFrom(before)); err != nil {
-		klog.V(2).InfoS("Recording preload progress failed", "dataset", key, "err", err)
+		klog.V(2).InfoS("Recording load progress failed", "dataset", key, "kind", k.name, "err", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -351,6 +352,7 @@ func TestBurstReadsOriginOnce(t *testing.T) {
 		t.Logf("the first app started (its sidecar's mount ready) at %s after the Job was created (whole seconds); the workers were all Ready at %s",
 			first.Sub(start.Truncate(time.Second)).Round(time.Second), w.readyAt.Round(time.Millisecond))
 	}
+	e.logWorkerStarts(t, ns, "shard", start)
 	ratio := origin / float64(len(data))
 	t.Logf("%d pods verified %d MiB each in %s; the origin served %.2f× the file (%d workers' sluice_origin_bytes_total); workers peaked at %d",
 		n, len(data)>>20, took.Round(time.Millisecond), ratio, workers, p)
@@ -382,6 +384,39 @@ func TestBurstReadsOriginOnce(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("workers did not scale back down to 1 within 3 minutes of the burst")
 		}
+	}
+
+	// The sidecars' heartbeats said what the burst read first; the next
+	// burst's workers are warmed with it when its first pod is admitted.
+	got := &v1alpha1.Dataset{}
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "shard"}, got); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.Status.FirstReads, []string{"shard.bin"}) {
+		t.Fatalf("status.firstReads %q after the burst; want [shard.bin]", got.Status.FirstReads)
+	}
+	const again = 4
+	start = time.Now()
+	pods = e.runJob(t, ns, burstJob("burst-again", "shard", "shard.bin", data, again), again, 4*time.Minute)
+	took = time.Since(start)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		if err := c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "shard"}, got); err == nil &&
+			got.Status.Warm != nil && (got.Status.Warm.CompletionTime != nil || got.Status.Warm.Error != "") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the next burst was not warmed (status.warm %+v)", got.Status.Warm)
+		}
+	}
+	w2 := got.Status.Warm
+	if w2.Error != "" || w2.Files != 1 || w2.Bytes != int64(len(data)) {
+		t.Fatalf("warm-up of the next burst: %+v; want shard.bin, %d bytes", *w2, len(data))
+	}
+	base := start.Truncate(time.Second)
+	if first, ok := firstStarted(pods, "app"); ok {
+		t.Logf("next burst of %d pods: verified in %s; warm-up of shard.bin started %s and ended %s after its Job was created, its first app started at %s (whole seconds)",
+			again, took.Round(time.Millisecond), w2.StartTime.Sub(base).Round(time.Second), w2.CompletionTime.Sub(base).Round(time.Second),
+			first.Sub(base).Round(time.Second))
 	}
 }
 
@@ -483,6 +518,45 @@ func TestCSIDatasetVolume(t *testing.T) {
 		t.Errorf("the refused pod is %s, want Pending", p.Status.Phase)
 	}
 	e.cs.CoreV1().Pods(other).Delete(ctx, bad.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+}
+
+// logWorkerStarts logs, for each worker pod of dataset, when it was
+// created, scheduled, its container started and it became Ready, from
+// start (the API server's times are in whole seconds).
+func (e *env) logWorkerStarts(t *testing.T, ns, dataset string, start time.Time) {
+	t.Helper()
+	pods, err := e.cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: cachectl.LabelDataset + "=" + dataset})
+	if err != nil {
+		t.Logf("listing the workers: %v", err)
+		return
+	}
+	base := start.Truncate(time.Second)
+	since := func(at time.Time) string {
+		if at.IsZero() {
+			return "-"
+		}
+		return at.Sub(base).Round(time.Second).String()
+	}
+	for _, p := range pods.Items {
+		var scheduled, ready, started time.Time
+		for _, c := range p.Status.Conditions {
+			switch c.Type {
+			case corev1.PodScheduled:
+				scheduled = c.LastTransitionTime.Time
+			case corev1.PodReady:
+				if c.Status == corev1.ConditionTrue {
+					ready = c.LastTransitionTime.Time
+				}
+			}
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.State.Running != nil {
+				started = cs.State.Running.StartedAt.Time
+			}
+		}
+		t.Logf("worker %s: created %s, scheduled %s, started %s, Ready %s after the Job was created (whole seconds)",
+			p.Name, since(p.CreationTimestamp.Time), since(scheduled), since(started), since(ready))
+	}
 }
 
 // firstStarted is the earliest start time of the container named name

@@ -53,6 +53,7 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
+	first := &heartbeat.FirstReads{}
 	// Heartbeats start before the mounts: a Dataset scaled to zero gets its
 	// first worker from this pod's first heartbeat, while the mount waits
 	// (bounded by --probe-timeout) for it.
@@ -62,7 +63,8 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 			return err
 		}
 		hb := &heartbeat.Sender{URL: heartbeat.URL(o.ControllerURL), TokenFile: o.TokenFile,
-			Interval: o.HeartbeatInterval, Registry: reg, Volumes: o.Volumes, TLS: tc, Insecure: o.TLS.Insecure}
+			Interval: o.HeartbeatInterval, Registry: reg, Volumes: o.Volumes, TLS: tc, Insecure: o.TLS.Insecure,
+			FirstReads: first}
 		go func() {
 			if hb.Run(ctx) {
 				cancel(errors.New("the controller asked the sidecar to exit"))
@@ -73,7 +75,7 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 	var mounts []*served
 	defer func() { unmountAll(mounts) }()
 	for _, v := range o.Volumes {
-		s, err := o.mount(ctx, v, m)
+		s, err := o.mount(ctx, v, m, first)
 		if err != nil {
 			if ctx.Err() != nil {
 				klog.InfoS("Stopped while mounting", "volume", v.Name, "err", err)
@@ -104,7 +106,8 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 
 // mount opens one volume's runtime with the shared internal/app code and
 // mounts it.
-func (o *Options) mount(ctx context.Context, v contract.SidecarVolume, m *metrics.Cache) (*served, error) {
+// The first objects a volume of a Dataset reads go into first.
+func (o *Options) mount(ctx context.Context, v contract.SidecarVolume, m *metrics.Cache, first *heartbeat.FirstReads) (*served, error) {
 	cf := o.CacheFlags
 	if cf.Dir != "" {
 		cf.Dir = filepath.Join(cf.Dir, v.Name)
@@ -117,6 +120,9 @@ func (o *Options) mount(ctx context.Context, v contract.SidecarVolume, m *metric
 	rt, err := datapath.Open(ctx, cfg)
 	if err != nil {
 		return nil, err
+	}
+	if r, ok := rt.Source.(interface{ FirstReads() []string }); ok && v.Dataset != "" {
+		first.Add(v.Dataset, r.FirstReads)
 	}
 	staging := filepath.Join(o.StagingDir, v.Name)
 	fsys := fusefs.New(rt.Listings, rt.Cache, fusefs.Options{Passthrough: o.Passthrough, NoOpen: v.SmallFiles, FsName: rt.Source.ID(), AllowOther: true})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -253,6 +254,12 @@ func TestSidecarServesAndExitsWhenTheControllerSaysSo(t *testing.T) {
 				if a != "Bearer "+f.tokenValue {
 					t.Fatalf("heartbeat authorization %q, want the projected token", a)
 				}
+			}
+			// What the Dataset volume read first: every file, once (the
+			// source volume has no Dataset and reports none).
+			got := slices.Sorted(slices.Values(last.FirstReads["team/imagenet"]))
+			if want := slices.Sorted(maps.Keys(f.files)); !slices.Equal(got, want) || len(last.FirstReads) != 1 {
+				t.Errorf("heartbeat first reads %q; want the Dataset's %q", last.FirstReads, want)
 			}
 			break
 		}

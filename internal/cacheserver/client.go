@@ -29,6 +29,7 @@ type Source struct {
 	id       string
 	Fallback source.Source
 	batches  batcher
+	first    firstReads
 }
 
 var _ source.Source = (*Source)(nil)
@@ -213,6 +214,7 @@ var _ source.ChecksumReader = (*Source)(nil)
 // CRC-32C the worker sent and this process checked (computed here when the
 // origin fallback answered).
 func (s *Source) ReadAtChecksum(ctx context.Context, p, version string, buf []byte, off int64) (uint32, error) {
+	s.first.note(p)
 	key := readKey(p, version, off)
 	if off == 0 && len(buf) <= MaxBatchObject && source.IsReadahead(ctx) {
 		if crc, ok := s.batches.batched(ctx, key, p, version, buf); ok {
@@ -229,6 +231,7 @@ var _ blockcache.BlockRangeReader = (*Source)(nil)
 // (the HRW key is the block's), which answers them from its cache or from
 // its fetch of the block as soon as they have arrived.
 func (s *Source) ReadBlockRange(ctx context.Context, p, version string, buf []byte, blockOff, inOff int64) error {
+	s.first.note(p)
 	_, err := s.readKeyed(ctx, readKey(p, version, blockOff), p, version, buf, blockOff+inOff)
 	return err
 }

@@ -178,7 +178,15 @@ type Heartbeat struct {
 	CacheHits    int64    `json:"cacheHits"`
 	CacheMisses  int64    `json:"cacheMisses"`
 	IntervalSecs float64  `json:"intervalSeconds"`
+	// FirstReads are, per Dataset ("namespace/name", one of Datasets),
+	// the first objects the pod read of it, in order, at most
+	// FirstReadsPerClient: the controller warms the next burst's workers
+	// with what a burst read first.
+	FirstReads map[string][]string `json:"firstReads,omitempty"`
 }
+
+// FirstReadsPerClient bounds a heartbeat's first reads per Dataset.
+const FirstReadsPerClient = 8
 
 // HeartbeatResponse is the controller's answer ("" or HeartbeatExit).
 type HeartbeatResponse struct {

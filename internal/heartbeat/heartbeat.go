@@ -34,6 +34,8 @@ type Sender struct {
 	Registry prometheus.Gatherer
 	// Volumes are the pod's converted volumes (their Datasets are named).
 	Volumes []contract.SidecarVolume
+	// FirstReads, when set, are what the volumes read first.
+	FirstReads *FirstReads
 	// TLS verifies an https:// controller (nil: the system roots).
 	// Insecure lets the token go to an http:// controller; without it a
 	// beat to one is refused.
@@ -107,6 +109,7 @@ func (h *Sender) beat(lastBytes int64, dt time.Duration) contract.Heartbeat {
 	hb.BytesServed = int64(sums["sluice_bytes_served_total"])
 	hb.CacheHits = int64(sums["sluice_cache_hits_total"])
 	hb.CacheMisses = int64(sums["sluice_cache_misses_total"])
+	hb.FirstReads = h.FirstReads.snapshot()
 	if dt > 0 {
 		hb.BytesPerSec = float64(hb.BytesServed-lastBytes) / dt.Seconds()
 	}

@@ -215,6 +215,17 @@ type DatasetStatus struct {
 	// Preload is the progress of the last preload.
 	// +optional
 	Preload *PreloadStatus `json:"preload,omitempty"`
+	// FirstReads are the objects the clients of the latest burst read
+	// first (from the sidecars' heartbeats), those most clients read first
+	// first. When the pods of the next burst are admitted, before any of
+	// them reads, the controller warms the workers with these (Warm).
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=1024
+	// +optional
+	FirstReads []string `json:"firstReads,omitempty"`
+	// Warm is the progress of the latest warm-up with FirstReads.
+	// +optional
+	Warm *PreloadStatus `json:"warm,omitempty"`
 	// Conditions: Ready, SourceReachable, Scaling, Preloaded.
 	// +listType=map
 	// +listMapKey=type
@@ -222,7 +233,7 @@ type DatasetStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
-// PreloadStatus is a preload's progress.
+// PreloadStatus is the progress of a preload or a warm-up.
 type PreloadStatus struct {
 	Files      int64 `json:"files"`
 	TotalFiles int64 `json:"totalFiles"`
@@ -235,7 +246,7 @@ type PreloadStatus struct {
 	StartTime *metav1.Time `json:"startTime,omitempty"`
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
-	// Error is why the last preload stopped, if it failed.
+	// Error is why it stopped, if it failed.
 	// +optional
 	Error string `json:"error,omitempty"`
 }

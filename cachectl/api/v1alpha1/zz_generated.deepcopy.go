@@ -180,6 +180,16 @@ func (in *DatasetStatus) DeepCopyInto(out *DatasetStatus) {
 		*out = new(PreloadStatus)
 		(*in).DeepCopyInto(*out)
 	}
+	if in.FirstReads != nil {
+		in, out := &in.FirstReads, &out.FirstReads
+		*out = make([]string, len(*in))
+		copy(*out, *in)
+	}
+	if in.Warm != nil {
+		in, out := &in.Warm, &out.Warm
+		*out = new(PreloadStatus)
+		(*in).DeepCopyInto(*out)
+	}
 	if in.Conditions != nil {
 		in, out := &in.Conditions, &out.Conditions
 		*out = make([]metav1.Condition, len(*in))
