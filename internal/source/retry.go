@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -155,10 +156,40 @@ func (r *retrySource) List(ctx context.Context, dir string) ([]Entry, error) {
 var _ Pager = (*retrySource)(nil)
 
 // ListPages retries a listing that failed from its start: its pages come
-// again, as Pager allows.
+// again, as Pager allows. A large prefix on a slow origin takes as long
+// as it takes while its pages keep coming: an attempt ends when no page
+// has arrived for List, and the budget runs from the latest page (or
+// ctx's deadline, if it has one).
 func (r *retrySource) ListPages(ctx context.Context, dir string, page func([]Entry) error) error {
-	return r.do(ctx, "list", dir, fixed(r.p.List), func(ctx context.Context) error {
-		return ListPages(ctx, r.s, dir, page)
+	var mu sync.Mutex
+	latest := time.Now()
+	progressed := func() {
+		mu.Lock()
+		latest = time.Now()
+		mu.Unlock()
+	}
+	spent := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if since := time.Since(latest); since >= r.p.Budget {
+			return fmt.Errorf("%w: no page of the listing for %s", context.DeadlineExceeded, since.Round(time.Millisecond))
+		}
+		return nil
+	}
+	return r.retry(ctx, "list", dir, fixed(0), spent, func(ctx context.Context) error {
+		sctx, stall := context.WithCancel(ctx)
+		defer stall()
+		t := time.AfterFunc(r.p.List, stall)
+		defer t.Stop()
+		err := ListPages(sctx, r.s, dir, func(es []Entry) error {
+			t.Reset(r.p.List)
+			progressed()
+			return page(es)
+		})
+		if err != nil && sctx.Err() != nil && ctx.Err() == nil { // the stall, not the caller
+			return fmt.Errorf("%w: no page of the listing for %s (%v)", context.DeadlineExceeded, r.p.List, err)
+		}
+		return err
 	})
 }
 
@@ -188,11 +219,26 @@ func (r *retrySource) ReadAt(ctx context.Context, path, version string, p []byte
 // fixed is an attempt deadline that does not change between attempts.
 func fixed(d time.Duration) func() time.Duration { return func() time.Duration { return d } }
 
+// do runs try until it succeeds, fails for good, or the budget (ctx's
+// deadline, else Budget) or Attempts are spent.
 func (r *retrySource) do(ctx context.Context, op, path string, perAttempt func() time.Duration, try func(context.Context) error) error {
 	ctx, cancel := r.p.Bound(ctx)
 	defer cancel()
+	return r.retry(ctx, op, path, perAttempt, nil, try)
+}
+
+// retry is do within ctx as it is; spent, when set, ends the retries with
+// its error (a budget of its own).
+func (r *retrySource) retry(ctx context.Context, op, path string, perAttempt func() time.Duration, spent func() error,
+	try func(context.Context) error) error {
 	var last error
 	for attempt := 0; r.p.Attempts <= 0 || attempt < r.p.Attempts; attempt++ {
+		if attempt > 0 && spent != nil {
+			if err := spent(); err != nil {
+				klog.InfoS("Source request failed within its budget", "source", r.s.ID(), "op", op, "path", path, "err", last)
+				return fmt.Errorf("%s %q: %w (last error: %w)", op, path, err, last)
+			}
+		}
 		if attempt > 0 {
 			d := r.p.Backoff(attempt)
 			klog.V(2).InfoS("Retrying source request", "source", r.s.ID(), "op", op, "path", path,
@@ -225,7 +271,8 @@ func (r *retrySource) do(ctx context.Context, op, path string, perAttempt func()
 	return fmt.Errorf("%s %q: giving up after %d attempts: %w", op, path, r.p.Attempts, last)
 }
 
-// attempt runs one try within its deadline and one of the origin's Slots.
+// attempt runs one try within its deadline (none when perAttempt is 0)
+// and one of the origin's Slots.
 func (r *retrySource) attempt(ctx context.Context, perAttempt time.Duration, try func(context.Context) error) error {
 	if r.limit != nil {
 		if err := r.limit.Acquire(ctx, IsReadahead(ctx)); err != nil {
@@ -233,7 +280,13 @@ func (r *retrySource) attempt(ctx context.Context, perAttempt time.Duration, try
 		}
 	}
 	start := time.Now()
-	actx, cancel := context.WithTimeout(ctx, perAttempt)
+	var actx context.Context
+	var cancel context.CancelFunc
+	if perAttempt > 0 {
+		actx, cancel = context.WithTimeout(ctx, perAttempt)
+	} else {
+		actx, cancel = context.WithCancel(ctx)
+	}
 	err := try(actx)
 	cancel()
 	if r.limit != nil {
