@@ -29,6 +29,8 @@ const (
 	// workers in a namespace; it may create TokenReviews (to admit pods).
 	WorkerServiceAccount = "sluice-cache-worker"
 	metricsPort          = 9090
+	// probeTimeout is the workers' probes' timeout, seconds.
+	probeTimeout = 5
 )
 
 // Defaults of a Dataset's spec.cache.
@@ -196,10 +198,16 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: contract.WorkersPort},
 					{Name: "metrics", ContainerPort: metricsPort}},
+				// A worker serving a burst on a saturated node answers its
+				// probes late (the default 1 s timed out in the e2e burst, and
+				// the worker left its Service mid-burst); a worker that
+				// cannot answer within 5 s is out.
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-					Path: "/readyz", Port: intstr.FromString("http"), Scheme: scheme}}, PeriodSeconds: 2, FailureThreshold: 2},
+					Path: "/readyz", Port: intstr.FromString("http"), Scheme: scheme}}, PeriodSeconds: 2, FailureThreshold: 2,
+					TimeoutSeconds: probeTimeout},
 				LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-					Path: "/healthz", Port: intstr.FromString("http"), Scheme: scheme}}, PeriodSeconds: 10, FailureThreshold: 6},
+					Path: "/healthz", Port: intstr.FromString("http"), Scheme: scheme}}, PeriodSeconds: 10, FailureThreshold: 6,
+					TimeoutSeconds: probeTimeout},
 				Resources: corev1.ResourceRequirements{
 					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: request},
 					Limits:   corev1.ResourceList{corev1.ResourceMemory: limit, corev1.ResourceEphemeralStorage: disk},

@@ -557,6 +557,17 @@ func (e *env) logWorkerStarts(t *testing.T, ns, dataset string, start time.Time)
 		t.Logf("worker %s: created %s, scheduled %s, started %s, Ready %s after the Job was created (whole seconds)",
 			p.Name, since(p.CreationTimestamp.Time), since(scheduled), since(started), since(ready))
 	}
+	// A worker whose probe failed under the burst's load left the
+	// Service for a while: the kubelet's Unhealthy events say why.
+	evs, err := e.cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "reason=Unhealthy"})
+	if err != nil {
+		return
+	}
+	for _, ev := range evs.Items {
+		if strings.HasPrefix(ev.InvolvedObject.Name, cachectl.WorkersName(dataset)) {
+			t.Logf("worker %s: %d× %s", ev.InvolvedObject.Name, ev.Count, ev.Message)
+		}
+	}
 }
 
 // firstStarted is the earliest start time of the container named name
