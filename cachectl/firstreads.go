@@ -71,11 +71,8 @@ func validFirstReads(hb contract.Heartbeat) map[string][]string {
 	for _, ds := range hb.Datasets {
 		var keep []string
 		for _, p := range hb.FirstReads[ds] {
-			if len(keep) == contract.FirstReadsPerClient {
-				break
-			}
-			if p != "" && len(p) <= maxReadPath && path.Clean("/" + p)[1:] == p && !slices.Contains(keep, p) {
-				keep = append(keep, p)
+			if p != "" && len(p) <= maxReadPath && path.Clean("/" + p)[1:] == p {
+				keep = contract.AddFirstRead(keep, p)
 			}
 		}
 		if len(keep) > 0 {

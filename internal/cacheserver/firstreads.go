@@ -3,6 +3,7 @@ package cacheserver
 import (
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sluice-dev/sluice/internal/contract"
 )
@@ -11,17 +12,20 @@ import (
 // Source read, in the order of their first read (a heartbeat reports
 // them; the controller warms the next burst's workers with them).
 type firstReads struct {
+	full  atomic.Bool // every read after the first few skips the lock
 	mu    sync.Mutex
 	paths []string
 }
 
 // note records p unless it is already recorded or the list is full.
 func (f *firstReads) note(p string) {
+	if f.full.Load() {
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.paths) < contract.FirstReadsPerClient && !slices.Contains(f.paths, p) {
-		f.paths = append(f.paths, p)
-	}
+	f.paths = contract.AddFirstRead(f.paths, p)
+	f.full.Store(len(f.paths) == contract.FirstReadsPerClient)
 }
 
 func (f *firstReads) list() []string {

@@ -4,7 +4,10 @@
 // of sluice's own, so every component may depend on it.
 package contract
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
 const (
 	// DriverName is the CSI driver name.
@@ -187,6 +190,15 @@ type Heartbeat struct {
 
 // FirstReadsPerClient bounds a heartbeat's first reads per Dataset.
 const FirstReadsPerClient = 8
+
+// AddFirstRead appends p to first reads paths unless p is there already
+// or they are FirstReadsPerClient long.
+func AddFirstRead(paths []string, p string) []string {
+	if len(paths) >= FirstReadsPerClient || slices.Contains(paths, p) {
+		return paths
+	}
+	return append(paths, p)
+}
 
 // HeartbeatResponse is the controller's answer ("" or HeartbeatExit).
 type HeartbeatResponse struct {

@@ -1,7 +1,6 @@
 package heartbeat
 
 import (
-	"slices"
 	"sync"
 
 	"github.com/sluice-dev/sluice/internal/contract"
@@ -40,9 +39,7 @@ func (f *FirstReads) snapshot() map[string][]string {
 		var paths []string
 		for _, fn := range fns {
 			for _, p := range fn() {
-				if len(paths) < contract.FirstReadsPerClient && !slices.Contains(paths, p) {
-					paths = append(paths, p)
-				}
+				paths = contract.AddFirstRead(paths, p)
 			}
 		}
 		if len(paths) > 0 {
