@@ -190,7 +190,7 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 			ServiceAccountName:            WorkerServiceAccount,
 			NodeSelector:                  t.NodeSelector,
 			SecurityContext:               podSC,
-			TerminationGracePeriodSeconds: ptr.To[int64](45), // > the workers' 30 s drain
+			TerminationGracePeriodSeconds: ptr.To[int64](60), // > the workers' 15 s handover + 30 s drain
 			Containers: []corev1.Container{{
 				Name: "worker", Image: t.Image, ImagePullPolicy: t.ImagePullPolicy, Args: args, Env: env,
 				// A worker that cannot reach the origin says why in its

@@ -385,6 +385,11 @@ func TestBurstReadsOriginOnce(t *testing.T) {
 			t.Fatalf("workers did not scale back down to 1 within 3 minutes of the burst")
 		}
 	}
+	// The leaving workers hand the blocks they served over to the one
+	// that stays, before they end.
+	e.waitWorkerPods(t, ns, "shard", 1, 2*time.Minute)
+	t.Logf("the leaving workers ended %s after the scale-down began", time.Since(downAt).Round(time.Second))
+	before, _ := e.workerOriginBytes(t, ns, "shard")
 
 	// The sidecars' heartbeats said what the burst read first; the next
 	// burst's workers are warmed with it when its first pod is admitted.
@@ -417,6 +422,29 @@ func TestBurstReadsOriginOnce(t *testing.T) {
 		t.Logf("next burst of %d pods: verified in %s; warm-up of shard.bin started %s and ended %s after its Job was created, its first app started at %s (whole seconds)",
 			again, took.Round(time.Millisecond), w2.StartTime.Sub(base).Round(time.Second), w2.CompletionTime.Sub(base).Round(time.Second),
 			first.Sub(base).Round(time.Second))
+	}
+	// Workers 1 → 3 → 1: what the leaving workers held stayed in the set,
+	// so the next burst did not read it from the origin again.
+	after, _ := e.workerOriginBytes(t, ns, "shard")
+	again2 := (after - before) / float64(len(data))
+	t.Logf("the origin served %.2f× the file during the burst and %.2f× more for the next one, after the scale-down's handover", ratio, again2)
+	if ratio+again2 > 1.02 {
+		t.Errorf("workers 1 → 3 → 1 and two bursts read the origin %.2f× the file (%.2f + %.2f), want ≤ 1.02", ratio+again2, ratio, again2)
+	}
+}
+
+// waitWorkerPods waits until the Dataset has exactly n worker pods (the
+// terminating ones gone).
+func (e *env) waitWorkerPods(t *testing.T, ns, dataset string, n int, limit time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); ; time.Sleep(time.Second) {
+		pods, err := e.cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: cachectl.LabelDataset + "=" + dataset})
+		if err == nil && len(pods.Items) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the Dataset %s still had %d worker pods after %s, want %d", dataset, len(pods.Items), limit, n)
+		}
 	}
 }
 

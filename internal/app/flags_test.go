@@ -96,6 +96,8 @@ func TestPeerFlagsValidate(t *testing.T) {
 		{"a name, not an IP", with(func(p *PeerFlags) { p.Self = "worker-0" }), "--peer-ip"},
 		{"no token", with(func(p *PeerFlags) { p.TokenFile = "" }), "--peer-token-file"},
 		{"a token in the clear", with(func(p *PeerFlags) { p.CAFile = "" }), "--peers-ca"},
+		{"no handover", with(func(p *PeerFlags) { p.Handover = 0 }), ""},
+		{"a negative handover", with(func(p *PeerFlags) { p.Handover = -time.Second }), "--handover-timeout"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -109,7 +109,11 @@ func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Below, err = o.Peers.below(ctx, o.Dataset, m); err != nil {
+	// The peers' pool outlives ctx by the handover.
+	pctx, stopPeers := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPeers()
+	var peers *cacheserver.Pool
+	if cfg.Below, peers, err = o.Peers.below(pctx, o.Dataset, m); err != nil {
 		return err
 	}
 	rt, err := datapath.Open(ctx, cfg)
@@ -118,7 +122,7 @@ func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
 	}
 	defer rt.Cache.Close()
 	api, err := cacheserver.NewServer(cacheserver.ServerConfig{Dataset: o.Dataset, Listings: rt.Listings,
-		Cache: rt.Cache, Auth: auth, MaxInFlight: o.MaxInFlight})
+		Cache: rt.Cache, Auth: auth, MaxInFlight: o.MaxInFlight, Peers: peers})
 	if err != nil {
 		return err
 	}
@@ -149,6 +153,11 @@ func (o *WorkerOptions) RunWorker(ctx context.Context, out io.Writer) error {
 	case <-ctx.Done():
 	}
 	api.Drain()
+	if peers != nil && o.Peers.Handover > 0 {
+		hctx, cancel := context.WithTimeout(context.Background(), o.Peers.Handover)
+		api.HandOver(hctx, peers, ln.Addr().(*net.TCPAddr).Port)
+		cancel()
+	}
 	klog.InfoS("Draining", "timeout", o.DrainTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), o.DrainTimeout)
 	defer cancel()

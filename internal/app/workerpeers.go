@@ -24,6 +24,8 @@ type PeerFlags struct {
 	TokenFile string
 	CAFile    string
 	Insecure  bool
+	// Handover bounds the scale-down handover on SIGTERM (0: none).
+	Handover time.Duration
 }
 
 // AddFlags registers the peer flags.
@@ -33,10 +35,14 @@ func (p *PeerFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&p.TokenFile, "peer-token-file", "", "with --peers-dns: the token presented to the peers (a projected service-account token)")
 	fs.StringVar(&p.CAFile, "peers-ca", "", "with --peers-dns: the CA bundle the peers' certificates chain to (they are then reached over TLS)")
 	fs.BoolVar(&p.Insecure, "insecure-peers", false, "with --peers-dns: send the token to the peers over plain http:// (a trusted network only)")
+	fs.DurationVar(&p.Handover, "handover-timeout", 15*time.Second, "with --peers-dns, on SIGTERM: how long the remaining peers may take the blocks this worker served last (0: no handover)")
 }
 
 // Validate checks the peer flags.
 func (p *PeerFlags) Validate() error {
+	if p.Handover < 0 {
+		return fmt.Errorf("--handover-timeout %s: must not be negative", p.Handover)
+	}
 	if p.DNS == "" {
 		return nil
 	}
@@ -55,11 +61,11 @@ func (p *PeerFlags) Validate() error {
 }
 
 // below returns the wrapper of the worker's Getter that asks the peers
-// first (nil without --peers-dns), and keeps the peer set current until
-// ctx ends.
-func (p *PeerFlags) below(ctx context.Context, dataset string, m *metrics.Cache) (func(blockcache.Getter) blockcache.Getter, error) {
+// first and the peers' pool (nil, nil without --peers-dns), and keeps the
+// peer set current until ctx ends.
+func (p *PeerFlags) below(ctx context.Context, dataset string, m *metrics.Cache) (func(blockcache.Getter) blockcache.Getter, *cacheserver.Pool, error) {
 	if p.DNS == "" {
-		return nil, nil
+		return nil, nil, nil
 	}
 	// The set is resolved every 2 s: a worker that has just joined must
 	// see the others that joined with it to ask the right one.
@@ -67,9 +73,9 @@ func (p *PeerFlags) below(ctx context.Context, dataset string, m *metrics.Cache)
 		Exclude: p.Self, Insecure: p.Insecure, Metrics: m, Timeout: 10 * time.Second}
 	pool, err := datapath.StartPool(ctx, pc, p.CAFile, "--peers-ca")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	return func(origin blockcache.Getter) blockcache.Getter {
 		return &cacheserver.PeerGetter{Peers: pool, Origin: origin}
-	}, nil
+	}, pool, nil
 }

@@ -308,14 +308,17 @@ func (c *Cache) readDiskWhole(b BlockRef, key string) (*buffer, uint32) {
 // tier below it is readahead (source.WithReadahead) — unless a reader
 // joins it first, which makes it a demand fetch.
 func (c *Cache) fetch(ctx context.Context, b BlockRef, key string, readahead bool) (*buffer, uint32, error) {
-	f, _ := c.flights.join(key, readahead, c.run(b, key, readahead))
+	f, _ := c.flights.join(key, readahead, c.run(b, key, readahead, c.get))
 	return c.flights.wait(ctx, f)
 }
 
-// run is the work of block b's flight.
-func (c *Cache) run(b BlockRef, key string, readahead bool) func(*flight) {
+// getFunc fills a block's buffer from below, with its checksum when known.
+type getFunc func(ctx context.Context, b BlockRef, p []byte) (crc uint32, known bool, err error)
+
+// run is the work of block b's flight, fetching with get.
+func (c *Cache) run(b BlockRef, key string, readahead bool, get getFunc) func(*flight) {
 	return func(f *flight) {
-		buf, crc, err := c.fly(b, key, readahead, f)
+		buf, crc, err := c.fly(b, key, readahead, f, get)
 		c.flights.finish(key, f, buf, crc, err)
 		if buf != nil {
 			buf.release()
@@ -325,7 +328,7 @@ func (c *Cache) run(b BlockRef, key string, readahead bool) func(*flight) {
 
 // fly is one flight's work: the block from memory, the write-behind queue,
 // the disk or the tier below, with one reference for the flight.
-func (c *Cache) fly(b BlockRef, key string, readahead bool, f *flight) (*buffer, uint32, error) {
+func (c *Cache) fly(b BlockRef, key string, readahead bool, f *flight, get getFunc) (*buffer, uint32, error) {
 	if buf, crc, ok := c.local(b, key); ok {
 		return buf, crc, nil
 	}
@@ -350,7 +353,7 @@ func (c *Cache) fly(b BlockRef, key string, readahead bool, f *flight) (*buffer,
 		fctx = source.WithProgress(fctx, func(n int) { c.flights.progressed(f, n) })
 	}
 	start := time.Now()
-	crc, known, err := c.get(fctx, b, buf.data)
+	crc, known, err := get(fctx, b, buf.data)
 	c.cfg.Metrics.Fetched(len(buf.data), time.Since(start), err)
 	if err != nil {
 		c.flights.dropBuf(f)

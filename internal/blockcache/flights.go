@@ -84,6 +84,13 @@ func (fs *flights) joinExisting(key string, readahead bool) *flight {
 	return f
 }
 
+// has reports whether key has a flight.
+func (fs *flights) has(key string) bool {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.m[key] != nil
+}
+
 // isPromoted reports whether a reader waits for f.
 func (fs *flights) isPromoted(f *flight) bool {
 	fs.mu.Lock()

@@ -33,7 +33,7 @@ func rangeReaderOf(g Getter) BlockRangeReader {
 // cache.
 func (c *Cache) fetchPart(ctx context.Context, b BlockRef, key string, dst []byte, inOff int64, l *Lease, ranged bool) error {
 	end := inOff + int64(len(dst))
-	f, start := c.flights.join(key, false, c.run(b, key, false))
+	f, start := c.flights.join(key, false, c.run(b, key, false, c.get))
 	if !start || !ranged || c.ranges == nil || int64(len(dst)) >= b.Len() {
 		buf, _, err := c.flights.waitFor(ctx, f, int(end))
 		if err != nil {

@@ -1,6 +1,10 @@
 package blockcache
 
-import "k8s.io/klog/v2"
+import (
+	"context"
+
+	"k8s.io/klog/v2"
+)
 
 // present reports whether readahead has nothing to do for a block: it is
 // in memory or queued for the disk, or on the disk and read from there in
@@ -44,4 +48,35 @@ func (c *Cache) Prefetch(obj ObjectRef, from, to int64) {
 			buf.release()
 		}()
 	}
+}
+
+// Holds reports whether the cache holds b in any tier or is fetching it,
+// without reading it or touching the LRU order.
+func (c *Cache) Holds(b BlockRef) bool {
+	key := b.Key()
+	if c.mem.contains(key) || c.flights.has(key) {
+		return true
+	}
+	return c.disk != nil && (c.behind.has(key) || c.disk.has(b))
+}
+
+// Adopt fetches block b with get instead of the tier below, at readahead
+// priority, and keeps it like any fetched block; a cache worker takes a
+// leaving peer's blocks this way. A block the cache holds or is fetching
+// is left as it is (adopted is false).
+func (c *Cache) Adopt(ctx context.Context, b BlockRef, get func(ctx context.Context, p []byte) (crc uint32, err error)) (adopted bool, err error) {
+	if c.Holds(b) {
+		return false, nil
+	}
+	key := b.Key()
+	f, start := c.flights.join(key, true, c.run(b, key, true, func(ctx context.Context, _ BlockRef, p []byte) (uint32, bool, error) {
+		crc, err := get(ctx, p)
+		return crc, err == nil, err
+	}))
+	buf, _, err := c.flights.wait(ctx, f)
+	if err != nil {
+		return false, err
+	}
+	buf.release()
+	return start, nil
 }

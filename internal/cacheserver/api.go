@@ -5,7 +5,7 @@
 // blockcache code as every mount) and is the only reader of the origin for
 // its clients. Clients pick a worker per block by rendezvous (HRW) hashing
 // of the block key over the worker set, so the set shards the dataset and a
-// new worker takes over only its share. API (all GET, bearer token):
+// new worker takes over only its share. API (bearer token):
 //
 //	/v1/datasets/{dataset}/list?path=DIR          JSON []source.Entry
 //	/v1/datasets/{dataset}/stat?path=P            JSON source.Entry
@@ -15,6 +15,7 @@
 //	    arrived from the origin, before the rest of the block.
 //	/v1/datasets/{dataset}/batch?path=P1&version=V1&len=N1&path=P2&...
 //	    the first N bytes of each of up to 64 objects, framed (batch.go)
+//	POST /v1/datasets/{dataset}/handover          a leaving peer's blocks (handover.go)
 //	/healthz, /readyz                             no token
 //
 // While a data request is being worked on, the worker sends an interim

@@ -124,12 +124,20 @@ func startWorkerTLS(t *testing.T, src source.Source, tc *tls.Config) *testWorker
 // startWorkerWith starts a worker whose cache reads from getter.
 func startWorkerWith(t *testing.T, src source.Source, tc *tls.Config, getter blockcache.Getter) *testWorker {
 	t.Helper()
+	return startWorkerPeers(t, src, tc, getter, nil)
+}
+
+// startWorkerPeers is startWorkerWith for a worker with peers (it takes
+// handovers from them).
+func startWorkerPeers(t *testing.T, src source.Source, tc *tls.Config, getter blockcache.Getter, peers *Pool) *testWorker {
+	t.Helper()
 	cache, err := blockcache.New(blockcache.Config{BlockSize: testBlock, MemoryBytes: 64 << 20,
 		DiskDir: t.TempDir(), Getter: getter})
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := NewServer(ServerConfig{Listings: listcache.New(src, time.Minute), Cache: cache, Auth: &StaticToken{token: []byte(testToken)}})
+	api, err := NewServer(ServerConfig{Listings: listcache.New(src, time.Minute), Cache: cache, Auth: &StaticToken{token: []byte(testToken)},
+		Peers: peers})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,6 +62,9 @@ type ServerConfig struct {
 	Cache       *blockcache.Cache
 	Auth        Authenticator
 	MaxInFlight int // concurrent data requests; more get 429 (default 1024)
+	// Peers are the other workers of the Dataset, whose Cache reads them
+	// first (PeerGetter); nil: the worker takes no handover.
+	Peers *Pool
 }
 
 // Server is the cache worker's HTTP API.
@@ -71,6 +74,7 @@ type Server struct {
 	slots    chan struct{}
 	draining atomic.Bool
 	mux      *http.ServeMux
+	served   *servedLog // the blocks to hand over on scale-down
 }
 
 // NewServer returns a worker API over cfg.
@@ -84,10 +88,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 1024
 	}
-	s := &Server{cfg: cfg, srcID: cfg.Listings.Source().ID(), slots: make(chan struct{}, cfg.MaxInFlight), mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, srcID: cfg.Listings.Source().ID(), slots: make(chan struct{}, cfg.MaxInFlight), mux: http.NewServeMux(),
+		served: newServedLog()}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /v1/datasets/{dataset}/{op}", s.data)
+	s.mux.HandleFunc("POST /v1/datasets/{dataset}/handover", s.handover)
 	return s, nil
 }
 
@@ -106,16 +112,27 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	w.Write([]byte("ok\n"))
 }
 
+// authorized authenticates r, answering 401 or 403 when it fails.
+func (s *Server) authorized(w http.ResponseWriter, r *http.Request) bool {
+	err := s.cfg.Auth.Authenticate(r)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, source.ErrPermission):
+		http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
+	default:
+		http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+	}
+	return false
+}
+
 func (s *Server) data(w http.ResponseWriter, r *http.Request) {
-	if err := s.cfg.Auth.Authenticate(r); err != nil {
-		if errors.Is(err, source.ErrPermission) {
-			http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
-		} else {
-			http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
-		}
+	if !s.authorized(w, r) {
 		return
 	}
-	if s.draining.Load() {
+	// A draining worker still answers its peers: they pull its blocks in
+	// the handover (handover.go).
+	if s.draining.Load() && r.Header.Get(PeerHeader) != "1" {
 		http.Error(w, "draining", http.StatusServiceUnavailable)
 		return
 	}
@@ -304,6 +321,7 @@ func (s *Server) read(ctx context.Context, r *http.Request, p string) (func(http
 func (s *Server) body(ctx context.Context, obj blockcache.ObjectRef, off, n int64) ([]byte, uint32, func(), error) {
 	bs := s.cfg.Cache.BlockSize()
 	if b := (blockcache.BlockRef{Object: obj, Index: off / bs, BlockSize: bs}); off%bs == 0 && n == b.Len() {
+		s.served.note(b)
 		return s.cfg.Cache.Block(ctx, b)
 	}
 	buf := make([]byte, n)
