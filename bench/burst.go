@@ -132,7 +132,9 @@ type BurstResult struct {
 	// client, and one client's mean CPU-seconds (user+sys).
 	ClientPeakRSS int64   `json:"clientPeakRSSBytes,omitempty"`
 	ClientCPUSec  float64 `json:"clientCPUSeconds,omitempty"`
-	Note          string  `json:"note,omitempty"`
+	// Counters (sluice mode) say where the origin bytes went.
+	Counters *BurstCounters `json:"counters,omitempty"`
+	Note     string         `json:"note,omitempty"`
 }
 
 // burstEnv is what every mode shares: the origin behind its capped proxy.
@@ -148,6 +150,9 @@ type burstEnv struct {
 
 	workers    []*child
 	workerURLs []string
+	// mountCounters are the mounts' series of the last mounted run, read
+	// before they stopped.
+	mountCounters []map[string]float64
 }
 
 // RunBurst runs every mode at every client count and reports.
@@ -173,6 +178,7 @@ func (o *BurstOptions) RunBurst(ctx context.Context, out io.Writer) error {
 		}
 	}
 	printBurst(out, results, o)
+	printBurstCounters(out, results)
 	if o.JSON != "" {
 		if err := writeBurstJSON(o, results); err != nil {
 			return err
@@ -280,6 +286,9 @@ func (e *burstEnv) run(ctx context.Context, mode string, n int) (BurstResult, er
 	r.TTFBp50Ms, r.TTFBp99Ms = percentile(ttfb, 0.50), percentile(ttfb, 0.99)
 	if mode == ModeRclone || mode == ModeSluice {
 		r.ClientPeakRSS, r.ClientCPUSec = e.clientUse.peakRSS, e.clientUse.cpu
+	}
+	if mode == ModeSluice {
+		r.Counters = e.counters()
 	}
 	klog.V(2).InfoS("Burst mode done", "mode", mode, "clients", n, "makespan", makespan)
 	return r, nil

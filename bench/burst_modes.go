@@ -82,6 +82,18 @@ func (e *burstEnv) runMounted(ctx context.Context, n int, start func(ctx context
 		return e.readAll(ctx, dirs[i])
 	})
 	makespan := time.Since(t0)
+	e.mountCounters = e.mountCounters[:0]
+	for _, k := range kids {
+		if k.metrics == "" {
+			continue
+		}
+		m, err := scrapeMetrics(k.metrics, mountSeries...)
+		if err != nil {
+			klog.InfoS("Reading a mount's counters", "mount", k.mountPoint, "err", err)
+			continue
+		}
+		e.mountCounters = append(e.mountCounters, m)
+	}
 	stopAll(kids)
 	e.clientUse = clientUse{}
 	for _, k := range kids {
@@ -149,10 +161,18 @@ func (e *burstEnv) startMount(ctx context.Context, dir string, workers []string,
 	if creds {
 		env = e.creds()
 	}
-	return startServing(ctx, "sluice mount", dir, e.o.Sluice, []string{"mount", origin, dir,
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	k, err := startServing(ctx, "sluice mount", dir, e.o.Sluice, []string{"mount", origin, dir,
 		"--workers", strings.Join(workers, ","), "--worker-token-file", e.tokenFile(), "--insecure-workers",
 		fmt.Sprintf("--origin-fallback=%t", creds), "--cache-dir", "", "--cache-memory", "64Mi",
-		"--cache-disk", "4Gi", "--block-size", e.o.BlockSize}, env, "serving")
+		"--cache-disk", "4Gi", "--block-size", e.o.BlockSize, "--metrics-addr", addr}, env, "serving")
+	if k != nil {
+		k.metrics = addr
+	}
+	return k, err
 }
 
 func (e *burstEnv) originURL() string { return originURLOf(e.proxy.URL()) }
@@ -190,13 +210,18 @@ func (e *burstEnv) startWorker(ctx context.Context, cacheDir, listen, origin str
 	if err := os.WriteFile(e.tokenFile(), []byte("bench-token\n"), 0o600); err != nil {
 		return nil, "", err
 	}
-	k, err := startServing(ctx, "cache-worker", cacheDir, e.o.Sluice, []string{"cache-worker", origin,
-		"--listen", listen, "--token-file", e.tokenFile(), "--block-size", e.o.BlockSize,
-		"--cache-dir", cacheDir, "--cache-memory", "512Mi", "--cache-disk", "8Gi", "--max-fetches", "16"},
-		e.creds(), "listening on ")
+	maddr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
 	}
+	k, err := startServing(ctx, "cache-worker", cacheDir, e.o.Sluice, []string{"cache-worker", origin,
+		"--listen", listen, "--token-file", e.tokenFile(), "--block-size", e.o.BlockSize,
+		"--cache-dir", cacheDir, "--cache-memory", "512Mi", "--cache-disk", "8Gi", "--max-fetches", "16",
+		"--metrics-addr", maddr}, e.creds(), "listening on ")
+	if err != nil {
+		return nil, "", err
+	}
+	k.metrics = maddr
 	_, addr, _ := strings.Cut(k.out.tail(), "listening on ")
 	addr, _, _ = strings.Cut(addr, "\n")
 	return k, "http://" + strings.TrimSpace(addr), nil

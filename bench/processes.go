@@ -41,6 +41,8 @@ type child struct {
 	stopOnce   sync.Once
 	stopErr    error
 	hwm        int64 // VmHWM in bytes, read by stop (0: not read)
+	// metrics is the address of its /metrics endpoint ("": none).
+	metrics string
 }
 
 // vmHWM is the peak resident set of a running process (VmHWM of

@@ -433,6 +433,12 @@ const (
 
 // scrapeCounters reads sluice's served and origin byte counters.
 func scrapeCounters(addr string) (map[string]float64, error) {
+	return scrapeMetrics(addr, servedMetric, originMetric)
+}
+
+// scrapeMetrics reads the series of the named metrics from a sluice
+// /metrics endpoint, keyed as printed (name{labels}).
+func scrapeMetrics(addr string, names ...string) (map[string]float64, error) {
 	hc := &http.Client{Timeout: 10 * time.Second}
 	resp, err := hc.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -443,10 +449,15 @@ func scrapeCounters(addr string) (map[string]float64, error) {
 	s := bufio.NewScanner(resp.Body)
 	for s.Scan() {
 		f := strings.Fields(s.Text())
-		if len(f) == 2 && (f[0] == servedMetric || f[0] == originMetric) {
-			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
-				out[f[0]] = v
-			}
+		if len(f) != 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(f[0], "{")
+		if !slices.Contains(names, name) {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+			out[f[0]] = v
 		}
 	}
 	return out, s.Err()
