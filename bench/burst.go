@@ -29,13 +29,19 @@ type BurstOptions struct {
 	FilesAtOnce               int // files one client reads at once
 	Clients                   []int
 	Workers                   int
-	Bandwidth                 string
-	Modes                     []string
-	RcloneMaxClients          int
-	NaiveMaxClients           int
-	BlockSize                 string
-	JSON                      string
-	WorkDir                   string
+	// WorkerPeers gives each worker the others as its peers (as in a
+	// cluster, where they find each other through their Service).
+	WorkerPeers      bool
+	Bandwidth        string
+	Modes            []string
+	RcloneMaxClients int
+	NaiveMaxClients  int
+	BlockSize        string
+	// AheadJoin and ColdJoin: when the workers past the first start in
+	// the scale-ahead and cold-start modes, after the clients' first read.
+	AheadJoin, ColdJoin time.Duration
+	JSON                string
+	WorkDir             string
 	// Keep leaves one sluice mount (and what it needs) up until SIGINT.
 	Keep bool
 	// Plain explains the results in words (the demo).
@@ -54,11 +60,14 @@ func (o *BurstOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.FilesAtOnce, "files-at-once", 4, "files one client reads at once, in listing order (1: one after another, like sha256sum part-*)")
 	fs.IntSliceVar(&o.Clients, "clients", []int{16}, "concurrent clients (several: --clients 16,64)")
 	fs.IntVar(&o.Workers, "workers", 2, "cache workers")
+	fs.BoolVar(&o.WorkerPeers, "worker-peers", true, "give each cache worker the others as its peers (--peers), as in a cluster")
 	fs.StringVar(&o.Bandwidth, "bandwidth", "100M", "origin bandwidth cap in bytes/s (100M = 100 MB/s)")
 	fs.StringSliceVar(&o.Modes, "modes", []string{ModeNaive, ModeRclone, ModeSluice}, "modes to run")
 	fs.IntVar(&o.NaiveMaxClients, "naive-max-clients", 16, "run the naive mode only up to this many clients (it reads N × the dataset)")
 	fs.IntVar(&o.RcloneMaxClients, "rclone-max-clients", 16, "run the rclone mode only up to this many clients")
 	fs.StringVar(&o.BlockSize, "block-size", "4Mi", "sluice block size")
+	fs.DurationVar(&o.AheadJoin, "ahead-join", 3*time.Second, "scale-ahead mode: the workers past the first start this long after the clients' first read (in the e2e, workers asked for at admission were Ready 3-4 s after the first app started)")
+	fs.DurationVar(&o.ColdJoin, "cold-join", 11*time.Second, "cold-start mode: the workers past the first start this long after the clients' first read (a 5 s heartbeat, then a worker pod's 6-7 s to Ready in the e2e)")
 	fs.StringVar(&o.JSON, "json", "", "write the results as JSON to this file")
 	fs.StringVar(&o.WorkDir, "work-dir", "", "scratch directory (default: a new one under /var/tmp, removed at the end)")
 }
@@ -71,6 +80,11 @@ const (
 	// ModeCopy: each client copies the dataset with `sluice fetch`
 	// through the workers, then reads the copy.
 	ModeCopy = "sluice-copy"
+	// ModeScaleAhead and ModeColdStart: sluice with one worker when the
+	// burst begins; the others join --ahead-join or --cold-join after the
+	// clients' first read (burst_late.go).
+	ModeScaleAhead = "scale-ahead"
+	ModeColdStart  = "cold-start"
 )
 
 // Validate checks the flags.
@@ -85,12 +99,15 @@ func (o *BurstOptions) Validate() error {
 	if o.Files < 1 || o.Workers < 1 || o.FilesAtOnce < 1 {
 		return errors.New("--files, --workers and --files-at-once must be at least 1")
 	}
+	if o.AheadJoin < 0 || o.ColdJoin < 0 {
+		return errors.New("--ahead-join and --cold-join must not be negative")
+	}
 	if len(o.Clients) == 0 || slices.Min(o.Clients) < 1 || slices.Max(o.Clients) > 256 {
 		return errors.New("--clients: want 1..256 clients per run")
 	}
 	for _, m := range o.Modes {
-		if m != ModeNaive && m != ModeRclone && m != ModeSluice && m != ModeCopy {
-			return fmt.Errorf("--modes: unknown mode %q (want naive, rclone, sluice, sluice-copy)", m)
+		if !slices.Contains([]string{ModeNaive, ModeRclone, ModeSluice, ModeCopy, ModeScaleAhead, ModeColdStart}, m) {
+			return fmt.Errorf("--modes: unknown mode %q (want naive, rclone, sluice, sluice-copy, scale-ahead, cold-start)", m)
 		}
 	}
 	if _, err := quantity("--block-size", o.BlockSize); err != nil {
@@ -153,6 +170,11 @@ type burstEnv struct {
 	// mountCounters are the mounts' series of the last mounted run, read
 	// before they stopped.
 	mountCounters []map[string]float64
+	// late starts the workers past the first at the clients' first read
+	// plus its delay, in the late modes (burst_late.go); lateNote says
+	// when they served.
+	late     *lateWorkers
+	lateNote string
 }
 
 // RunBurst runs every mode at every client count and reports.
@@ -263,10 +285,15 @@ func (e *burstEnv) run(ctx context.Context, mode string, n int) (BurstResult, er
 	switch mode {
 	case ModeNaive:
 		ttfb, makespan, err = e.runNaive(ctx, n)
-	case ModeRclone, ModeSluice:
+	case ModeRclone, ModeSluice, ModeScaleAhead, ModeColdStart:
 		start := e.startSluice
-		if mode == ModeRclone {
+		switch mode {
+		case ModeRclone:
 			start = e.startRclone
+		case ModeScaleAhead:
+			start = e.startLate(e.o.AheadJoin)
+		case ModeColdStart:
+			start = e.startLate(e.o.ColdJoin)
 		}
 		e.clientUse = clientUse{}
 		ttfb, makespan, err = e.runMounted(ctx, n, start)
@@ -284,11 +311,12 @@ func (e *burstEnv) run(ctx context.Context, mode string, n int) (BurstResult, er
 		MakespanOverIdeal: makespan.Seconds() / ideal, OriginIdle: idle, Verified: true,
 		AggregateMBps: float64(e.dataset) * float64(n) / makespan.Seconds() / 1e6}
 	r.TTFBp50Ms, r.TTFBp99Ms = percentile(ttfb, 0.50), percentile(ttfb, 0.99)
-	if mode == ModeRclone || mode == ModeSluice {
+	if mode != ModeNaive && mode != ModeCopy {
 		r.ClientPeakRSS, r.ClientCPUSec = e.clientUse.peakRSS, e.clientUse.cpu
 	}
-	if mode == ModeSluice {
+	if mode != ModeNaive && mode != ModeRclone && mode != ModeCopy {
 		r.Counters = e.counters()
+		r.Note = e.lateNote
 	}
 	klog.V(2).InfoS("Burst mode done", "mode", mode, "clients", n, "makespan", makespan)
 	return r, nil

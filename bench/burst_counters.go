@@ -14,14 +14,10 @@ import (
 // counters (each worker is fresh per run) and the mounts' summed over the
 // mounts, read just before they stop.
 type BurstCounters struct {
-	// WorkerOriginBytes is each worker's bytes from the tier below its
-	// cache (the origin; no peers in the bench).
+	// WorkerOriginBytes is each worker's bytes from the origin, and
+	// WorkerPeerBytes each worker's bytes from its peers.
 	WorkerOriginBytes []int64 `json:"workerOriginBytes"`
-	// WorkerFetches is the block fetches of all workers (misses of their
-	// last tier); DuplicateFetches is how many of them were of a block
-	// fetched before (fetches over the dataset's blocks).
-	WorkerFetches    int64 `json:"workerFetches"`
-	DuplicateFetches int64 `json:"duplicateFetches"`
+	WorkerPeerBytes   []int64 `json:"workerPeerBytes"`
 	// DiskWriteDrops are blocks whose disk copy a worker dropped (its
 	// write-behind queue was full); MemoryEvictions and DiskEvictions are
 	// the workers' evictions per tier.
@@ -37,7 +33,7 @@ type BurstCounters struct {
 	RangeReads     int64            `json:"rangeReads"`
 }
 
-var workerSeries = []string{"sluice_origin_bytes_total", "sluice_cache_misses_total", "sluice_cache_evictions_total",
+var workerSeries = []string{"sluice_origin_bytes_total", "sluice_peer_bytes_total", "sluice_cache_evictions_total",
 	"sluice_cache_disk_write_drops_total"}
 
 var mountSeries = []string{"sluice_worker_hedges_total", "sluice_worker_hedge_wins_total",
@@ -45,8 +41,9 @@ var mountSeries = []string{"sluice_worker_hedges_total", "sluice_worker_hedge_wi
 
 // addWorker adds one worker's series.
 func (c *BurstCounters) addWorker(m map[string]float64) {
-	c.WorkerOriginBytes = append(c.WorkerOriginBytes, int64(m["sluice_origin_bytes_total"]))
-	c.WorkerFetches += int64(m[`sluice_cache_misses_total{tier="disk"}`])
+	peer := int64(m["sluice_peer_bytes_total"])
+	c.WorkerOriginBytes = append(c.WorkerOriginBytes, int64(m["sluice_origin_bytes_total"])-peer)
+	c.WorkerPeerBytes = append(c.WorkerPeerBytes, peer)
 	c.DiskWriteDrops += int64(m["sluice_cache_disk_write_drops_total"])
 	c.MemoryEvictions += int64(m[`sluice_cache_evictions_total{tier="memory"}`])
 	c.DiskEvictions += int64(m[`sluice_cache_evictions_total{tier="disk"}`])
@@ -79,9 +76,9 @@ func printBurstCounters(out io.Writer, results []BurstResult) {
 		for _, k := range slices.Sorted(maps.Keys(c.WorkerFailures)) {
 			fails = append(fails, fmt.Sprintf("%s %d", k, c.WorkerFailures[k]))
 		}
-		fmt.Fprintf(out, "%s N=%d: workers' origin bytes %v; %d block fetches, %d of a block fetched before; "+
+		fmt.Fprintf(out, "%s N=%d: workers' bytes from the origin %v, from peers %v; "+
 			"disk-write drops %d; evictions memory %d, disk %d; mounts hedged %d (won %d), range reads %d, marked workers failed [%s]\n",
-			r.Mode, r.Clients, c.WorkerOriginBytes, c.WorkerFetches, c.DuplicateFetches, c.DiskWriteDrops,
+			r.Mode, r.Clients, c.WorkerOriginBytes, c.WorkerPeerBytes, c.DiskWriteDrops,
 			c.MemoryEvictions, c.DiskEvictions, c.Hedges, c.HedgeWins, c.RangeReads, strings.Join(fails, ", "))
 	}
 }
@@ -101,11 +98,5 @@ func (e *burstEnv) counters() *BurstCounters {
 	for _, m := range e.mountCounters {
 		c.addMount(m)
 	}
-	bs, _ := quantity("--block-size", e.o.BlockSize)
-	blocks := int64(0)
-	for range e.files {
-		blocks += (e.o.fileSize + bs - 1) / bs
-	}
-	c.DuplicateFetches = max(0, c.WorkerFetches-blocks)
 	return c
 }

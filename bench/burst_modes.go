@@ -68,6 +68,9 @@ func (e *burstEnv) runMounted(ctx context.Context, n int, start func(ctx context
 	}
 	ttfb := make([]time.Duration, n)
 	t0 := time.Now()
+	if e.late != nil {
+		e.late.begin(ctx, t0)
+	}
 	err := eachClient(n, func(i int) error {
 		f, err := os.Open(filepath.Join(dirs[i], e.files[0].Key))
 		if err != nil {
@@ -82,6 +85,9 @@ func (e *burstEnv) runMounted(ctx context.Context, n int, start func(ctx context
 		return e.readAll(ctx, dirs[i])
 	})
 	makespan := time.Since(t0)
+	if e.late != nil {
+		e.lateNote, e.late = e.late.end(), nil
+	}
 	e.mountCounters = e.mountCounters[:0]
 	for _, k := range kids {
 		if k.metrics == "" {
@@ -189,24 +195,53 @@ func (e *burstEnv) creds() []string {
 	return []string{"AWS_ACCESS_KEY_ID=" + e.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + e.s3.SecretKey}
 }
 
-// startWorkers starts W fresh cache workers for one run.
+// startWorkers starts W fresh cache workers for one run (the first
+// `first` of them now, the rest with startWorker later), each with the
+// others as its peers, as in a cluster.
 func (e *burstEnv) startWorkers(ctx context.Context, base string) error {
+	return e.startFirstWorkers(ctx, base, e.o.Workers)
+}
+
+func (e *burstEnv) startFirstWorkers(ctx context.Context, base string, first int) error {
 	stopAll(e.workers)
 	e.workers, e.workerURLs = nil, nil
-	for w := range e.o.Workers {
-		k, url, err := e.startWorker(ctx, filepath.Join(base, fmt.Sprintf("worker-%d", w)), "127.0.0.1:0", e.originURL())
+	for range e.o.Workers {
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		e.workerURLs = append(e.workerURLs, "http://"+addr)
+	}
+	for w := range first {
+		k, err := e.startWorkerAt(ctx, base, w)
 		if err != nil {
 			return err
 		}
 		e.workers = append(e.workers, k)
-		e.workerURLs = append(e.workerURLs, url)
 	}
 	return nil
 }
 
+// startWorkerAt starts worker w of the set at e.workerURLs[w].
+func (e *burstEnv) startWorkerAt(ctx context.Context, base string, w int) (*child, error) {
+	var peers []string
+	for i, u := range e.workerURLs {
+		if i != w {
+			peers = append(peers, u)
+		}
+	}
+	var args []string
+	if len(peers) > 0 && e.o.WorkerPeers {
+		args = []string{"--peers", strings.Join(peers, ","), "--peer-token-file", e.tokenFile(), "--insecure-peers"}
+	}
+	k, _, err := e.startWorker(ctx, filepath.Join(base, fmt.Sprintf("worker-%d", w)),
+		strings.TrimPrefix(e.workerURLs[w], "http://"), e.originURL(), args...)
+	return k, err
+}
+
 // startWorker starts a cache worker of origin on cacheDir listening on
 // listen ("127.0.0.1:0": a free port) and returns it with its URL.
-func (e *burstEnv) startWorker(ctx context.Context, cacheDir, listen, origin string) (*child, string, error) {
+func (e *burstEnv) startWorker(ctx context.Context, cacheDir, listen, origin string, extra ...string) (*child, string, error) {
 	if err := os.WriteFile(e.tokenFile(), []byte("bench-token\n"), 0o600); err != nil {
 		return nil, "", err
 	}
@@ -214,10 +249,10 @@ func (e *burstEnv) startWorker(ctx context.Context, cacheDir, listen, origin str
 	if err != nil {
 		return nil, "", err
 	}
-	k, err := startServing(ctx, "cache-worker", cacheDir, e.o.Sluice, []string{"cache-worker", origin,
+	k, err := startServing(ctx, "cache-worker", cacheDir, e.o.Sluice, append([]string{"cache-worker", origin,
 		"--listen", listen, "--token-file", e.tokenFile(), "--block-size", e.o.BlockSize,
 		"--cache-dir", cacheDir, "--cache-memory", "512Mi", "--cache-disk", "8Gi", "--max-fetches", "16",
-		"--metrics-addr", maddr}, e.creds(), "listening on ")
+		"--metrics-addr", maddr}, extra...), e.creds(), "listening on ")
 	if err != nil {
 		return nil, "", err
 	}

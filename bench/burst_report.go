@@ -33,6 +33,11 @@ func burstTable(results []BurstResult, o *BurstOptions) *Table {
 		"origin idle: the share of 100 ms ticks, from the origin's first byte to its last, in which it sent under a tenth of its bandwidth.",
 		"client peak RSS / CPU-s: the largest resident set of one mounted client (getrusage) and one client's mean user+sys CPU.",
 	}
+	for _, r := range results {
+		if r.Note != "" {
+			t.Notes = append(t.Notes, fmt.Sprintf("%s N=%d: %s.", r.Mode, r.Clients, r.Note))
+		}
+	}
 	return t
 }
 

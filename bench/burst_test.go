@@ -58,6 +58,8 @@ func TestBurstValidate(t *testing.T) {
 		{"bad bandwidth", func(o *BurstOptions) { o.Bandwidth = "-1" }, "--bandwidth"},
 		{"unknown mode", func(o *BurstOptions) { o.Modes = []string{"magic"} }, `unknown mode "magic"`},
 		{"too many clients", func(o *BurstOptions) { o.Clients = []int{1000} }, "--clients"},
+		{"late modes", func(o *BurstOptions) { o.Modes = []string{ModeScaleAhead, ModeColdStart} }, ""},
+		{"a negative join", func(o *BurstOptions) { o.ColdJoin = -time.Second }, "--cold-join"},
 		{"no versitygw", func(o *BurstOptions) { o.Versitygw = "/nonexistent" }, "make tools"},
 	}
 	for _, tc := range tests {
