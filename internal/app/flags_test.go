@@ -98,6 +98,10 @@ func TestPeerFlagsValidate(t *testing.T) {
 		{"a token in the clear", with(func(p *PeerFlags) { p.CAFile = "" }), "--peers-ca"},
 		{"no handover", with(func(p *PeerFlags) { p.Handover = 0 }), ""},
 		{"a negative handover", with(func(p *PeerFlags) { p.Handover = -time.Second }), "--handover-timeout"},
+		{"a static set", PeerFlags{URLs: []string{"http://127.0.0.1:1"}, TokenFile: "/t", Insecure: true}, ""},
+		{"a static set and DNS", with(func(p *PeerFlags) { p.URLs = []string{"https://w:1"} }), "exclude"},
+		{"a static set of no URLs", PeerFlags{URLs: []string{"w:1"}, TokenFile: "/t", Insecure: true}, "--peers"},
+		{"a static set without a token", PeerFlags{URLs: []string{"http://w:1"}, Insecure: true}, "--peer-token-file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
