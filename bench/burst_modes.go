@@ -242,8 +242,12 @@ func (e *burstEnv) startWorkerAt(ctx context.Context, base string, w int) (*chil
 // startWorker starts a cache worker of origin on cacheDir listening on
 // listen ("127.0.0.1:0": a free port) and returns it with its URL.
 func (e *burstEnv) startWorker(ctx context.Context, cacheDir, listen, origin string, extra ...string) (*child, string, error) {
-	if err := os.WriteFile(e.tokenFile(), []byte("bench-token\n"), 0o600); err != nil {
-		return nil, "", err
+	// Written once: the mounts and workers re-read it when it changes,
+	// and workers start while they read.
+	if _, err := os.Stat(e.tokenFile()); err != nil {
+		if err := os.WriteFile(e.tokenFile(), []byte("bench-token\n"), 0o600); err != nil {
+			return nil, "", err
+		}
 	}
 	maddr, err := freeAddr()
 	if err != nil {

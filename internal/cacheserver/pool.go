@@ -458,6 +458,15 @@ func (p *Pool) readToken() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("--worker-token-file: %w", err)
 	}
-	p.token, p.tokenAt = strings.TrimSpace(string(b)), fi.ModTime()
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		// A file being rewritten in place reads empty for a moment:
+		// keep the last token and read it again on the next request.
+		if p.token != "" {
+			return p.token, nil
+		}
+		return "", fmt.Errorf("--worker-token-file %s is empty", p.cfg.TokenFile)
+	}
+	p.token, p.tokenAt = tok, fi.ModTime()
 	return p.token, nil
 }
