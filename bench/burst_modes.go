@@ -205,7 +205,11 @@ func (e *burstEnv) startWorkers(ctx context.Context, base string) error {
 func (e *burstEnv) startFirstWorkers(ctx context.Context, base string, first int) error {
 	stopAll(e.workers)
 	e.workers, e.workerURLs = nil, nil
-	for range e.o.Workers {
+	for w := range e.o.Workers {
+		// Fresh caches: an earlier mode's run at this N used these dirs.
+		if err := os.RemoveAll(filepath.Join(base, fmt.Sprintf("worker-%d", w))); err != nil {
+			return err
+		}
 		addr, err := freeAddr()
 		if err != nil {
 			return err
