@@ -210,7 +210,10 @@ func (e *burstEnv) startFirstWorkers(ctx context.Context, base string, first int
 		if err := os.RemoveAll(filepath.Join(base, fmt.Sprintf("worker-%d", w))); err != nil {
 			return err
 		}
-		addr, err := freeAddr()
+		// A worker that starts late listens at a port chosen now: on an
+		// address of its own, so that no mount's metrics port takes it
+		// meanwhile (a mount then got 404s from that port as ENOENT).
+		addr, err := freeAddrOn(fmt.Sprintf("127.0.1.%d", w+1))
 		if err != nil {
 			return err
 		}

@@ -464,8 +464,11 @@ func scrapeMetrics(addr string, names ...string) (map[string]float64, error) {
 }
 
 // freeAddr returns a loopback address with a port free right now.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freeAddr() (string, error) { return freeAddrOn("127.0.0.1") }
+
+// freeAddrOn is freeAddr on another loopback address.
+func freeAddrOn(ip string) (string, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		return "", err
 	}
