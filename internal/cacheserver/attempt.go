@@ -151,8 +151,7 @@ func (p *Pool) get(ctx context.Context, w *worker, op string, q url.Values, time
 		Got1xxResponse:       func(int, textproto.MIMEHeader) error { wd.alive(); return nil },
 		GotFirstResponseByte: wd.alive,
 	}
-	u := w.url + "/v1/datasets/" + url.PathEscape(p.cfg.Dataset) + "/" + op + "?" + q.Encode()
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(wctx, trace), http.MethodGet, u, nil)
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(wctx, trace), http.MethodGet, p.opURL(w, op)+"?"+q.Encode(), nil)
 	if err != nil {
 		release()
 		return nil, err
@@ -180,4 +179,9 @@ func (p *Pool) get(ctx context.Context, w *worker, op string, q url.Values, time
 	}
 	resp.Body = &progressBody{ReadCloser: resp.Body, wd: wd}
 	return &reply{Response: resp, ctx: wctx, wd: wd, w: w, p: p, release: release}, nil
+}
+
+// opURL is the URL of operation op of the pool's dataset at w.
+func (p *Pool) opURL(w *worker, op string) string {
+	return w.url + "/v1/datasets/" + url.PathEscape(p.cfg.Dataset) + "/" + op
 }

@@ -2,13 +2,13 @@ package cacheserver
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"sync"
@@ -68,44 +68,38 @@ type handoverReply struct {
 // servedLog remembers the distinct blocks a worker answered, the most
 // recent maxHandoverBlocks of them.
 type servedLog struct {
-	mu    sync.Mutex
-	at    map[string]uint64 // block key → sequence of its last answer
-	refs  map[string]blockcache.BlockRef
-	seq   uint64
-	count atomic.Int64
+	mu     sync.Mutex
+	blocks map[string]servedBlock // by block key
+	seq    uint64
 }
 
-func newServedLog() *servedLog {
-	return &servedLog{at: map[string]uint64{}, refs: map[string]blockcache.BlockRef{}}
+type servedBlock struct {
+	ref blockcache.BlockRef
+	seq uint64 // of its last answer
 }
+
+func newServedLog() *servedLog { return &servedLog{blocks: map[string]servedBlock{}} }
 
 func (l *servedLog) note(b blockcache.BlockRef) {
 	key := b.Key()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.seq++
-	l.at[key] = l.seq
-	l.refs[key] = b
-	if len(l.at) > 2*maxHandoverBlocks {
-		l.trimLocked()
+	l.blocks[key] = servedBlock{ref: b, seq: l.seq}
+	if len(l.blocks) > 2*maxHandoverBlocks { // trimmed once per maxHandoverBlocks new blocks
+		for _, k := range l.recentLocked()[maxHandoverBlocks:] {
+			delete(l.blocks, k)
+		}
 	}
 }
 
-// trimLocked keeps the maxHandoverBlocks most recent blocks.
-func (l *servedLog) trimLocked() {
-	keys := l.recentLocked()
-	for _, k := range keys[min(len(keys), maxHandoverBlocks):] {
-		delete(l.at, k)
-		delete(l.refs, k)
-	}
-}
-
+// recentLocked returns the keys, the most recently answered first.
 func (l *servedLog) recentLocked() []string {
-	keys := make([]string, 0, len(l.at))
-	for k := range l.at {
+	keys := make([]string, 0, len(l.blocks))
+	for k := range l.blocks {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b string) int { return int(l.at[b]) - int(l.at[a]) })
+	slices.SortFunc(keys, func(a, b string) int { return cmp.Compare(l.blocks[b].seq, l.blocks[a].seq) })
 	return keys
 }
 
@@ -116,7 +110,7 @@ func (l *servedLog) recent() []blockcache.BlockRef {
 	keys := l.recentLocked()
 	out := make([]blockcache.BlockRef, 0, min(len(keys), maxHandoverBlocks))
 	for _, k := range keys[:min(len(keys), maxHandoverBlocks)] {
-		out = append(out, l.refs[k])
+		out = append(out, l.blocks[k].ref)
 	}
 	return out
 }
@@ -198,8 +192,7 @@ func (p *Pool) handover(ctx context.Context, w *worker, hr handoverRequest) (han
 	if err != nil {
 		return reply, err
 	}
-	u := w.url + "/v1/datasets/" + url.PathEscape(p.cfg.Dataset) + "/handover"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.opURL(w, "handover"), bytes.NewReader(body))
 	if err != nil {
 		return reply, err
 	}
