@@ -344,6 +344,7 @@ func (c *Cache) fly(b BlockRef, key string, readahead bool, f *flight, get getFu
 	defer c.fetches.Release()
 	fctx, cancel := context.WithTimeout(c.bg, c.cfg.FetchTimeout)
 	defer cancel()
+	fctx = c.flights.withFlight(fctx, f)
 	if readahead && !c.flights.isPromoted(f) {
 		fctx = source.WithReadahead(fctx)
 	}
@@ -400,9 +401,10 @@ func (c *Cache) local(b BlockRef, key string) (*buffer, uint32, bool) {
 }
 
 // Held is Block for a block this cache holds (in memory, queued for the
-// disk or on it) or is fetching (the caller waits for that fetch); it never
-// asks the tier below. ok is false when the cache has no such block. A
-// cache worker answers its peers with it (cacheserver.PeerHeader).
+// disk or on it) or is fetching (the caller waits for that fetch, unless
+// it is asking peers: AskingPeers); it never asks the tier below. ok is
+// false when the cache has no such block. A cache worker answers its peers
+// with it (cacheserver.PeerHeader).
 func (c *Cache) Held(ctx context.Context, b BlockRef) (data []byte, crc uint32, release func(), ok bool, err error) {
 	key := b.Key()
 	if f := c.flights.joinExisting(key, source.IsReadahead(ctx)); f != nil {

@@ -23,6 +23,14 @@ import (
 // setBuf until dropBuf or finish, and its reference keeps it alive
 // meanwhile.
 //
+// A cache worker's tier below asks its peers for a block before the
+// origin (AskingPeers), and a peer answers from its cache or its flight
+// (joinExisting). A flight that is asking peers itself is not joined: two
+// workers asking each other for the same block would each wait for the
+// other until the deadline. A waits-for edge from one flight to another
+// exists only while the first is asking, so the edge that would close a
+// cycle is never made; the asker goes on to its next peer or the origin.
+//
 // Lock order: flights.mu is a leaf.
 type flights struct {
 	mu sync.Mutex
@@ -35,6 +43,7 @@ type flight struct {
 	promoted bool
 	waiters  int
 	finished bool
+	asking   bool // the tier below is asking peers (AskingPeers)
 	buf      *buffer
 	crc      uint32
 	err      error
@@ -68,12 +77,13 @@ func (fs *flights) join(key string, readahead bool, run func(*flight)) (f *fligh
 	return f, start
 }
 
-// joinExisting is join without starting a flight: nil when key has none.
+// joinExisting is join without starting a flight: nil when key has none
+// or its flight is asking peers.
 func (fs *flights) joinExisting(key string, readahead bool) *flight {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	f := fs.m[key]
-	if f == nil {
+	if f == nil || f.asking {
 		return nil
 	}
 	f.waiters++
@@ -197,4 +207,35 @@ func (fs *flights) waitFor(ctx context.Context, f *flight, end int) (*buffer, ui
 			return nil, 0, ctx.Err()
 		}
 	}
+}
+
+type flightKey struct{}
+
+type flightRef struct {
+	fs *flights
+	f  *flight
+}
+
+// withFlight returns the tier below's ctx for flight f.
+func (fs *flights) withFlight(ctx context.Context, f *flight) context.Context {
+	return context.WithValue(ctx, flightKey{}, flightRef{fs: fs, f: f})
+}
+
+// AskingPeers marks the flight whose fetch runs under ctx (a Getter's
+// ctx) as asking other caches for its block, until done is called: Held
+// does not wait for it meanwhile. A Getter calls it around each read from
+// a peer. Under a ctx of no flight it does nothing.
+func AskingPeers(ctx context.Context) (done func()) {
+	r, ok := ctx.Value(flightKey{}).(flightRef)
+	if !ok {
+		return func() {}
+	}
+	r.fs.setAsking(r.f, true)
+	return func() { r.fs.setAsking(r.f, false) }
+}
+
+func (fs *flights) setAsking(f *flight, asking bool) {
+	fs.mu.Lock()
+	f.asking = asking
+	fs.mu.Unlock()
 }

@@ -1,6 +1,7 @@
 package blockcache
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"testing"
@@ -171,5 +172,90 @@ func waitIdle(t *testing.T, c *Cache) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d fetches still in flight after 5s", n)
 		}
+	}
+}
+
+// phaseGetter asks "peers" (AskingPeers) until askDone is closed, then
+// "the origin" until originDone is closed, and serves from memGetter.
+type phaseGetter struct {
+	*memGetter
+	asking, origin      chan struct{} // closed as each phase starts
+	askDone, originDone chan struct{}
+}
+
+func (g *phaseGetter) GetBlock(ctx context.Context, b BlockRef, p []byte) error {
+	done := AskingPeers(ctx)
+	close(g.asking)
+	<-g.askDone
+	done()
+	close(g.origin)
+	<-g.originDone
+	return g.memGetter.GetBlock(ctx, b, p)
+}
+
+// TestHeldSkipsFlightAskingPeers: Held answers at once that the cache
+// does not hold a block whose fetch is asking peers (two workers asking
+// each other would each wait for the other), and waits for the same
+// fetch once it reads the origin.
+func TestHeldSkipsFlightAskingPeers(t *testing.T) {
+	mg := newMemGetter()
+	data := testutil.RandBytes(64<<10, 17)
+	obj := mg.add("f", data)
+	g := &phaseGetter{memGetter: mg, asking: make(chan struct{}), origin: make(chan struct{}),
+		askDone: make(chan struct{}), originDone: make(chan struct{})}
+	c := newTestCache(t, g, nil)
+	ctx := context.Background()
+	b := c.block(obj, 0)
+	read := make(chan error, 1)
+	go func() { _, err := c.ReadAt(ctx, obj, make([]byte, len(data)), 0); read <- err }()
+	<-g.asking
+	if _, _, _, ok, err := c.Held(ctx, b); ok || err != nil {
+		t.Fatalf("Held of a block whose fetch asks peers: ok %v, err %v; want not held", ok, err)
+	}
+	close(g.askDone)
+	<-g.origin
+	held := make(chan []byte, 1)
+	go func() {
+		got, _, release, ok, err := c.Held(ctx, b)
+		if !ok || err != nil {
+			t.Errorf("Held of a block fetched from the origin: ok %v, err %v", ok, err)
+			held <- nil
+			return
+		}
+		held <- append([]byte(nil), got...)
+		release()
+	}()
+	waitWaiters(t, c, b.Key(), 2) // the reader and Held wait for the one fetch
+	close(g.originDone)
+	if got := <-held; !bytes.Equal(got, data) {
+		t.Error("Held returned other bytes than the block's")
+	}
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	if n := mg.maxFetchesPerBlock(); n != 1 {
+		t.Errorf("the block was fetched %d times, want once", n)
+	}
+}
+
+// waitWaiters waits until key's flight has n waiters.
+func waitWaiters(t *testing.T, c *Cache, key string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.flights.mu.Lock()
+		f := c.flights.m[key]
+		got := 0
+		if f != nil {
+			got = f.waiters
+		}
+		c.flights.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d waiters of %s, want %d", got, key, n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

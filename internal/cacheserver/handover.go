@@ -260,7 +260,7 @@ func (s *Server) pull(ctx context.Context, from *worker, blocks []handoverBlock)
 				b := blockcache.BlockRef{Object: blockcache.ObjectRef{Source: s.srcID, Path: hb.Path, Version: hb.Version,
 					Size: hb.Size}, Index: hb.Index, BlockSize: bs}
 				adopted, err := s.cfg.Cache.Adopt(ctx, b, func(ctx context.Context, p []byte) (uint32, error) {
-					crc, err := (&Source{pool: peers}).read(withPeer(ctx), from, hb.Path, hb.Version, p, b.Offset(), nil)
+					crc, err := (&Source{pool: peers}).readPeer(ctx, from, b, p)
 					if err == nil {
 						peers.cfg.Metrics.PeerFetched(len(p))
 					}

@@ -72,12 +72,13 @@ type testWorker struct {
 }
 
 // opCounter counts a worker's data requests by operation (the last path
-// element) and answers 404 to the operations in refuse, as a worker of a
-// version without them would.
+// element), answers 404 to the operations in refuse, as a worker of a
+// version without them would, and runs gate, when set, before serving.
 type opCounter struct {
 	mu     sync.Mutex
 	counts map[string]int
 	refuse map[string]bool
+	gate   func(*http.Request)
 }
 
 func (c *opCounter) wrap(h http.Handler) http.Handler {
@@ -88,8 +89,11 @@ func (c *opCounter) wrap(h http.Handler) http.Handler {
 			c.counts = map[string]int{}
 		}
 		c.counts[op]++
-		refused := c.refuse[op]
+		refused, gate := c.refuse[op], c.gate
 		c.mu.Unlock()
+		if gate != nil {
+			gate(r)
+		}
 		if refused {
 			http.Error(w, "unknown operation", http.StatusNotFound)
 			return
@@ -102,6 +106,12 @@ func (c *opCounter) count(op string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.counts[op]
+}
+
+func (c *opCounter) setGate(gate func(*http.Request)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gate = gate
 }
 
 func (c *opCounter) setRefused(op string) {

@@ -16,7 +16,9 @@ import (
 // worker joined the set, then the one before), from their cache or fetch
 // in flight only (PeerHeader), and then of the origin. So a worker that
 // joins in the middle of a burst takes over its share of the blocks
-// without the origin sending them again.
+// without the origin sending them again. A peer does not wait for a fetch
+// of its own that is asking peers (blockcache.AskingPeers): it answers
+// that it does not hold the block.
 type PeerGetter struct {
 	// Peers are the other workers of the Dataset (PoolConfig.Exclude
 	// leaves this one out).
@@ -59,7 +61,7 @@ func (g *PeerGetter) GetBlockChecksum(ctx context.Context, b blockcache.BlockRef
 	ws := g.Peers.order(readKey(b.Object.Path, b.Object.Version, b.Offset()))
 	for _, w := range ws[:min(len(ws), peersAsked)] {
 		s := &Source{pool: g.Peers}
-		crc, err := s.read(withPeer(ctx), w, b.Object.Path, b.Object.Version, p, b.Offset(), nil)
+		crc, err := s.readPeer(ctx, w, b, p)
 		if !notHeld(err) {
 			s.judge(ctx, w, err) // a peer that is down is left out until it is back
 		}
@@ -75,4 +77,12 @@ func (g *PeerGetter) GetBlockChecksum(ctx context.Context, b blockcache.BlockRef
 		return cg.GetBlockChecksum(ctx, b, p)
 	}
 	return 0, false, g.Origin.GetBlock(ctx, b, p)
+}
+
+// readPeer reads block b into p from peer w (from its cache only:
+// PeerHeader), with the block's flight marked meanwhile as asking peers.
+func (s *Source) readPeer(ctx context.Context, w *worker, b blockcache.BlockRef, p []byte) (uint32, error) {
+	done := blockcache.AskingPeers(ctx)
+	defer done()
+	return s.read(withPeer(ctx), w, b.Object.Path, b.Object.Version, p, b.Offset(), nil)
 }

@@ -3,6 +3,9 @@ package cacheserver
 import (
 	"bytes"
 	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,5 +92,76 @@ func TestJoiningWorkerFetchesFromItsPeer(t *testing.T) {
 	}
 	if peers.order("x")[0].down {
 		t.Error("a peer that answered 'not held' was marked down")
+	}
+}
+
+// TestWorkersAskingEachOtherDoNotWait: two workers that are each other's
+// peer are asked for the same uncached block at once, and each asks the
+// other while its own fetch is asking (both peer reads are held until
+// both have arrived). A peer does not wait for a fetch that is asking
+// peers, so both reads return the block long before the peers' 30 s
+// timeout, and neither peer is marked down.
+func TestWorkersAskingEachOtherDoNotWait(t *testing.T) {
+	o := startOrigin(t, 1, testBlock)
+	osrc := o.source(t)
+	ga := &PeerGetter{Origin: blockcache.OriginGetter{Source: osrc}}
+	gb := &PeerGetter{Origin: blockcache.OriginGetter{Source: osrc}}
+	a := startWorkerWith(t, osrc, nil, ga)
+	b := startWorkerWith(t, osrc, nil, gb)
+	ctx := context.Background()
+	pool := func(url string) *Pool {
+		p, err := NewPool(ctx, PoolConfig{URLs: []string{url}, TokenFile: tokenFile(t, testToken), Insecure: true,
+			Timeout: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ga.Peers, gb.Peers = pool(b.url), pool(a.url)
+
+	var arrived atomic.Int32
+	both := make(chan struct{})
+	gate := func(r *http.Request) {
+		if r.Header.Get(PeerHeader) != "1" || arrived.Add(1) > 2 {
+			return
+		}
+		if arrived.Load() == 2 {
+			close(both)
+		}
+		select {
+		case <-both:
+		case <-time.After(10 * time.Second):
+			t.Error("only one worker asked its peer")
+		}
+	}
+	a.ops.setGate(gate)
+	b.ops.setGate(gate)
+
+	const name = "shard-00.bin"
+	e, err := osrc.Stat(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The key of the block the workers' servers fetch for a peer.
+	obj := blockcache.ObjectRef{Source: osrc.ID(), Path: name, Version: e.Version, Size: e.Size}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, w := range []*testWorker{a, b} {
+		wg.Go(func() {
+			buf := make([]byte, e.Size)
+			if n, err := w.cache.ReadAt(rctx, obj, buf, 0); err != nil || !bytes.Equal(buf[:n], o.files[name]) {
+				t.Errorf("worker %s: %d bytes, %v; equal %v", w.url, n, err, bytes.Equal(buf[:n], o.files[name]))
+			}
+		})
+	}
+	wg.Wait()
+	if arrived.Load() < 2 {
+		t.Errorf("%d peer reads, want one from each worker", arrived.Load())
+	}
+	for _, p := range []*Pool{ga.Peers, gb.Peers} {
+		if p.order("x")[0].down {
+			t.Error("a peer that was asked while asking was marked down")
+		}
 	}
 }
