@@ -120,7 +120,7 @@ func New(cfg Config) (*Cache, error) {
 		cfg.FetchTimeout = DefaultFetchTimeout
 	}
 	c := &Cache{cfg: cfg, mem: newMemoryTier(cfg.MemoryBytes), prefetch: make(chan struct{}, cfg.MaxPrefetch),
-		fetches: source.NewSlots(cfg.MaxFetches), flights: newFlights(), ranges: rangeReaderOf(cfg.Getter)}
+		fetches: source.NewSlots(cfg.MaxFetches), flights: newFlights(isPeersFirst(cfg.Getter)), ranges: rangeReaderOf(cfg.Getter)}
 	c.pool = newBufferPool(int(cfg.BlockSize), int(cfg.MemoryBytes/cfg.BlockSize), c.reclaim)
 	if cfg.DiskDir != "" {
 		d, err := openDiskTier(cfg.DiskDir, cfg.DiskBytes, cfg.BlockSize)
@@ -402,12 +402,14 @@ func (c *Cache) local(b BlockRef, key string) (*buffer, uint32, bool) {
 
 // Held is Block for a block this cache holds (in memory, queued for the
 // disk or on it) or is fetching (the caller waits for that fetch, unless
-// it is asking peers: AskingPeers); it never asks the tier below. ok is
+// it is asking peers and the caller's WithPeerRank does not rank below
+// this cache: askpeers.go); it never asks the tier below. ok is
 // false when the cache has no such block. A cache worker answers its peers
 // with it (cacheserver.PeerHeader).
 func (c *Cache) Held(ctx context.Context, b BlockRef) (data []byte, crc uint32, release func(), ok bool, err error) {
 	key := b.Key()
-	if f := c.flights.joinExisting(key, source.IsReadahead(ctx)); f != nil {
+	asker, ranked := askerRank(ctx)
+	if f := c.flights.joinExisting(key, source.IsReadahead(ctx), asker, ranked); f != nil {
 		buf, crc, err := c.flights.wait(ctx, f)
 		if err != nil {
 			return nil, 0, nil, false, err

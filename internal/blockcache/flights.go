@@ -2,6 +2,7 @@ package blockcache
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync"
 )
 
@@ -23,18 +24,17 @@ import (
 // setBuf until dropBuf or finish, and its reference keeps it alive
 // meanwhile.
 //
-// A cache worker's tier below asks its peers for a block before the
-// origin (AskingPeers), and a peer answers from its cache or its flight
-// (joinExisting). A flight that is asking peers itself is not joined: two
-// workers asking each other for the same block would each wait for the
-// other until the deadline. A waits-for edge from one flight to another
-// exists only while the first is asking, so the edge that would close a
-// cycle is never made; the asker goes on to its next peer or the origin.
+// A cache worker's flights ask its peers before the origin (askpeers.go);
+// a peer joins such a flight only in one direction of an order of ranks.
 //
 // Lock order: flights.mu is a leaf.
 type flights struct {
 	mu sync.Mutex
 	m  map[string]*flight
+	// rank orders this cache among its peers (askpeers.go); asksPeers
+	// is whether its flights start asking peers.
+	rank      uint64
+	asksPeers bool
 }
 
 type flight struct {
@@ -43,7 +43,7 @@ type flight struct {
 	promoted bool
 	waiters  int
 	finished bool
-	asking   bool // the tier below is asking peers (AskingPeers)
+	asking   bool // the tier below may still ask peers (askpeers.go)
 	buf      *buffer
 	crc      uint32
 	err      error
@@ -52,7 +52,9 @@ type flight struct {
 	progress chan struct{} // closed when filled grows and partial > 0
 }
 
-func newFlights() *flights { return &flights{m: map[string]*flight{}} }
+func newFlights(asksPeers bool) *flights {
+	return &flights{m: map[string]*flight{}, rank: rand.Uint64(), asksPeers: asksPeers}
+}
 
 // join counts the caller as a waiter of key's flight, starting it with run
 // in a goroutine when none is in flight (start). The caller must call wait
@@ -62,7 +64,7 @@ func (fs *flights) join(key string, readahead bool, run func(*flight)) (f *fligh
 	f = fs.m[key]
 	start = f == nil
 	if start {
-		f = &flight{done: make(chan struct{}), promote: make(chan struct{}), progress: make(chan struct{})}
+		f = &flight{done: make(chan struct{}), promote: make(chan struct{}), progress: make(chan struct{}), asking: fs.asksPeers}
 		fs.m[key] = f
 	}
 	f.waiters++
@@ -77,13 +79,14 @@ func (fs *flights) join(key string, readahead bool, run func(*flight)) (f *fligh
 	return f, start
 }
 
-// joinExisting is join without starting a flight: nil when key has none
-// or its flight is asking peers.
-func (fs *flights) joinExisting(key string, readahead bool) *flight {
+// joinExisting is join without starting a flight, for a peer of rank
+// asker (ranked false: of no rank): nil when key has none, or when its
+// flight is asking peers and the asker does not rank below this cache.
+func (fs *flights) joinExisting(key string, readahead bool, asker uint64, ranked bool) *flight {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	f := fs.m[key]
-	if f == nil || f.asking {
+	if f == nil || (f.asking && !(ranked && asker < fs.rank)) {
 		return nil
 	}
 	f.waiters++
@@ -207,35 +210,4 @@ func (fs *flights) waitFor(ctx context.Context, f *flight, end int) (*buffer, ui
 			return nil, 0, ctx.Err()
 		}
 	}
-}
-
-type flightKey struct{}
-
-type flightRef struct {
-	fs *flights
-	f  *flight
-}
-
-// withFlight returns the tier below's ctx for flight f.
-func (fs *flights) withFlight(ctx context.Context, f *flight) context.Context {
-	return context.WithValue(ctx, flightKey{}, flightRef{fs: fs, f: f})
-}
-
-// AskingPeers marks the flight whose fetch runs under ctx (a Getter's
-// ctx) as asking other caches for its block, until done is called: Held
-// does not wait for it meanwhile. A Getter calls it around each read from
-// a peer. Under a ctx of no flight it does nothing.
-func AskingPeers(ctx context.Context) (done func()) {
-	r, ok := ctx.Value(flightKey{}).(flightRef)
-	if !ok {
-		return func() {}
-	}
-	r.fs.setAsking(r.f, true)
-	return func() { r.fs.setAsking(r.f, false) }
-}
-
-func (fs *flights) setAsking(f *flight, asking bool) {
-	fs.mu.Lock()
-	f.asking = asking
-	fs.mu.Unlock()
 }

@@ -193,48 +193,134 @@ func (g *phaseGetter) GetBlock(ctx context.Context, b BlockRef, p []byte) error 
 	return g.memGetter.GetBlock(ctx, b, p)
 }
 
-// TestHeldSkipsFlightAskingPeers: Held answers at once that the cache
-// does not hold a block whose fetch is asking peers (two workers asking
-// each other would each wait for the other), and waits for the same
-// fetch once it reads the origin.
-func TestHeldSkipsFlightAskingPeers(t *testing.T) {
-	mg := newMemGetter()
-	data := testutil.RandBytes(64<<10, 17)
-	obj := mg.add("f", data)
-	g := &phaseGetter{memGetter: mg, asking: make(chan struct{}), origin: make(chan struct{}),
-		askDone: make(chan struct{}), originDone: make(chan struct{})}
-	c := newTestCache(t, g, nil)
-	ctx := context.Background()
-	b := c.block(obj, 0)
-	read := make(chan error, 1)
-	go func() { _, err := c.ReadAt(ctx, obj, make([]byte, len(data)), 0); read <- err }()
-	<-g.asking
-	if _, _, _, ok, err := c.Held(ctx, b); ok || err != nil {
-		t.Fatalf("Held of a block whose fetch asks peers: ok %v, err %v; want not held", ok, err)
+// TestHeldOfFlightAskingPeers: while a block's fetch is asking peers,
+// Held waits for it only for a peer that ranks below the cache (two
+// workers asking each other would otherwise each wait for the other),
+// and answers at once that it does not hold the block for the others;
+// once the fetch reads the origin, Held waits for it for anyone. The
+// block is fetched once either way.
+func TestHeldOfFlightAskingPeers(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		peer func(ctx context.Context, c *Cache) context.Context
+		wait bool // Held waits for the fetch while it asks peers
+	}{
+		{"a peer of no rank", func(ctx context.Context, _ *Cache) context.Context { return ctx }, false},
+		{"a peer ranked below", func(ctx context.Context, c *Cache) context.Context {
+			return WithPeerRank(ctx, c.flights.rank-1)
+		}, true},
+		{"a peer ranked above", func(ctx context.Context, c *Cache) context.Context {
+			return WithPeerRank(ctx, c.flights.rank+1)
+		}, false},
+		{"a peer of the same rank", func(ctx context.Context, c *Cache) context.Context {
+			return WithPeerRank(ctx, c.flights.rank)
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mg := newMemGetter()
+			data := testutil.RandBytes(64<<10, 17)
+			obj := mg.add("f", data)
+			g := &phaseGetter{memGetter: mg, asking: make(chan struct{}), origin: make(chan struct{}),
+				askDone: make(chan struct{}), originDone: make(chan struct{})}
+			c := newTestCache(t, g, nil)
+			c.flights.rank = 1 << 32 // room for the rows' ranks either side
+			b := c.block(obj, 0)
+			read := make(chan error, 1)
+			go func() { _, err := c.ReadAt(context.Background(), obj, make([]byte, len(data)), 0); read <- err }()
+			<-g.asking
+			held := make(chan []byte, 2)
+			heldFor := func() {
+				got, _, release, ok, err := c.Held(tc.peer(context.Background(), c), b)
+				if !ok || err != nil {
+					held <- nil
+					return
+				}
+				held <- append([]byte(nil), got...)
+				release()
+			}
+			wantHeld := 1
+			if tc.wait {
+				go heldFor()
+				waitWaiters(t, c, b.Key(), 2) // the reader and Held wait for the one fetch
+				wantHeld++
+			} else if heldFor(); <-held != nil {
+				t.Fatal("Held of a block whose fetch asks peers answered with it; want not held")
+			}
+			close(g.askDone)
+			<-g.origin
+			go heldFor()
+			waitWaiters(t, c, b.Key(), wantHeld+1)
+			close(g.originDone)
+			for range wantHeld {
+				if got := <-held; !bytes.Equal(got, data) {
+					t.Errorf("Held returned %d bytes, not the block's", len(got))
+				}
+			}
+			if err := <-read; err != nil {
+				t.Fatal(err)
+			}
+			if n := mg.maxFetchesPerBlock(); n != 1 {
+				t.Errorf("the block was fetched %d times, want once", n)
+			}
+		})
 	}
-	close(g.askDone)
-	<-g.origin
-	held := make(chan []byte, 1)
-	go func() {
-		got, _, release, ok, err := c.Held(ctx, b)
-		if !ok || err != nil {
-			t.Errorf("Held of a block fetched from the origin: ok %v, err %v", ok, err)
-			held <- nil
-			return
-		}
-		held <- append([]byte(nil), got...)
-		release()
-	}()
-	waitWaiters(t, c, b.Key(), 2) // the reader and Held wait for the one fetch
-	close(g.originDone)
-	if got := <-held; !bytes.Equal(got, data) {
-		t.Error("Held returned other bytes than the block's")
-	}
-	if err := <-read; err != nil {
-		t.Fatal(err)
-	}
-	if n := mg.maxFetchesPerBlock(); n != 1 {
-		t.Errorf("the block was fetched %d times, want once", n)
+}
+
+// entryGetter holds each fetch at its entry, before it asks anyone,
+// until release is closed.
+type entryGetter struct {
+	*memGetter
+	entered, release chan struct{}
+}
+
+func (g *entryGetter) GetBlock(ctx context.Context, b BlockRef, p []byte) error {
+	close(g.entered)
+	<-g.release
+	return g.memGetter.GetBlock(ctx, b, p)
+}
+
+// peersFirstGetter is an entryGetter that asks peers first.
+type peersFirstGetter struct{ *entryGetter }
+
+func (peersFirstGetter) AsksPeersFirst() {}
+
+// TestPeersFirstFlightAsksFromItsStart: a flight of a cache whose Getter
+// asks peers first counts as asking before its Getter has called
+// AskingPeers, so no peer of no rank waits for it (it might yet ask that
+// peer); a flight of another cache never asks.
+func TestPeersFirstFlightAsksFromItsStart(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		getter     func(*entryGetter) Getter
+		wantJoined bool
+	}{
+		{"peers first", func(g *entryGetter) Getter { return peersFirstGetter{g} }, false},
+		{"the origin only", func(g *entryGetter) Getter { return g }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mg := newMemGetter()
+			obj := mg.add("f", testutil.RandBytes(64<<10, 18))
+			g := &entryGetter{memGetter: mg, entered: make(chan struct{}), release: make(chan struct{})}
+			c := newTestCache(t, tc.getter(g), nil)
+			read := make(chan error, 1)
+			go func() { _, err := c.ReadAt(context.Background(), obj, make([]byte, 64<<10), 0); read <- err }()
+			<-g.entered
+			f := c.flights.joinExisting(c.block(obj, 0).Key(), false, 0, false)
+			if joined := f != nil; joined != tc.wantJoined {
+				t.Errorf("a peer of no rank joined the fetch: %v, want %v", joined, tc.wantJoined)
+			}
+			close(g.release)
+			if f != nil {
+				buf, _, err := c.flights.wait(context.Background(), f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				buf.release()
+			}
+			if err := <-read; err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 

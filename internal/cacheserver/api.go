@@ -91,6 +91,10 @@ const (
 	// answered from what the worker holds or is fetching, else 409, never
 	// from the origin.
 	PeerHeader = "X-Sluice-Peer"
+	// PeerRankHeader carries, with PeerHeader, the asking worker's cache
+	// rank (blockcache.PeerRank, decimal): the worker waits for a fetch of
+	// its own that is asking peers only for an asker that ranks below it.
+	PeerRankHeader = "X-Sluice-Peer-Rank"
 	// MaxReadLen bounds one read request.
 	MaxReadLen = 64 << 20
 	// DefaultDataset is the dataset name of a worker started without one.

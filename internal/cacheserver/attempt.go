@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluice-dev/sluice/internal/blockcache"
 	"github.com/sluice-dev/sluice/internal/source"
 )
 
@@ -164,6 +165,9 @@ func (p *Pool) get(ctx context.Context, w *worker, op string, q url.Values, time
 	}
 	if isPeer(ctx) {
 		req.Header.Set(PeerHeader, "1")
+		if rank, ok := blockcache.PeerRank(ctx); ok {
+			req.Header.Set(PeerRankHeader, strconv.FormatUint(rank, 10))
+		}
 	}
 	req.Header.Set(TimeoutHeader, strconv.FormatInt(timeout.Milliseconds(), 10))
 	resp, err := p.client.Do(req)

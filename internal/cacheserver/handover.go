@@ -260,6 +260,8 @@ func (s *Server) pull(ctx context.Context, from *worker, blocks []handoverBlock)
 				b := blockcache.BlockRef{Object: blockcache.ObjectRef{Source: s.srcID, Path: hb.Path, Version: hb.Version,
 					Size: hb.Size}, Index: hb.Index, BlockSize: bs}
 				adopted, err := s.cfg.Cache.Adopt(ctx, b, func(ctx context.Context, p []byte) (uint32, error) {
+					done := blockcache.AskingPeers(ctx)
+					defer done()
 					crc, err := (&Source{pool: peers}).readPeer(ctx, from, b, p)
 					if err == nil {
 						peers.cfg.Metrics.PeerFetched(len(p))

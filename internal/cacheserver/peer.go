@@ -16,9 +16,10 @@ import (
 // worker joined the set, then the one before), from their cache or fetch
 // in flight only (PeerHeader), and then of the origin. So a worker that
 // joins in the middle of a burst takes over its share of the blocks
-// without the origin sending them again. A peer does not wait for a fetch
-// of its own that is asking peers (blockcache.AskingPeers): it answers
-// that it does not hold the block.
+// without the origin sending them again. A peer waits for a fetch of its
+// own that is asking peers only when the asker ranks below it
+// (PeerRankHeader, blockcache's askpeers.go); else it answers that it
+// does not hold the block.
 type PeerGetter struct {
 	// Peers are the other workers of the Dataset (PoolConfig.Exclude
 	// leaves this one out).
@@ -58,18 +59,8 @@ func (g *PeerGetter) GetBlock(ctx context.Context, b blockcache.BlockRef, p []by
 // GetBlockChecksum implements the block cache's checksum getter: the CRC
 // is the peer's, checked, or the origin's when it sends one.
 func (g *PeerGetter) GetBlockChecksum(ctx context.Context, b blockcache.BlockRef, p []byte) (uint32, bool, error) {
-	ws := g.Peers.order(readKey(b.Object.Path, b.Object.Version, b.Offset()))
-	for _, w := range ws[:min(len(ws), peersAsked)] {
-		s := &Source{pool: g.Peers}
-		crc, err := s.readPeer(ctx, w, b, p)
-		if !notHeld(err) {
-			s.judge(ctx, w, err) // a peer that is down is left out until it is back
-		}
-		if err == nil {
-			g.Peers.cfg.Metrics.PeerFetched(len(p))
-			return crc, true, nil
-		}
-		klog.V(4).InfoS("Peer does not hold the block", "peer", w.url, "path", b.Object.Path, "block", b.Index, "err", err)
+	if crc, ok := g.fromPeers(ctx, b, p); ok {
+		return crc, true, nil
 	}
 	if cg, ok := g.Origin.(interface {
 		GetBlockChecksum(context.Context, blockcache.BlockRef, []byte) (uint32, bool, error)
@@ -79,10 +70,32 @@ func (g *PeerGetter) GetBlockChecksum(ctx context.Context, b blockcache.BlockRef
 	return 0, false, g.Origin.GetBlock(ctx, b, p)
 }
 
-// readPeer reads block b into p from peer w (from its cache only:
-// PeerHeader), with the block's flight marked meanwhile as asking peers.
-func (s *Source) readPeer(ctx context.Context, w *worker, b blockcache.BlockRef, p []byte) (uint32, error) {
+// AsksPeersFirst implements blockcache.PeersFirst.
+func (g *PeerGetter) AsksPeersFirst() {}
+
+// fromPeers reads block b into p from the first of its peers that holds
+// it (ok), with the block's flight marked meanwhile as asking peers.
+func (g *PeerGetter) fromPeers(ctx context.Context, b blockcache.BlockRef, p []byte) (crc uint32, ok bool) {
 	done := blockcache.AskingPeers(ctx)
 	defer done()
+	ws := g.Peers.order(readKey(b.Object.Path, b.Object.Version, b.Offset()))
+	for _, w := range ws[:min(len(ws), peersAsked)] {
+		s := &Source{pool: g.Peers}
+		crc, err := s.readPeer(ctx, w, b, p)
+		if !notHeld(err) {
+			s.judge(ctx, w, err) // a peer that is down is left out until it is back
+		}
+		if err == nil {
+			g.Peers.cfg.Metrics.PeerFetched(len(p))
+			return crc, true
+		}
+		klog.V(4).InfoS("Peer does not hold the block", "peer", w.url, "path", b.Object.Path, "block", b.Index, "err", err)
+	}
+	return 0, false
+}
+
+// readPeer reads block b into p from peer w, from its cache only
+// (PeerHeader); the caller marks b's flight as asking peers meanwhile.
+func (s *Source) readPeer(ctx context.Context, w *worker, b blockcache.BlockRef, p []byte) (uint32, error) {
 	return s.read(withPeer(ctx), w, b.Object.Path, b.Object.Version, p, b.Offset(), nil)
 }

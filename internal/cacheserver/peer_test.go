@@ -98,9 +98,10 @@ func TestJoiningWorkerFetchesFromItsPeer(t *testing.T) {
 // TestWorkersAskingEachOtherDoNotWait: two workers that are each other's
 // peer are asked for the same uncached block at once, and each asks the
 // other while its own fetch is asking (both peer reads are held until
-// both have arrived). A peer does not wait for a fetch that is asking
-// peers, so both reads return the block long before the peers' 30 s
-// timeout, and neither peer is marked down.
+// both have arrived). Only the worker of the lower cache rank waits for
+// the other's fetch, so both reads return the block long before the
+// peers' 30 s timeout, the origin sends it once, and neither peer is
+// marked down.
 func TestWorkersAskingEachOtherDoNotWait(t *testing.T) {
 	o := startOrigin(t, 1, testBlock)
 	osrc := o.source(t)
@@ -144,6 +145,7 @@ func TestWorkersAskingEachOtherDoNotWait(t *testing.T) {
 	}
 	// The key of the block the workers' servers fetch for a peer.
 	obj := blockcache.ObjectRef{Source: osrc.ID(), Path: name, Version: e.Version, Size: e.Size}
+	sent := o.proxy.BodyBytes()
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -158,6 +160,9 @@ func TestWorkersAskingEachOtherDoNotWait(t *testing.T) {
 	wg.Wait()
 	if arrived.Load() < 2 {
 		t.Errorf("%d peer reads, want one from each worker", arrived.Load())
+	}
+	if sent = o.proxy.BodyBytes() - sent; sent >= 2*e.Size {
+		t.Errorf("the origin sent %d bytes for a block of %d, want it once (and two listings)", sent, e.Size)
 	}
 	for _, p := range []*Pool{ga.Peers, gb.Peers} {
 		if p.order("x")[0].down {

@@ -298,6 +298,9 @@ func (s *Server) read(ctx context.Context, r *http.Request, p string) (func(http
 	answer := s.body
 	if r.Header.Get(PeerHeader) == "1" {
 		answer = s.held
+		if rank, err := strconv.ParseUint(r.Header.Get(PeerRankHeader), 10, 64); err == nil {
+			ctx = blockcache.WithPeerRank(ctx, rank)
+		}
 	}
 	body, crc, release, err := answer(ctx, obj, off, n)
 	if err != nil {
