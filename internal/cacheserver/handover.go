@@ -24,7 +24,8 @@ import (
 // Handover on scale-down: a worker that is told to stop (SIGTERM) drains,
 // waits until the workers' DNS no longer lists it, and then asks each
 // remaining peer to take the blocks that peer now owns in HRW order: the
-// blocks this worker answered most recently that it still holds. The peer
+// blocks this worker answered most recently that it still holds (a peer
+// that is leaving too refuses, and its blocks go to the next one). The peer
 // pulls them from the leaving worker with peer reads (from its cache only,
 // never the origin) at readahead priority, skipping those it holds, and
 // answers when it is done; the leaving worker waits for the answers within
@@ -116,32 +117,61 @@ func (l *servedLog) recent() []blockcache.BlockRef {
 }
 
 // HandOver gives the remaining peers the blocks they now own (see the
-// comment at the top of this file); port is where this worker serves. It
-// returns when every peer answered or ctx ends; the counts are logged.
+// comment at the top of this file); port is where this worker serves. A
+// peer that refuses (it is leaving too: workers scale down in parallel,
+// and the DNS may still list one that is draining) or fails is left out,
+// and its blocks go to the next peer in HRW order. It returns when the
+// blocks found a peer, no peer remains or ctx ends; the counts are logged.
 func (s *Server) HandOver(ctx context.Context, peers *Pool, port int) {
 	if peers.cfg.DNS != "" {
 		waitUnlisted(ctx, peers)
 	}
-	byPeer := map[*worker][]handoverBlock{}
+	var held []blockcache.BlockRef
 	for _, b := range s.served.recent() {
-		if !s.cfg.Cache.Holds(b) {
-			continue
+		if s.cfg.Cache.Holds(b) {
+			held = append(held, b)
 		}
-		ws := peers.order(readKey(b.Object.Path, b.Object.Version, b.Offset()))
-		if len(ws) == 0 {
-			klog.InfoS("No peer remains to hand blocks over to")
-			return
-		}
-		byPeer[ws[0]] = append(byPeer[ws[0]], handoverBlock{Path: b.Object.Path, Version: b.Object.Version,
-			Size: b.Object.Size, Index: b.Index})
 	}
-	var wg sync.WaitGroup
+	left := map[string]bool{} // peers left out, by URL
+	for len(held) > 0 && ctx.Err() == nil {
+		byPeer := map[*worker][]blockcache.BlockRef{}
+		for _, b := range held {
+			ws := slices.DeleteFunc(peers.order(readKey(b.Object.Path, b.Object.Version, b.Offset())),
+				func(w *worker) bool { return left[w.url] })
+			if len(ws) == 0 {
+				klog.InfoS("No peer remains to hand blocks over to", "blocks", len(held))
+				return
+			}
+			byPeer[ws[0]] = append(byPeer[ws[0]], b)
+		}
+		held = s.handOverTo(ctx, peers, port, byPeer, left)
+	}
+}
+
+// handOverTo asks each peer at once to take its blocks, and returns the
+// blocks of the peers that did not, which it adds to left.
+func (s *Server) handOverTo(ctx context.Context, peers *Pool, port int, byPeer map[*worker][]blockcache.BlockRef, left map[string]bool) []blockcache.BlockRef {
+	var (
+		mu     sync.Mutex
+		failed []blockcache.BlockRef
+		wg     sync.WaitGroup
+	)
 	for w, blocks := range byPeer {
+		hr := handoverRequest{Port: port, Blocks: make([]handoverBlock, 0, len(blocks))}
+		for _, b := range blocks {
+			hr.Blocks = append(hr.Blocks, handoverBlock{Path: b.Object.Path, Version: b.Object.Version,
+				Size: b.Object.Size, Index: b.Index})
+		}
 		wg.Go(func() {
 			start := time.Now()
-			r, err := peers.handover(ctx, w, handoverRequest{Port: port, Blocks: blocks})
+			r, err := peers.handover(ctx, w, hr)
 			if err != nil {
-				klog.ErrorS(err, "Handing blocks over to a peer failed", "peer", w.url, "blocks", len(blocks))
+				klog.InfoS("A peer did not take the blocks handed over; they go to the next peer", "peer", w.url,
+					"blocks", len(blocks), "err", err)
+				mu.Lock()
+				left[w.url] = true
+				failed = append(failed, blocks...)
+				mu.Unlock()
 				return
 			}
 			klog.InfoS("Handed blocks over to a peer", "peer", w.url, "blocks", len(blocks), "taken", r.Taken,
@@ -149,6 +179,7 @@ func (s *Server) HandOver(ctx context.Context, peers *Pool, port int) {
 		})
 	}
 	wg.Wait()
+	return failed
 }
 
 // waitUnlisted waits (at most half of ctx's time) until the workers' DNS

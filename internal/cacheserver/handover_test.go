@@ -104,6 +104,53 @@ func TestLeavingWorkerHandsOverItsBlocks(t *testing.T) {
 	}
 }
 
+// TestHandoverPassesOverALeavingPeer: workers scale down in parallel, so
+// a leaving worker's peers may include one that is leaving too. Its
+// blocks go to the next peer in HRW order: the one that stays ends up
+// with every block, whichever peer each block hashed to first.
+func TestHandoverPassesOverALeavingPeer(t *testing.T) {
+	const size = 8*testBlock + 1234
+	o := startOrigin(t, 1, size)
+	osrc := o.source(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pool := func(urls ...string) *Pool {
+		p, err := NewPool(ctx, PoolConfig{URLs: urls, TokenFile: tokenFile(t, testToken), Insecure: true, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	leaving := startWorker(t, osrc)
+	e, err := osrc.Stat(ctx, "shard-00.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _, _ := newClient(t, []string{leaving.url}, nil)
+	obj := blockcache.ObjectRef{Source: "test", Path: "shard-00.bin", Version: e.Version, Size: e.Size}
+	if n, err := ca.ReadAt(ctx, obj, make([]byte, e.Size), 0); err != nil || int64(n) != e.Size {
+		t.Fatalf("read through the leaving worker: %d bytes, %v", n, err)
+	}
+	alsoLeaving := startWorkerPeers(t, osrc, nil, blockcache.OriginGetter{Source: osrc}, pool(leaving.url))
+	alsoLeaving.api.Drain()
+	stays := startWorkerPeers(t, osrc, nil, blockcache.OriginGetter{Source: osrc}, pool(leaving.url))
+	u, err := url.Parse(leaving.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, _ := strconv.Atoi(u.Port())
+
+	leaving.api.Drain()
+	leaving.api.HandOver(ctx, pool(alsoLeaving.url, stays.url), port)
+	for i := range int64(9) {
+		b := blockcache.BlockRef{Object: blockcache.ObjectRef{Source: stays.api.srcID, Path: "shard-00.bin", Version: e.Version,
+			Size: e.Size}, Index: i, BlockSize: testBlock}
+		if !stays.cache.Holds(b) {
+			t.Errorf("block %d did not reach the worker that stays", i)
+		}
+	}
+}
+
 // TestHandoverRequests: what the receiving side refuses.
 func TestHandoverRequests(t *testing.T) {
 	o := startOrigin(t, 1, testBlock)
