@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,10 +37,7 @@ func TestLeavingWorkerHandsOverItsBlocks(t *testing.T) {
 		}
 	}
 	pool := func(u string) *Pool {
-		p, err := NewPool(ctx, PoolConfig{URLs: []string{u}, TokenFile: tokenFile(t, testToken), Insecure: true, Timeout: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := peerPool(t, 5*time.Second, u)
 		p.cfg.Metrics = metrics.NewCache(nil)
 		return p
 	}
@@ -53,14 +48,6 @@ func TestLeavingWorkerHandsOverItsBlocks(t *testing.T) {
 	toB := pool(leaving.url)
 	stays := startWorkerPeers(t, osrc, nil, &PeerGetter{Peers: toB, Origin: blockcache.OriginGetter{Source: osrc}}, toB)
 	toStays := pool(stays.url)
-	portOf := func(w *testWorker) int {
-		u, err := url.Parse(w.url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		port, _ := strconv.Atoi(u.Port())
-		return port
-	}
 	e0, err := osrc.Stat(ctx, "shard-00.bin")
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +58,7 @@ func TestLeavingWorkerHandsOverItsBlocks(t *testing.T) {
 	// dataset, a few hundred bytes).
 	empty := startWorker(t, osrc)
 	sent := o.proxy.BodyBytes()
-	r, err := toStays.handover(ctx, toStays.order("x")[0], handoverRequest{Port: portOf(empty),
+	r, err := toStays.handover(ctx, toStays.order("x")[0], handoverRequest{Port: empty.port(t),
 		Blocks: []handoverBlock{{Path: "shard-00.bin", Version: e0.Version, Size: e0.Size, Index: 1}}})
 	if err != nil || r != (handoverReply{Missing: 1}) {
 		t.Fatalf("handover of a block the leaving worker does not hold: %+v, %v; want 1 missing", r, err)
@@ -82,7 +69,7 @@ func TestLeavingWorkerHandsOverItsBlocks(t *testing.T) {
 	sent = o.proxy.BodyBytes()
 
 	leaving.api.Drain()
-	leaving.api.HandOver(ctx, toStays, portOf(leaving))
+	leaving.api.HandOver(ctx, toStays, leaving.port(t))
 	for i := range int64(9) {
 		b := blockcache.BlockRef{Object: blockcache.ObjectRef{Source: stays.api.srcID, Path: "shard-00.bin", Version: e0.Version,
 			Size: e0.Size}, Index: i, BlockSize: testBlock}
@@ -114,13 +101,6 @@ func TestHandoverPassesOverALeavingPeer(t *testing.T) {
 	osrc := o.source(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	pool := func(urls ...string) *Pool {
-		p, err := NewPool(ctx, PoolConfig{URLs: urls, TokenFile: tokenFile(t, testToken), Insecure: true, Timeout: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	leaving := startWorker(t, osrc)
 	e, err := osrc.Stat(ctx, "shard-00.bin")
 	if err != nil {
@@ -131,17 +111,12 @@ func TestHandoverPassesOverALeavingPeer(t *testing.T) {
 	if n, err := ca.ReadAt(ctx, obj, make([]byte, e.Size), 0); err != nil || int64(n) != e.Size {
 		t.Fatalf("read through the leaving worker: %d bytes, %v", n, err)
 	}
-	alsoLeaving := startWorkerPeers(t, osrc, nil, blockcache.OriginGetter{Source: osrc}, pool(leaving.url))
+	alsoLeaving := startWorkerPeers(t, osrc, nil, blockcache.OriginGetter{Source: osrc}, peerPool(t, 5*time.Second, leaving.url))
 	alsoLeaving.api.Drain()
-	stays := startWorkerPeers(t, osrc, nil, blockcache.OriginGetter{Source: osrc}, pool(leaving.url))
-	u, err := url.Parse(leaving.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, _ := strconv.Atoi(u.Port())
+	stays := startWorkerPeers(t, osrc, nil, blockcache.OriginGetter{Source: osrc}, peerPool(t, 5*time.Second, leaving.url))
 
 	leaving.api.Drain()
-	leaving.api.HandOver(ctx, pool(alsoLeaving.url, stays.url), port)
+	leaving.api.HandOver(ctx, peerPool(t, 5*time.Second, alsoLeaving.url, stays.url), leaving.port(t))
 	for i := range int64(9) {
 		b := blockcache.BlockRef{Object: blockcache.ObjectRef{Source: stays.api.srcID, Path: "shard-00.bin", Version: e.Version,
 			Size: e.Size}, Index: i, BlockSize: testBlock}

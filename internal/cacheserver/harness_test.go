@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -181,6 +183,31 @@ func tokenFile(t *testing.T, tok string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// peerPool is a worker's pool of its peers at urls, with a per-request
+// timeout.
+func peerPool(t *testing.T, timeout time.Duration, urls ...string) *Pool {
+	t.Helper()
+	p, err := NewPool(context.Background(), PoolConfig{URLs: urls, TokenFile: tokenFile(t, testToken), Insecure: true, Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// port is the port w serves on.
+func (w *testWorker) port(t *testing.T) int {
+	t.Helper()
+	u, err := url.Parse(w.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
 }
 
 // client is a reader's block cache over the workers, as a mount has.

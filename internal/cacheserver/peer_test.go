@@ -110,15 +110,7 @@ func TestWorkersAskingEachOtherDoNotWait(t *testing.T) {
 	a := startWorkerWith(t, osrc, nil, ga)
 	b := startWorkerWith(t, osrc, nil, gb)
 	ctx := context.Background()
-	pool := func(url string) *Pool {
-		p, err := NewPool(ctx, PoolConfig{URLs: []string{url}, TokenFile: tokenFile(t, testToken), Insecure: true,
-			Timeout: 30 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	ga.Peers, gb.Peers = pool(b.url), pool(a.url)
+	ga.Peers, gb.Peers = peerPool(t, 30*time.Second, b.url), peerPool(t, 30*time.Second, a.url)
 
 	var arrived atomic.Int32
 	both := make(chan struct{})
