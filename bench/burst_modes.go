@@ -79,10 +79,13 @@ func (e *burstEnv) runMounted(ctx context.Context, n int, start func(ctx context
 		_, err = f.Read(make([]byte, 4096))
 		f.Close()
 		ttfb[i] = time.Since(t0)
-		if err != nil {
-			return err
+		if err == nil {
+			err = e.readAll(ctx, dirs[i])
 		}
-		return e.readAll(ctx, dirs[i])
+		if err != nil { // the cause is in the mount's log
+			return fmt.Errorf("%w; %s's last output:\n%s", err, kids[i].name, kids[i].out.tail())
+		}
+		return nil
 	})
 	makespan := time.Since(t0)
 	if e.late != nil {

@@ -224,12 +224,14 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		if l != nil {
 			l.Release()
 		}
-		if ctx.Err() == nil {
+		e := errno(err)
+		if ctx.Err() == nil || e != syscall.EINTR {
 			// The reader gets EIO (or the errno of a definite answer); the
-			// cause is here. An interrupted read is the reader's choice.
-			klog.ErrorS(err, "Read failed", "path", h.r.Object().Path, "offset", off, "size", len(dest))
+			// cause is here. An interrupted read that ends with EINTR is the
+			// reader's choice (a signal); one that ends otherwise is logged.
+			klog.ErrorS(err, "Read failed", "path", h.r.Object().Path, "offset", off, "size", len(dest), "interrupted", ctx.Err() != nil)
 		}
-		return nil, errno(err)
+		return nil, e
 	}
 	if l == nil { // at or past the end
 		return fuse.ReadResultData(nil), 0
