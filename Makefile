@@ -133,6 +133,12 @@ bench: tools build $(BIN)/.rclone-$(RCLONE_VERSION) bench-fusermount3 bench-s3fs
 		--json $(OUT)/bench/burst.json $(BURST_FLAGS)
 	$(BIN)/sluice-bench burst --versitygw $(BIN)/versitygw --files 1 --file-size 2Gi --clients 8 \
 		--modes sluice,sluice-copy --json $(OUT)/bench/modelload.json $(BURST_FLAGS)
+	$(BIN)/sluice-bench burst --versitygw $(BIN)/versitygw --files 8 --file-size 32Mi --clients 8 --files-at-once 1 \
+		--bandwidth 32M --modes sluice --json $(OUT)/bench/multifile-32M.json $(BURST_FLAGS)
+	$(BIN)/sluice-bench burst --versitygw $(BIN)/versitygw --files 8 --file-size 32Mi --clients 8 --files-at-once 1 \
+		--bandwidth 100M --modes sluice --json $(OUT)/bench/multifile-100M.json $(BURST_FLAGS)
+	$(BIN)/sluice-bench burst --versitygw $(BIN)/versitygw --clients 16 --workers 3 \
+		--modes sluice,scale-ahead,cold-start --json $(OUT)/bench/coldstart.json $(BURST_FLAGS)
 	$(BIN)/sluice-bench faults --versitygw $(BIN)/versitygw --json $(OUT)/bench/faults.json $(FAULT_FLAGS)
 	$(BIN)/sluice-bench smallfiles --versitygw $(BIN)/versitygw --rclone $(BIN)/rclone \
 		--json $(OUT)/bench/smallfiles.json $(SMALL_FLAGS)
