@@ -58,16 +58,27 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 // A read whose block was handed to readahead before does not ask the tier
 // below for its range on its own (fetchPart): the reader keeps up with
 // the readahead's whole blocks, and only the first read of a run waits on
-// a block no one has asked for yet.
+// a block no one has asked for yet. That read's readahead is asked for
+// once it is answered: the blocks ahead would otherwise share the tier
+// below (and the CPU) with the bytes the reader waits for, and its first
+// bytes came 3-8 times later.
 func (r *Reader) Read(ctx context.Context, p []byte, off int64) (*Lease, error) {
-	scheduled := r.ahead(len(p), off)
-	return r.c.read(ctx, r.obj, p, off, !scheduled)
+	scheduled, prefetch := r.ahead(len(p), off)
+	if scheduled {
+		prefetch()
+		return r.c.read(ctx, r.obj, p, off, false)
+	}
+	l, err := r.c.read(ctx, r.obj, p, off, true)
+	prefetch()
+	return l, err
 }
 
-// ahead schedules readahead when a read of n bytes at off continues a
-// sequential run, and reports whether the read's first block had been
-// handed to readahead already.
-func (r *Reader) ahead(n int, off int64) (scheduled bool) {
+// ahead plans readahead when a read of n bytes at off continues a
+// sequential run: prefetch hands the blocks ahead to the cache. It also
+// reports whether the read's first block had been handed to readahead
+// already.
+func (r *Reader) ahead(n int, off int64) (scheduled bool, prefetch func()) {
+	prefetch = func() {}
 	if ra := int64(r.c.cfg.Readahead); ra > 0 && n > 0 && off < r.obj.Size {
 		bs := r.c.cfg.BlockSize
 		first := off / bs
@@ -100,17 +111,19 @@ func (r *Reader) ahead(n int, off int64) (scheduled bool) {
 			r.aheadTo, r.lastBlock = last, last
 		}
 		r.mu.Unlock()
-		if to >= from {
-			r.c.Prefetch(r.obj, from, to)
-		}
-		if nobj != nil {
-			r.c.Prefetch(*nobj, nfrom, nto)
-		}
-		if lookup != nil { // off the read path: the lookup may list a directory
-			go r.crossInto(lookup)
+		prefetch = func() {
+			if to >= from {
+				r.c.Prefetch(r.obj, from, to)
+			}
+			if nobj != nil {
+				r.c.Prefetch(*nobj, nfrom, nto)
+			}
+			if lookup != nil { // off the read path: the lookup may list a directory
+				go r.crossInto(lookup)
+			}
 		}
 	}
-	return scheduled
+	return scheduled, prefetch
 }
 
 // crossInto looks up the next object and fetches ahead the blocks of it
