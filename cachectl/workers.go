@@ -201,9 +201,12 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 				// A worker serving a burst on a saturated node answers its
 				// probes late (the default 1 s timed out in the e2e burst, and
 				// the worker left its Service mid-burst); a worker that
-				// cannot answer within 5 s is out.
+				// cannot answer within 5 s is out. The first probe comes as
+				// the container starts, before the worker listens: every
+				// 1 s (4 failures, as 2 × 2 s before), a new worker is Ready
+				// up to a second sooner, when a burst's pods are waiting.
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-					Path: "/readyz", Port: intstr.FromString("http"), Scheme: scheme}}, PeriodSeconds: 2, FailureThreshold: 2,
+					Path: "/readyz", Port: intstr.FromString("http"), Scheme: scheme}}, PeriodSeconds: 1, FailureThreshold: 4,
 					TimeoutSeconds: probeTimeout},
 				LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 					Path: "/healthz", Port: intstr.FromString("http"), Scheme: scheme}}, PeriodSeconds: 10, FailureThreshold: 6,
