@@ -202,9 +202,9 @@ func workerPod(ds *v1alpha1.Dataset, t WorkerTemplate) corev1.PodTemplateSpec {
 				// probes late (the default 1 s timed out in the e2e burst, and
 				// the worker left its Service mid-burst); a worker that
 				// cannot answer within 5 s is out. The first probe comes as
-				// the container starts, before the worker listens: every
-				// 1 s (4 failures, as 2 × 2 s before), a new worker is Ready
-				// up to a second sooner, when a burst's pods are waiting.
+				// the container starts, often before the worker listens:
+				// probed every second, a new worker is Ready within a second
+				// of listening, and 4 failures in a row take it out.
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 					Path: "/readyz", Port: intstr.FromString("http"), Scheme: scheme}}, PeriodSeconds: 1, FailureThreshold: 4,
 					TimeoutSeconds: probeTimeout},

@@ -181,8 +181,8 @@ func TestRangeReadsOnlyWhereNoOneAskedForTheBlock(t *testing.T) {
 		off       int64
 		scheduled bool
 	}{{0, false}, {bs - 100, true}, {2*bs + 5, true}, {12 * bs, false}, {13 * bs, false}, {13*bs + 4096, true}} {
-		got, prefetch := fresh.ahead(4096, step.off)
-		prefetch()
+		got, plan := fresh.ahead(4096, step.off)
+		fresh.start(plan)
 		if got != step.scheduled {
 			t.Errorf("read at %d: scheduled for readahead %v, want %v", step.off, got, step.scheduled)
 		}

@@ -60,33 +60,37 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 // the readahead's whole blocks, and only the first read of a run waits on
 // a block no one has asked for yet. That read's readahead is asked for
 // once it is answered: the blocks ahead would otherwise share the tier
-// below (and the CPU) with the bytes the reader waits for, which then
-// came about 3 times later (12-32 ms against 4-11 ms through a worker).
+// below (and the CPU) with the bytes the reader waits for.
 func (r *Reader) Read(ctx context.Context, p []byte, off int64) (*Lease, error) {
-	scheduled, prefetch := r.ahead(len(p), off)
+	scheduled, plan := r.ahead(len(p), off)
 	if scheduled {
-		prefetch()
+		r.start(plan)
 		return r.c.read(ctx, r.obj, p, off, false)
 	}
 	l, err := r.c.read(ctx, r.obj, p, off, true)
-	prefetch()
+	r.start(plan)
 	return l, err
 }
 
+// readahead is what one read hands to readahead (start): blocks [from,
+// to] of the object, blocks [nfrom, nto] of the next one (nobj), and the
+// lookup of the next object when the window first reaches past the end.
+type readahead struct {
+	from, to   int64
+	nobj       *ObjectRef
+	nfrom, nto int64
+	lookup     func() (ObjectRef, bool)
+}
+
 // ahead plans readahead when a read of n bytes at off continues a
-// sequential run: prefetch hands the blocks ahead to the cache. It also
-// reports whether the read's first block had been handed to readahead
-// already.
-func (r *Reader) ahead(n int, off int64) (scheduled bool, prefetch func()) {
-	prefetch = func() {}
+// sequential run, and reports whether the read's first block had been
+// handed to readahead already.
+func (r *Reader) ahead(n int, off int64) (scheduled bool, plan readahead) {
+	plan.to = -1
 	if ra := int64(r.c.cfg.Readahead); ra > 0 && n > 0 && off < r.obj.Size {
 		bs := r.c.cfg.BlockSize
 		first := off / bs
 		last := (min(off+int64(n), r.obj.Size) - 1) / bs
-		var from, to int64 = 0, -1
-		var lookup func() (ObjectRef, bool)
-		var nobj *ObjectRef
-		var nfrom, nto int64
 		end := nblocks(r.obj.Size, bs) - 1
 		r.mu.Lock()
 		// Kernel readahead may deliver a request slightly out of order:
@@ -94,14 +98,14 @@ func (r *Reader) ahead(n int, off int64) (scheduled bool, prefetch func()) {
 		if first >= r.lastBlock-1 && first <= r.lastBlock+1 {
 			scheduled = first <= r.aheadTo
 			if want := last + ra; want > r.aheadTo {
-				from, to = max(r.aheadTo+1, last+1), want
+				plan.from, plan.to = max(r.aheadTo+1, last+1), want
 				r.aheadTo = want
 				if upto := want - end - 1; upto > r.nextTo && r.next != nil {
 					switch {
 					case !r.crossed:
-						r.crossed, lookup = true, r.next
+						r.crossed, plan.lookup = true, r.next
 					case r.nextObj != nil:
-						nobj, nfrom, nto = r.nextObj, r.nextTo+1, upto
+						plan.nobj, plan.nfrom, plan.nto = r.nextObj, r.nextTo+1, upto
 					}
 					r.nextTo = upto
 				}
@@ -111,19 +115,21 @@ func (r *Reader) ahead(n int, off int64) (scheduled bool, prefetch func()) {
 			r.aheadTo, r.lastBlock = last, last
 		}
 		r.mu.Unlock()
-		prefetch = func() {
-			if to >= from {
-				r.c.Prefetch(r.obj, from, to)
-			}
-			if nobj != nil {
-				r.c.Prefetch(*nobj, nfrom, nto)
-			}
-			if lookup != nil { // off the read path: the lookup may list a directory
-				go r.crossInto(lookup)
-			}
-		}
 	}
-	return scheduled, prefetch
+	return scheduled, plan
+}
+
+// start hands plan's blocks to the cache's readahead.
+func (r *Reader) start(plan readahead) {
+	if plan.to >= plan.from {
+		r.c.Prefetch(r.obj, plan.from, plan.to)
+	}
+	if plan.nobj != nil {
+		r.c.Prefetch(*plan.nobj, plan.nfrom, plan.nto)
+	}
+	if plan.lookup != nil { // off the read path: the lookup may list a directory
+		go r.crossInto(plan.lookup)
+	}
 }
 
 // crossInto looks up the next object and fetches ahead the blocks of it
